@@ -1,1 +1,0 @@
-// The squad policy and model protocols live here.
