@@ -381,7 +381,8 @@ public nonisolated struct Aligners_V1_Deliver: Sendable {
   public init() {}
 }
 
-/// Router -> client: how many more envelopes the client may submit.
+/// Router -> client: how many more envelopes the client may submit. Sent when the client first
+/// speaks and after each Deliver; a draining router sends none, so clients stop submitting.
 public nonisolated struct Aligners_V1_Credit: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -406,7 +407,9 @@ public nonisolated struct Aligners_V1_Heartbeat: Sendable {
   public init() {}
 }
 
-/// Either side is leaving; the other forgets it (a worker's jobs are re-queued).
+/// A peer is leaving. From a worker, reason "draining" means: send no more jobs, results for the
+/// jobs it holds still come; any other reason means it is gone and its jobs are re-queued. From the
+/// router, it tells a peer it does not know to register again (e.g. after a router restart).
 public nonisolated struct Aligners_V1_Disconnect: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for

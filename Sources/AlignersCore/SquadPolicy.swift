@@ -1,0 +1,125 @@
+/// The squad policy of "Aligners: Decoupling LLMs and Alignment" (Ngweta et al., 2024), exactly as
+/// the paper's code runs it, for one batch:
+///
+/// 1. every inspector scores every sample;
+/// 2. the criteria are ordered by their mean score over the batch, lowest first — once, from these
+///    initial scores;
+/// 3. for each criterion in that order, every sample whose *current* score is strictly below the
+///    threshold goes through that criterion's aligner, then every inspector re-scores the samples
+///    the aligner changed, so the next gate sees the new scores;
+/// 4. a sample no gate catches passes through untouched.
+///
+/// `SquadRun` is that policy as a state machine with no models and no sockets: the caller performs
+/// the `step` it asks for (in process, over ZeroMQ, or with test doubles) and reports the result.
+public struct SquadRun: Sendable, Equatable {
+    public enum Step: Sendable, Equatable {
+        /// Score `samples` (batch indices) with every criterion's inspector.
+        case inspect(criteria: [String], samples: [Int])
+        /// Run `criterion`'s aligner on `samples`.
+        case align(criterion: String, samples: [Int])
+        case finished
+    }
+
+    public let criteria: [String]
+    public let threshold: Double
+    public let sampleCount: Int
+    /// Current score of each sample for each criterion (nil until inspected).
+    public private(set) var scores: [[String: Double]]
+    /// The criteria in the order the batch applies them; empty until the initial inspection.
+    public private(set) var order: [String] = []
+    /// Samples that failed (a model error, say): no further gates, means or re-inspections.
+    public private(set) var dropped: Set<Int> = []
+    public private(set) var step: Step
+
+    private enum Phase: Sendable, Equatable {
+        case initialInspection
+        case aligning(orderIndex: Int)
+        case reinspecting(orderIndex: Int)
+        case finished
+    }
+    private var phase: Phase
+
+    public init(sampleCount: Int, criteria: [String], threshold: Double = 0.5) {
+        precondition(Set(criteria).count == criteria.count, "criteria must be distinct")
+        self.criteria = criteria
+        self.threshold = threshold
+        self.sampleCount = sampleCount
+        self.scores = Array(repeating: [:], count: sampleCount)
+        if sampleCount == 0 || criteria.isEmpty {
+            phase = .finished
+            step = .finished
+        } else {
+            phase = .initialInspection
+            step = .inspect(criteria: criteria, samples: Array(0..<sampleCount))
+        }
+    }
+
+    /// Completes an `.inspect` step with the scores it produced (`scores[sample][criterion]`).
+    /// A sample missing a criterion's score keeps its previous one.
+    public mutating func recordScores(_ newScores: [Int: [String: Double]]) {
+        guard case .inspect = step else { preconditionFailure("recordScores outside an inspect step (\(step))") }
+        for (sample, byCriterion) in newScores where scores.indices.contains(sample) {
+            scores[sample].merge(byCriterion) { _, new in new }
+        }
+        switch phase {
+        case .initialInspection:
+            order = Self.order(criteria: criteria, scores: scores, excluding: dropped)
+            advance(from: 0)
+        case .reinspecting(let index):
+            advance(from: index + 1)
+        default:
+            preconditionFailure("inspect step in phase \(phase)")
+        }
+    }
+
+    /// Completes an `.align` step: `changed` are the samples whose response the aligner rewrote.
+    public mutating func recordAlignment(changed: Set<Int>) {
+        guard case .align = step, case .aligning(let index) = phase else {
+            preconditionFailure("recordAlignment outside an align step (\(step))")
+        }
+        let toInspect = changed.subtracting(dropped).sorted()
+        if toInspect.isEmpty {
+            advance(from: index + 1)
+        } else {
+            phase = .reinspecting(orderIndex: index)
+            step = .inspect(criteria: criteria, samples: toInspect)
+        }
+    }
+
+    /// Takes samples out of the run (they failed); the current step is unchanged.
+    public mutating func drop(_ samples: some Sequence<Int>) {
+        dropped.formUnion(samples)
+    }
+
+    /// Lowest mean first; ties keep the configured order. Unscored samples do not count.
+    static func order(criteria: [String], scores: [[String: Double]], excluding: Set<Int>) -> [String] {
+        func mean(_ c: String) -> Double {
+            var sum = 0.0, n = 0
+            for (i, s) in scores.enumerated() where !excluding.contains(i) {
+                if let v = s[c] { sum += v; n += 1 }
+            }
+            return n == 0 ? .infinity : sum / Double(n)
+        }
+        let means = criteria.map(mean)
+        return criteria.indices.sorted { (means[$0], $0) < (means[$1], $1) }.map { criteria[$0] }
+    }
+
+    /// Moves to the first criterion at or after `index` whose gate catches a sample.
+    private mutating func advance(from index: Int) {
+        var i = index
+        while i < order.count {
+            let criterion = order[i]
+            let gate = (0..<sampleCount).filter { s in
+                !dropped.contains(s) && (scores[s][criterion].map { $0 < threshold } ?? false)
+            }
+            if !gate.isEmpty {
+                phase = .aligning(orderIndex: i)
+                step = .align(criterion: criterion, samples: gate)
+                return
+            }
+            i += 1
+        }
+        phase = .finished
+        step = .finished
+    }
+}

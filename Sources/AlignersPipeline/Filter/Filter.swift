@@ -1,0 +1,372 @@
+import AlignersSchema
+import Foundation
+import Logging
+import Synchronization
+
+public struct FilterSettings: Sendable {
+    /// Write results as soon as they are ready instead of in input order.
+    public var unordered = false
+    /// Lines read but not yet written; bounds memory however large the input.
+    public var window = 256
+    /// Longer lines become error records without being held in memory.
+    public var maxLineBytes = 4 << 20
+    public var heartbeat = HeartbeatSettings()
+    public init() {}
+}
+
+/// What a filter run did; `exitCode` is what the process should return.
+public struct FilterSummary: Sendable, Equatable {
+    public var lines = 0
+    public var aligned = 0
+    public var untouched = 0
+    public var invalid = 0
+    public var failed = 0
+    /// 0: every line aligned or passed; 1: some lines yielded error records.
+    public var exitCode: Int32 { invalid + failed > 0 ? 1 : 0 }
+}
+
+/// The Unix filter: JSONL in, JSONL out, one output record per input line, streaming. Input is
+/// read only while the output window has room and the router has credit, so memory stays bounded.
+public final class Filter: @unchecked Sendable {
+    private let context: ZMQContext
+    private let endpoint: String
+    private let settings: FilterSettings
+    private let logger: Logger
+    private let input: Int32
+    private let output: Int32
+
+    /// `endpoint` is a router's front end (inproc:// for the in-process pipeline).
+    public init(context: ZMQContext, endpoint: String, settings: FilterSettings, logger: Logger,
+                input: Int32 = STDIN_FILENO, output: Int32 = STDOUT_FILENO) {
+        self.context = context
+        self.endpoint = endpoint
+        self.settings = settings
+        self.logger = logger
+        self.input = input
+        self.output = output
+    }
+
+    /// Runs until the input ends and every line has its output record. Blocks.
+    public func run(onRecord: (@Sendable (InputLine?, Envelope?) -> Void)? = nil) throws -> FilterSummary {
+        let sink = OutputSink(fd: output, ordered: !settings.unordered, window: settings.window, onRecord: onRecord)
+        let handoff = "inproc://aligners-filter-\(UUID().uuidString)"
+        let pull = try ZMQSocket(context, .pull)
+        try pull.bind(handoff)
+        let client = PipelineClient(context: context, endpoint: endpoint, heartbeat: settings.heartbeat, logger: logger)
+
+        let readerDone = Atomic<Bool>(false)
+        let reader = Thread { [self] in
+            defer { readerDone.store(true, ordering: .releasing) }
+            guard let push = try? ZMQSocket(context, .push), (try? push.connect(handoff)) != nil else {
+                logger.error("could not open the reader's socket")
+                return
+            }
+            defer {
+                _ = try? push.send([[]])  // end of input, whatever happened
+                push.close()
+            }
+            do {
+                try readLines(into: sink, push: push)
+            } catch {
+                logger.error("reading input failed", metadata: ["error": "\(error)"])
+                sink.finishInput(lines: sink.linesSeen)
+            }
+        }
+        reader.name = "aligners-reader"
+        reader.start()
+        try client.run(pull: pull, sink: sink)
+        pull.close()
+        while !readerDone.load(ordering: .acquiring) { Thread.sleep(forTimeInterval: 0.001) }
+        sink.waitUntilWritten()
+        return sink.summary
+    }
+
+    /// Splits the input into lines (never holding more than `maxLineBytes` of one), parses them,
+    /// and passes samples on; bad lines go straight to the sink as error records.
+    private func readLines(into sink: OutputSink, push: ZMQSocket) throws {
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        var line: [UInt8] = []
+        var lineBytes = 0
+        var seq: UInt64 = 0
+
+        func emit() throws {
+            seq += 1
+            sink.acquireSlot()
+            if lineBytes > settings.maxLineBytes {
+                let message = "line is \(lineBytes) bytes, over the \(settings.maxLineBytes)-byte limit (--max-line-bytes)"
+                sink.reject(seq: seq, message: message, input: line[...], totalBytes: lineBytes)
+            } else {
+                switch JSONLines.parse(line[...], seq: seq) {
+                case .success(let parsed):
+                    sink.register(parsed)
+                    try push.send([(try? parsed.envelope.serializedBytes()) ?? []])
+                case .failure(let error):
+                    sink.reject(seq: seq, message: error.message, input: line[...], totalBytes: lineBytes)
+                }
+            }
+            line.removeAll(keepingCapacity: true)
+            lineBytes = 0
+        }
+
+        while true {
+            let n = buffer.withUnsafeMutableBytes { read(input, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw StageError("read stdin: \(String(cString: strerror(errno)))")
+            }
+            if n == 0 { break }
+            var start = 0
+            for i in 0..<n where buffer[i] == UInt8(ascii: "\n") {
+                append(buffer[start..<i], to: &line, count: &lineBytes)
+                try emit()
+                start = i + 1
+            }
+            append(buffer[start..<n], to: &line, count: &lineBytes)
+        }
+        if lineBytes > 0 { try emit() }
+        sink.finishInput(lines: Int(seq))
+    }
+
+    /// Keeps at most a prefix of an oversized line (for the error record); counts the rest.
+    private func append(_ bytes: ArraySlice<UInt8>, to line: inout [UInt8], count: inout Int) {
+        count += bytes.count
+        let room = count - bytes.count > settings.maxLineBytes ? 0 : settings.maxLineBytes + 1 - line.count
+        if room > 0 { line.append(contentsOf: bytes.prefix(room)) }
+        if count > settings.maxLineBytes && line.count > 256 { line.removeSubrange(256...) }
+    }
+}
+
+/// Talks to the router's front end for the filter: submits within credit, collects deliveries,
+/// and re-submits what is in flight if the router restarts.
+final class PipelineClient {
+    private let context: ZMQContext
+    private let endpoint: String
+    private let heartbeat: HeartbeatSettings
+    private let logger: Logger
+
+    init(context: ZMQContext, endpoint: String, heartbeat: HeartbeatSettings, logger: Logger) {
+        self.context = context
+        self.endpoint = endpoint
+        self.heartbeat = heartbeat
+        self.logger = logger
+    }
+
+    private func connect() throws -> ZMQSocket {
+        let socket = try ZMQSocket(context, .dealer)
+        try socket.connect(endpoint)
+        try socket.send([WireMessage.heartbeat().bytes()])  // hello: the router answers with credit
+        return socket
+    }
+
+    func run(pull: ZMQSocket, sink: OutputSink) throws {
+        var socket = try connect()
+        var credit = 0
+        var inFlight: [UInt64: Envelope] = [:]
+        var resubmit: [Envelope] = []
+        var inputDone = false
+        var lastHeard = monotonicNanos()
+        var lastSent = monotonicNanos()
+        var warnedSilent = false
+
+        while !(inputDone && inFlight.isEmpty && resubmit.isEmpty) {
+            let wantInput = credit > 0 && resubmit.isEmpty && !inputDone
+            var poller = ZMQPoller(wantInput ? [socket, pull] : [socket])
+            let ready = try poller.poll(timeoutMs: min(heartbeat.intervalMs, 200))
+            let now = monotonicNanos()
+            if ready[0] {
+                while let frames = try socket.receive(dontWait: true) {
+                    lastHeard = now
+                    warnedSilent = false
+                    guard frames.count == 1, let message = WireMessage.decode(frames[0]) else { continue }
+                    switch message.kind {
+                    case .credit(let c):
+                        credit += Int(c.envelopes)
+                    case .deliver(let d):
+                        for envelope in d.envelopes where inFlight.removeValue(forKey: envelope.seq) != nil {
+                            sink.deliver(envelope)
+                        }
+                    default:
+                        break
+                    }
+                }
+            }
+            if !resubmit.isEmpty && credit > 0 {
+                let chunk = Array(resubmit.prefix(credit))
+                resubmit.removeFirst(chunk.count)
+                try submit(chunk, on: socket)
+                credit -= chunk.count
+                lastSent = now
+            }
+            if wantInput && ready.count > 1 && ready[1] {
+                var batch: [Envelope] = []
+                while batch.count < credit, let frames = try pull.receive(dontWait: true) {
+                    guard let frame = frames.first, !frame.isEmpty else { inputDone = true; break }
+                    if let envelope = try? Envelope(serializedBytes: frame) {
+                        inFlight[envelope.seq] = envelope
+                        batch.append(envelope)
+                    }
+                }
+                if !batch.isEmpty {
+                    try submit(batch, on: socket)
+                    credit -= batch.count
+                    lastSent = now
+                }
+            }
+            if now - lastHeard > heartbeat.expiryNs {
+                // The router went away: reconnect and send again whatever it had not answered.
+                if !warnedSilent {
+                    logger.warning("router silent; reconnecting", metadata: ["endpoint": "\(endpoint)", "in_flight": "\(inFlight.count)"])
+                    warnedSilent = true
+                }
+                socket.close()
+                socket = try connect()
+                credit = 0
+                resubmit = inFlight.values.sorted { $0.seq < $1.seq }
+                lastHeard = now
+                lastSent = now
+            } else if now - lastSent >= heartbeat.intervalNs {
+                try socket.send([WireMessage.heartbeat().bytes()])
+                lastSent = now
+            }
+        }
+        try? socket.send([WireMessage.disconnect("done").bytes()])
+        socket.close()
+    }
+
+    private func submit(_ envelopes: [Envelope], on socket: ZMQSocket) throws {
+        var submit = Aligners_V1_Submit()
+        submit.envelopes = envelopes
+        try socket.send([WireMessage(.submit(submit)).bytes()])
+    }
+}
+
+/// Writes output records on a thread of its own (a slow reader of stdout never stalls heartbeats),
+/// in input order unless told otherwise, and frees a window slot per record written.
+final class OutputSink: @unchecked Sendable {
+    private struct State {
+        var book: [UInt64: InputLine] = [:]
+        var ready: [UInt64: [UInt8]] = [:]
+        var nextSeq: UInt64 = 1
+        var written = 0
+        var totalLines: Int? = nil
+        var linesSeen = 0
+        var summary = FilterSummary()
+    }
+    private let fd: Int32
+    private let ordered: Bool
+    private let onRecord: (@Sendable (InputLine?, Envelope?) -> Void)?
+    private let state = Mutex(State())
+    private let wake = DispatchSemaphore(value: 0)
+    private let slots: DispatchSemaphore
+    private let finished = DispatchSemaphore(value: 0)
+
+    init(fd: Int32, ordered: Bool, window: Int, onRecord: (@Sendable (InputLine?, Envelope?) -> Void)?) {
+        self.fd = fd
+        self.ordered = ordered
+        self.onRecord = onRecord
+        self.slots = DispatchSemaphore(value: max(1, window))
+        let writer = Thread { [self] in writeLoop() }
+        writer.name = "aligners-writer"
+        writer.start()
+    }
+
+    var linesSeen: Int { state.withLock { $0.linesSeen } }
+    var summary: FilterSummary { state.withLock { $0.summary } }
+
+    /// Blocks the reader until the output window has room for one more line.
+    func acquireSlot() {
+        slots.wait()
+        state.withLock { $0.linesSeen += 1 }
+    }
+
+    func register(_ line: InputLine) {
+        state.withLock { $0.book[line.seq] = line }
+    }
+
+    func reject(seq: UInt64, message: String, input: ArraySlice<UInt8>, totalBytes: Int) {
+        let record = JSONLines.errorRecord(seq: seq, message: message, input: input, totalBytes: totalBytes)
+        FileHandle.standardError.write(Data("level=warning msg=\"invalid input line\" line=\(seq) error=\"\(message)\"\n".utf8))
+        onRecord?(nil, nil)
+        state.withLock {
+            $0.summary.invalid += 1
+            $0.ready[seq] = record
+        }
+        wake.signal()
+    }
+
+    func deliver(_ envelope: Envelope) {
+        let line = state.withLock { $0.book.removeValue(forKey: envelope.seq) }
+        guard let line else { return }  // a duplicate delivery
+        let record = JSONLines.render(line, envelope)
+        onRecord?(line, envelope)
+        state.withLock {
+            if envelope.hasError {
+                $0.summary.failed += 1
+            } else if envelope.steps.contains(where: \.changed) {
+                $0.summary.aligned += 1
+            } else {
+                $0.summary.untouched += 1
+            }
+            $0.ready[envelope.seq] = record
+        }
+        wake.signal()
+    }
+
+    func finishInput(lines: Int) {
+        state.withLock { $0.totalLines = lines }
+        wake.signal()
+    }
+
+    func waitUntilWritten() { finished.wait() }
+
+    private func writeLoop() {
+        while true {
+            wake.wait()
+            while true {
+                let (records, done): ([[UInt8]], Bool) = state.withLock { s in
+                    var out: [[UInt8]] = []
+                    if ordered {
+                        while let r = s.ready.removeValue(forKey: s.nextSeq) {
+                            out.append(r)
+                            s.nextSeq += 1
+                        }
+                    } else {
+                        out = Array(s.ready.values)
+                        s.ready.removeAll()
+                    }
+                    s.written += out.count
+                    s.summary.lines = s.written
+                    return (out, s.totalLines.map { s.written >= $0 } ?? false)
+                }
+                if records.isEmpty {
+                    if done {
+                        finished.signal()
+                        return
+                    }
+                    break
+                }
+                var bytes: [UInt8] = []
+                for r in records {
+                    bytes.append(contentsOf: r)
+                    bytes.append(UInt8(ascii: "\n"))
+                }
+                writeAll(bytes)
+                for _ in records { slots.signal() }
+            }
+        }
+    }
+
+    private func writeAll(_ bytes: [UInt8]) {
+        var offset = 0
+        bytes.withUnsafeBytes { raw in
+            while offset < raw.count {
+                let n = write(fd, raw.baseAddress! + offset, raw.count - offset)
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    return  // stdout closed (e.g. `| head`): nothing more can be written
+                }
+                offset += n
+            }
+        }
+    }
+}

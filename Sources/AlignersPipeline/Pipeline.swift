@@ -1,1 +1,0 @@
-// ZeroMQ transport, router and workers live here.

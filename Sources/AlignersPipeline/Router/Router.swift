@@ -1,0 +1,636 @@
+import AlignersCore
+import AlignersSchema
+import Foundation
+import Logging
+import Synchronization
+
+public struct RouterSettings: Sendable, Equatable {
+    /// Criteria the squad applies, in the order that breaks ties between equal means.
+    public var criteria: [String]
+    /// The gate: a sample goes to a criterion's aligner when its score is strictly below this.
+    public var threshold: Double = 0.5
+    /// Samples per squad batch (the order of criteria is decided per batch).
+    public var batchSize: Int = 64
+    /// How long a partial batch waits for more samples before it starts anyway.
+    public var batchWindowMs: Int = 50
+    /// Most envelopes in one job; smaller jobs spread a batch over more workers.
+    public var jobSize: Int = 16
+    /// Envelopes a client may have in flight.
+    public var clientWindow: Int = 256
+    /// Dispatches of one job before its samples fail.
+    public var maxAttempts: Int = 3
+    /// Work for a service that no worker has served for this long fails (NO_WORKER).
+    public var serviceTimeoutMs: Int = 60_000
+    public var heartbeat = HeartbeatSettings()
+
+    public init(criteria: [String]) { self.criteria = criteria }
+}
+
+/// The router: clients submit envelopes at the front end, workers serve jobs at the back end, and
+/// the squad policy decides, batch by batch, which jobs exist. One thread owns every socket.
+///
+/// Flow control is credit end to end: a client gets `clientWindow` envelopes of credit and more
+/// only as results come back; a worker gets at most `credit` jobs at once. Nothing else queues.
+public final class Router: @unchecked Sendable {
+    public let settings: RouterSettings
+    private let logger: Logger
+    private let frontend: ZMQSocket
+    private let backend: ZMQSocket
+    private let tap: ZMQSocket?
+    private let draining = Atomic<Bool>(false)
+    /// Called from the router thread once per loop turn (systemd watchdog, status).
+    public var onTick: (@Sendable (RouterStats) -> Void)?
+
+    // State, touched only by the router thread.
+    private var clients: [Identity: Client] = [:]
+    private var workers: [Identity: WorkerState] = [:]
+    private var services: [String: ServiceQueue] = [:]
+    private var jobs: [UInt64: Job] = [:]
+    private var batches: [UInt64: Batch] = [:]
+    private var forming: [Sample] = []
+    private var formingSince: UInt64 = 0
+    private var nextJobID: UInt64 = 1
+    private var nextBatchID: UInt64 = 1
+    private var lastHeartbeat: UInt64 = 0
+    public private(set) var stats = RouterStats()
+
+    /// Binds the front end, back end and optional tap. Endpoints are ZeroMQ's (tcp://, ipc://, inproc://).
+    public init(context: ZMQContext, frontend: String, backend: String, tap: String? = nil,
+                settings: RouterSettings, logger: Logger) throws {
+        self.settings = settings
+        self.logger = logger
+        self.frontend = try ZMQSocket(context, .router)
+        self.backend = try ZMQSocket(context, .router)
+        try self.frontend.setRouterMandatory()
+        try self.backend.setRouterMandatory()
+        try self.frontend.bind(frontend)
+        try self.backend.bind(backend)
+        if let tap {
+            let pub = try ZMQSocket(context, .pub)
+            try pub.bind(tap)
+            self.tap = pub
+        } else {
+            self.tap = nil
+        }
+    }
+
+    public var frontendEndpoint: String { frontend.lastEndpoint }
+    public var backendEndpoint: String { backend.lastEndpoint }
+
+    /// Stop taking new samples, finish those in flight, then return from `run()`. Thread-safe.
+    public func drain() { draining.store(true, ordering: .relaxed) }
+    public var isDraining: Bool { draining.load(ordering: .relaxed) }
+
+    /// Serves until drained and idle. Call on a dedicated thread (it blocks).
+    public func run() throws {
+        var poller = ZMQPoller([frontend, backend])
+        var announcedDrain = false
+        logger.info("router serving", metadata: ["frontend": "\(frontend.lastEndpoint)", "backend": "\(backend.lastEndpoint)",
+                                                "criteria": "\(settings.criteria.joined(separator: ","))"])
+        while true {
+            let ready = try poller.poll(timeoutMs: pollTimeout())
+            if ready[1] { try drainSocket(backend) { try handleBackend($0) } }
+            if ready[0] { try drainSocket(frontend) { try handleFrontend($0) } }
+            let now = monotonicNanos()
+            if isDraining {
+                if !announcedDrain {
+                    announcedDrain = true
+                    logger.info("router draining", metadata: ["in_flight": "\(stats.inFlight)"])
+                }
+                if !forming.isEmpty { startBatch(now: now) }
+                if jobs.isEmpty && batches.isEmpty && forming.isEmpty {
+                    logger.info("router drained", metadata: ["delivered": "\(stats.delivered)"])
+                    return
+                }
+            }
+            if !forming.isEmpty && (forming.count >= settings.batchSize
+                || now - formingSince >= UInt64(settings.batchWindowMs) * 1_000_000) {
+                startBatch(now: now)
+            }
+            if now - lastHeartbeat >= settings.heartbeat.intervalNs {
+                lastHeartbeat = now
+                sendHeartbeats()
+                purgeDeadPeers(now: now)
+                failStarvedJobs(now: now)
+            }
+            dispatch()
+            stats.workers = workers.count
+            stats.queued = services.values.reduce(0) { $0 + $1.queue.count }
+            onTick?(stats)
+        }
+    }
+
+    private func pollTimeout() -> Int {
+        var ms = settings.heartbeat.intervalMs
+        if !forming.isEmpty { ms = min(ms, max(1, settings.batchWindowMs / 2)) }
+        if isDraining { ms = min(ms, 50) }
+        return ms
+    }
+
+    private func drainSocket(_ socket: ZMQSocket, _ handle: ([[UInt8]]) throws -> Void) throws {
+        // Bounded so one busy socket cannot starve the other or the timers.
+        for _ in 0..<1000 {
+            guard let frames = try socket.receive(dontWait: true) else { return }
+            try handle(frames)
+        }
+    }
+
+    // MARK: Front end (clients)
+
+    private func handleFrontend(_ frames: [[UInt8]]) throws {
+        guard frames.count == 2, let message = WireMessage.decode(frames[1]) else {
+            stats.rejectedFrames += 1
+            return
+        }
+        let id = Identity(frames[0])
+        let now = monotonicNanos()
+        if clients[id] == nil {
+            clients[id] = Client(lastSeen: now)
+            logger.debug("client connected", metadata: ["client": "\(id)"])
+            if !isDraining { grantCredit(id, settings.clientWindow) }
+        }
+        clients[id]!.lastSeen = now
+        switch message.kind {
+        case .submit(let submit):
+            accept(submit.envelopes, from: id, now: now)
+        case .disconnect:
+            clients[id]!.gone = true
+        case .heartbeat, .none:
+            break
+        default:
+            stats.rejectedFrames += 1
+        }
+    }
+
+    private func grantCredit(_ client: Identity, _ n: Int) {
+        var credit = Aligners_V1_Credit()
+        credit.envelopes = UInt32(n)
+        _ = try? frontend.send([client.bytes, WireMessage(.credit(credit)).bytes()], dontWait: true)
+    }
+
+    private func accept(_ envelopes: [Envelope], from client: Identity, now: UInt64) {
+        var overflow: [Envelope] = []
+        for var envelope in envelopes {
+            if clients[client]!.inFlight >= settings.clientWindow {
+                envelope.error = EnvelopeError(.internal, "client sent more envelopes than its credit", stage: "router")
+                overflow.append(envelope)
+                continue
+            }
+            clients[client]!.inFlight += 1
+            stats.received += 1
+            stats.inFlight += 1
+            if envelope.receivedUnixNs == 0 { envelope.receivedUnixNs = unixNanos() }
+            envelope.attempt = 0
+            let sample = Sample(envelope: envelope, client: client)
+            if envelope.response.isEmpty {
+                enqueueGeneration(sample, now: now)
+            } else {
+                addToBatch(sample, now: now)
+            }
+        }
+        if !overflow.isEmpty {
+            logger.warning("client exceeded its credit", metadata: ["client": "\(client)", "rejected": "\(overflow.count)"])
+            send(overflow, to: client, countsAgainstCredit: false)
+        }
+    }
+
+    // MARK: Batches and the squad policy
+
+    private func addToBatch(_ sample: Sample, now: UInt64) {
+        if forming.isEmpty { formingSince = now }
+        forming.append(sample)
+        if forming.count >= settings.batchSize { startBatch(now: now) }
+    }
+
+    private func startBatch(now: UInt64) {
+        let samples = Array(forming.prefix(settings.batchSize))
+        forming.removeFirst(samples.count)
+        if !forming.isEmpty { formingSince = now }
+        let id = nextBatchID
+        nextBatchID += 1
+        var batch = Batch(id: id, samples: samples,
+                          run: SquadRun(sampleCount: samples.count, criteria: settings.criteria, threshold: settings.threshold))
+        for i in batch.samples.indices {
+            batch.samples[i].envelope.batch.id = id
+            batch.samples[i].envelope.batch.size = UInt32(samples.count)
+            batch.samples[i].envelope.batch.threshold = settings.threshold
+        }
+        stats.batches += 1
+        batches[id] = batch
+        startStep(of: id)
+    }
+
+    /// Turns the policy's current step into jobs, or finishes the batch.
+    private func startStep(of batchID: UInt64) {
+        guard var batch = batches[batchID] else { return }
+        batch.stepScores = [:]
+        batch.stepChanged = []
+        switch batch.run.step {
+        case .finished:
+            batches[batchID] = nil
+            finish(batch)
+            return
+        case .inspect(let criteria, let samples):
+            batches[batchID] = batch
+            for criterion in criteria {
+                for chunk in samples.chunked(settings.jobSize) {
+                    let envelopes = chunk.map { batch.samples[$0].envelope }
+                    enqueue(service: Service.inspect(criterion), envelopes: envelopes, owner: .batch(batchID, Array(chunk)))
+                }
+            }
+        case .align(let criterion, let samples):
+            batches[batchID] = batch
+            for chunk in samples.chunked(settings.jobSize) {
+                let envelopes = chunk.map { batch.samples[$0].envelope }
+                enqueue(service: Service.align(criterion), envelopes: envelopes, owner: .batch(batchID, Array(chunk)))
+            }
+        }
+    }
+
+    private func finish(_ batch: Batch) {
+        let order = batch.run.order
+        var byClient: [Identity: [Envelope]] = [:]
+        let now = unixNanos()
+        for var sample in batch.samples {
+            sample.envelope.batch.order = order
+            sample.envelope.completedUnixNs = now
+            byClient[sample.client, default: []].append(sample.envelope)
+        }
+        for (client, envelopes) in byClient { send(envelopes, to: client, countsAgainstCredit: true) }
+    }
+
+    /// Returns finished envelopes to their client (and the tap), and gives the credit back.
+    private func send(_ envelopes: [Envelope], to client: Identity, countsAgainstCredit: Bool) {
+        var deliver = Aligners_V1_Deliver()
+        deliver.envelopes = envelopes
+        let bytes = WireMessage(.deliver(deliver)).bytes()
+        if countsAgainstCredit {
+            stats.delivered += envelopes.count
+            stats.failed += envelopes.filter { $0.hasError }.count
+            stats.inFlight -= envelopes.count
+        }
+        if let tap { _ = try? tap.send([bytes], dontWait: true) }
+        guard var state = clients[client] else { return }
+        let sent = (try? frontend.send([client.bytes, bytes], dontWait: true)) ?? false
+        if !sent { logger.warning("client gone; results dropped", metadata: ["client": "\(client)", "envelopes": "\(envelopes.count)"]) }
+        if countsAgainstCredit {
+            state.inFlight -= envelopes.count
+            clients[client] = state
+            if sent && !isDraining { grantCredit(client, envelopes.count) }
+        }
+    }
+
+    // MARK: Jobs
+
+    private func enqueue(service: String, envelopes: [Envelope], owner: Job.Owner) {
+        let id = nextJobID
+        nextJobID += 1
+        jobs[id] = Job(id: id, attempt: 1, service: service, envelopes: envelopes, owner: owner,
+                       worker: nil, queuedAt: monotonicNanos())
+        services[service, default: ServiceQueue()].queue.append(id)
+        if case .batch(let batchID, _) = owner { batches[batchID]?.outstanding.insert(id) }
+    }
+
+    private func enqueueGeneration(_ sample: Sample, now: UInt64) {
+        enqueue(service: Service.generate, envelopes: [sample.envelope], owner: .generation(sample.client))
+    }
+
+    /// Hands queued jobs to ready workers, least recently used first, within each worker's credit.
+    private func dispatch() {
+        for name in services.keys {
+            while let jobID = services[name]!.queue.first, let workerID = services[name]!.ready.first {
+                services[name]!.queue.removeFirst()
+                services[name]!.ready.removeFirst()
+                guard var job = jobs[jobID], var worker = workers[workerID] else { continue }
+                var wire = Aligners_V1_Job()
+                wire.id = job.id
+                wire.attempt = UInt32(job.attempt)
+                wire.service = job.service
+                wire.envelopes = job.envelopes.map { var e = $0; e.attempt = UInt32(job.attempt); return e }
+                let sent = (try? backend.send([workerID.bytes, WireMessage(.job(wire)).bytes()], dontWait: true)) ?? false
+                if !sent {
+                    // The worker vanished between heartbeats; forget it and keep the job.
+                    services[name]!.queue.insert(jobID, at: 0)
+                    forgetWorker(workerID, reason: "unreachable")
+                    continue
+                }
+                job.worker = workerID
+                jobs[jobID] = job
+                worker.inFlight.insert(jobID)
+                worker.credit -= 1
+                workers[workerID] = worker
+                if worker.credit > 0 { services[name]!.ready.append(workerID) }
+                stats.dispatched += 1
+            }
+        }
+    }
+
+    // MARK: Back end (workers)
+
+    private func handleBackend(_ frames: [[UInt8]]) throws {
+        guard frames.count == 2, let message = WireMessage.decode(frames[1]) else {
+            stats.rejectedFrames += 1
+            return
+        }
+        let id = Identity(frames[0])
+        let now = monotonicNanos()
+        if case .ready(let ready) = message.kind {
+            register(id, ready, now: now)
+            return
+        }
+        guard workers[id] != nil else {
+            // A worker we do not know (we restarted, or purged it): ask it to register again.
+            _ = try? backend.send([id.bytes, WireMessage.disconnect("unknown worker: send Ready").bytes()], dontWait: true)
+            return
+        }
+        workers[id]!.lastSeen = now
+        switch message.kind {
+        case .result(let result):
+            complete(result, from: id)
+        case .disconnect(let d):
+            if d.reason == "draining" {
+                workers[id]!.draining = true
+                services[workers[id]!.service]?.ready.removeAll { $0 == id }
+                logger.info("worker draining", metadata: ["worker": "\(workers[id]!.name)"])
+            } else {
+                forgetWorker(id, reason: d.reason.isEmpty ? "disconnected" : d.reason)
+            }
+        case .heartbeat, .none:
+            break
+        default:
+            stats.rejectedFrames += 1
+        }
+    }
+
+    private func register(_ id: Identity, _ ready: Aligners_V1_Ready, now: UInt64) {
+        guard !ready.service.isEmpty, ready.credit > 0 else {
+            stats.rejectedFrames += 1
+            return
+        }
+        if workers[id] != nil { forgetWorker(id, reason: "registered again") }
+        let credit = Int(min(ready.credit, 1024))
+        workers[id] = WorkerState(service: ready.service, name: ready.worker.isEmpty ? "\(id)" : ready.worker,
+                                  model: ready.model, credit: credit, lastSeen: now)
+        services[ready.service, default: ServiceQueue()].ready.append(id)
+        services[ready.service]!.everServed = true
+        services[ready.service]!.lastWorkerSeen = now
+        logger.info("worker ready", metadata: ["worker": "\(ready.worker)", "service": "\(ready.service)",
+                                               "model": "\(ready.model)", "credit": "\(credit)"])
+    }
+
+    private func complete(_ result: Aligners_V1_JobResult, from workerID: Identity) {
+        guard var worker = workers[workerID] else { return }
+        if worker.inFlight.remove(result.id) != nil {
+            worker.credit += 1
+            workers[workerID] = worker
+            if !worker.draining, !(services[worker.service]?.ready.contains(workerID) ?? true) {
+                services[worker.service]!.ready.append(workerID)
+            }
+        }
+        // Exactly once: only the current attempt's answer from the worker holding the job counts.
+        guard let job = jobs[result.id], job.worker == workerID, UInt32(job.attempt) == result.attempt else {
+            stats.duplicates += 1
+            return
+        }
+        jobs[result.id] = nil
+        let sentIDs = job.envelopes.map(\.id)
+        if result.hasError || result.envelopes.map(\.id) != sentIDs {
+            let error = result.hasError ? result.error
+                : EnvelopeError(.internal, "worker returned envelopes that do not match the job", stage: job.service)
+            fail(job, error)
+            return
+        }
+        switch job.owner {
+        case .generation(let client):
+            for var envelope in result.envelopes {
+                envelope.attempt = 0
+                let sample = Sample(envelope: envelope, client: client)
+                if envelope.hasError {
+                    send([envelope], to: client, countsAgainstCredit: true)
+                } else {
+                    addToBatch(sample, now: monotonicNanos())
+                }
+            }
+        case .batch(let batchID, let indices):
+            guard var batch = batches[batchID] else { return }
+            merge(result.envelopes, sent: job.envelopes, indices: indices, service: job.service, into: &batch)
+            batch.outstanding.remove(job.id)
+            batches[batchID] = batch
+            if batch.outstanding.isEmpty { completeStep(of: batchID) }
+        }
+    }
+
+    /// Folds a worker's answer into the batch's envelopes and the step's tallies.
+    private func merge(_ returned: [Envelope], sent: [Envelope], indices: [Int], service: String, into batch: inout Batch) {
+        for (k, index) in indices.enumerated() {
+            let answer = returned[k]
+            var envelope = batch.samples[index].envelope
+            if answer.hasError {
+                envelope.error = answer.error
+                batch.samples[index].envelope = envelope
+                batch.run.drop([index])
+                continue
+            }
+            if service.hasPrefix("inspect.") {
+                let criterion = String(service.dropFirst("inspect.".count))
+                let pass = UInt32(envelope.steps.count)
+                for var record in answer.scores.dropFirst(sent[k].scores.count) where record.criterion == criterion {
+                    record.pass = pass
+                    envelope.scores.append(record)
+                    batch.stepScores[index, default: [:]][criterion] = record.score
+                    // The re-inspection after a pass is that pass's "after" score.
+                    if let last = envelope.steps.indices.last, envelope.steps[last].criterion == criterion,
+                       envelope.steps[last].scoreAfter.isNaN {
+                        envelope.steps[last].scoreAfter = record.score
+                    }
+                }
+            } else if service.hasPrefix("align.") {
+                let criterion = String(service.dropFirst("align.".count))
+                let before = batch.run.scores[index][criterion] ?? .nan
+                for var step in answer.steps.dropFirst(sent[k].steps.count) {
+                    step.scoreBefore = before
+                    step.scoreAfter = .nan
+                    envelope.steps.append(step)
+                }
+                if answer.response != envelope.response && !answer.response.isEmpty {
+                    envelope.response = answer.response
+                    batch.stepChanged.insert(index)
+                }
+            }
+            batch.samples[index].envelope = envelope
+        }
+    }
+
+    private func completeStep(of batchID: UInt64) {
+        guard var batch = batches[batchID] else { return }
+        switch batch.run.step {
+        case .inspect:
+            batch.run.recordScores(batch.stepScores)
+        case .align:
+            batch.run.recordAlignment(changed: batch.stepChanged)
+        case .finished:
+            break
+        }
+        batches[batchID] = batch
+        startStep(of: batchID)
+    }
+
+    /// The job's samples carry `error` from here on and leave the squad.
+    private func fail(_ job: Job, _ error: EnvelopeError) {
+        jobs[job.id] = nil
+        logger.warning("job failed", metadata: ["service": "\(job.service)", "envelopes": "\(job.envelopes.count)",
+                                                "error": "\(error.message)"])
+        switch job.owner {
+        case .generation(let client):
+            let failed = job.envelopes.map { var e = $0; e.error = error; return e }
+            send(failed, to: client, countsAgainstCredit: true)
+        case .batch(let batchID, let indices):
+            guard var batch = batches[batchID] else { return }
+            for i in indices { batch.samples[i].envelope.error = error }
+            batch.run.drop(indices)
+            batch.outstanding.remove(job.id)
+            batches[batchID] = batch
+            if batch.outstanding.isEmpty { completeStep(of: batchID) }
+        }
+    }
+
+    // MARK: Liveness
+
+    private func sendHeartbeats() {
+        let beat = WireMessage.heartbeat().bytes()
+        for id in workers.keys { _ = try? backend.send([id.bytes, beat], dontWait: true) }
+        for (id, client) in clients where !client.gone { _ = try? frontend.send([id.bytes, beat], dontWait: true) }
+    }
+
+    private func purgeDeadPeers(now: UInt64) {
+        let expiry = settings.heartbeat.expiryNs
+        for (id, worker) in workers where now - worker.lastSeen > expiry {
+            forgetWorker(id, reason: "silent for \(settings.heartbeat.liveness) heartbeats")
+        }
+        for (id, client) in clients where client.inFlight == 0 && (client.gone || now - client.lastSeen > expiry * 10) {
+            clients[id] = nil
+        }
+        for worker in workers.values { services[worker.service]?.lastWorkerSeen = now }
+    }
+
+    /// Removes a worker; the jobs it held go back to the front of their queue for another worker.
+    private func forgetWorker(_ id: Identity, reason: String) {
+        guard let worker = workers.removeValue(forKey: id) else { return }
+        services[worker.service]?.ready.removeAll { $0 == id }
+        logger.warning("worker lost", metadata: ["worker": "\(worker.name)", "service": "\(worker.service)",
+                                                 "reason": "\(reason)", "requeued_jobs": "\(worker.inFlight.count)"])
+        for jobID in worker.inFlight.sorted().reversed() {
+            guard var job = jobs[jobID] else { continue }
+            job.attempt += 1
+            job.worker = nil
+            if job.attempt > settings.maxAttempts {
+                fail(job, EnvelopeError(.retriesExhausted,
+                                        "\(job.service) was dispatched \(settings.maxAttempts) times and every worker was lost",
+                                        stage: job.service))
+                continue
+            }
+            jobs[jobID] = job
+            services[job.service, default: ServiceQueue()].queue.insert(jobID, at: 0)
+            stats.requeued += 1
+        }
+    }
+
+    /// Fails queued jobs whose service has had no worker for `serviceTimeoutMs`.
+    private func failStarvedJobs(now: UInt64) {
+        let timeout = UInt64(settings.serviceTimeoutMs) * 1_000_000
+        for (name, service) in services where !service.queue.isEmpty && service.ready.isEmpty {
+            let served = workers.values.contains { $0.service == name }
+            if served { continue }
+            let since = service.everServed ? service.lastWorkerSeen : (jobs[service.queue[0]]?.queuedAt ?? now)
+            guard now - since > timeout else { continue }
+            let role = name == Service.generate ? "generator" : name.hasPrefix("inspect.") ? "inspector" : "aligner"
+            let message = "no worker serves '\(name)'; start one with `aligners worker --role \(role)"
+                + (name.contains(".") ? " --criterion \(name.split(separator: ".", maxSplits: 1)[1])`" : "`")
+            for jobID in service.queue {
+                if let job = jobs[jobID] { fail(job, EnvelopeError(.noWorker, message, stage: name)) }
+            }
+            services[name]!.queue.removeAll()
+        }
+    }
+}
+
+/// What the router has done so far (for status lines and metrics).
+public struct RouterStats: Sendable, Equatable {
+    public var received = 0
+    public var delivered = 0
+    public var failed = 0
+    public var inFlight = 0
+    public var batches = 0
+    public var dispatched = 0
+    public var requeued = 0
+    public var duplicates = 0
+    public var rejectedFrames = 0
+    public var workers = 0
+    public var queued = 0
+}
+
+// MARK: Router state
+
+struct Identity: Hashable, CustomStringConvertible {
+    let bytes: [UInt8]
+    init(_ bytes: [UInt8]) { self.bytes = bytes }
+    var description: String { bytes.map { String(format: "%02x", $0) }.joined() }
+}
+
+struct Sample {
+    var envelope: Envelope
+    let client: Identity
+}
+
+struct Client {
+    var lastSeen: UInt64
+    var inFlight = 0
+    var gone = false
+}
+
+struct WorkerState {
+    let service: String
+    let name: String
+    let model: String
+    var credit: Int
+    var lastSeen: UInt64
+    var inFlight: Set<UInt64> = []
+    var draining = false
+}
+
+struct ServiceQueue {
+    var queue: [UInt64] = []
+    /// Workers with credit, least recently given work first.
+    var ready: [Identity] = []
+    var everServed = false
+    var lastWorkerSeen: UInt64 = 0
+}
+
+struct Job {
+    enum Owner {
+        case generation(Identity)
+        case batch(UInt64, [Int])
+    }
+    let id: UInt64
+    var attempt: Int
+    let service: String
+    let envelopes: [Envelope]
+    let owner: Owner
+    var worker: Identity?
+    let queuedAt: UInt64
+}
+
+struct Batch {
+    let id: UInt64
+    var samples: [Sample]
+    var run: SquadRun
+    var outstanding: Set<UInt64> = []
+    var stepScores: [Int: [String: Double]] = [:]
+    var stepChanged: Set<Int> = []
+}
+
+extension Array {
+    func chunked(_ size: Int) -> [ArraySlice<Element>] {
+        stride(from: 0, to: count, by: Swift.max(1, size)).map { self[$0..<Swift.min($0 + Swift.max(1, size), count)] }
+    }
+}

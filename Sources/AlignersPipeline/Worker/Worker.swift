@@ -1,0 +1,203 @@
+import AlignersSchema
+import Foundation
+import Logging
+import Synchronization
+
+/// The model side of a worker: turns a job's envelopes into answered envelopes. Runs on the
+/// worker's compute thread, so it may take as long as the model needs.
+public protocol StageHandler: Sendable {
+    /// The service the worker registers (`inspect.ethical`, `align.helpful`, `generate`).
+    var service: String { get }
+    var model: String { get }
+    func process(_ envelopes: [Envelope]) throws -> [Envelope]
+}
+
+public struct WorkerSettings: Sendable {
+    /// Jobs the router may hand over before the first comes back (one running, one waiting).
+    public var credit: Int = 2
+    public var heartbeat = HeartbeatSettings()
+    /// A job running longer than this stops the systemd watchdog, so a stuck model is restarted.
+    public var jobTimeoutMs: Int = 600_000
+    /// Shown in the router's logs.
+    public var name: String = "\(ProcessInfo.processInfo.hostName):\(getpid())"
+    public init() {}
+}
+
+/// A stage process's connection to the router (Paranoid Pirate style): registers its service,
+/// takes jobs within its credit, heartbeats from the socket thread while the compute thread runs
+/// the model, and reconnects when the router goes silent.
+public final class Worker: @unchecked Sendable {
+    public let handler: any StageHandler
+    public let settings: WorkerSettings
+    private let context: ZMQContext
+    private let endpoint: String
+    private let logger: Logger
+    private let draining = Atomic<Bool>(false)
+    /// Monotonic start of the running job, 0 when idle (read by the socket thread for the watchdog).
+    private let busySince = Atomic<UInt64>(0)
+    private let pipeEndpoint = "inproc://aligners-worker-\(UUID().uuidString)"
+    /// Called from the socket thread each loop turn with whether the compute thread looks healthy.
+    public var onTick: (@Sendable (_ healthy: Bool) -> Void)?
+    /// Called once the worker has registered with a router.
+    public var onReady: (@Sendable () -> Void)?
+
+    public init(context: ZMQContext, endpoint: String, handler: any StageHandler, settings: WorkerSettings = WorkerSettings(),
+                logger: Logger) {
+        self.context = context
+        self.endpoint = endpoint
+        self.handler = handler
+        self.settings = settings
+        self.logger = logger
+    }
+
+    /// Finish the jobs held, tell the router, and return from `run()`. Thread-safe.
+    public func drain() { draining.store(true, ordering: .relaxed) }
+
+    /// Serves until drained. Blocks; call on a dedicated thread.
+    public func run() throws {
+        let pipe = try ZMQSocket(context, .pair)
+        try pipe.bind(pipeEndpoint)
+        let compute = Thread { [self] in computeLoop() }
+        compute.name = "aligners-compute"
+        compute.start()
+        defer {
+            _ = try? pipe.send([[]])  // an empty frame stops the compute thread
+            pipe.close()
+        }
+
+        var socket = try connect()
+        var inFlight = Set<UInt64>()
+        var lastHeard = monotonicNanos()
+        var lastSent: UInt64 = 0
+        var announcedDrain = false
+        var reconnectDelayMs = settings.heartbeat.intervalMs
+        var announcedReady = false
+
+        while true {
+            var poller = ZMQPoller([socket, pipe])
+            let ready = try poller.poll(timeoutMs: min(settings.heartbeat.intervalMs, 100))
+            let now = monotonicNanos()
+            if ready[0] {
+                while let frames = try socket.receive(dontWait: true) {
+                    lastHeard = now
+                    guard frames.count == 1, let message = WireMessage.decode(frames[0]) else { continue }
+                    switch message.kind {
+                    case .job(let job):
+                        inFlight.insert(job.id)
+                        try pipe.send([frames[0]])
+                    case .disconnect(let d):
+                        logger.warning("router asked us to register again", metadata: ["reason": "\(d.reason)"])
+                        try socket.send([registration()])
+                    default:
+                        break
+                    }
+                    if !announcedReady { announcedReady = true; onReady?() }
+                }
+            }
+            if ready[1] {
+                while let frames = try pipe.receive(dontWait: true) {
+                    if let message = WireMessage.decode(frames[0]), case .result(let result) = message.kind {
+                        inFlight.remove(result.id)
+                    }
+                    try socket.send([frames[0]])
+                    lastSent = now
+                }
+            }
+            if draining.load(ordering: .relaxed) {
+                if !announcedDrain {
+                    announcedDrain = true
+                    logger.info("worker draining", metadata: ["jobs_held": "\(inFlight.count)"])
+                    try socket.send([WireMessage.disconnect("draining").bytes()])
+                }
+                if inFlight.isEmpty {
+                    try socket.send([WireMessage.disconnect("stopped").bytes()])
+                    logger.info("worker drained")
+                    socket.close()
+                    return
+                }
+            }
+            if now - lastHeard > settings.heartbeat.expiryNs {
+                // The router is gone or restarted: start over with a fresh socket, backing off.
+                logger.warning("router silent; reconnecting", metadata: ["endpoint": "\(endpoint)", "delay_ms": "\(reconnectDelayMs)"])
+                socket.close()
+                Thread.sleep(forTimeInterval: Double(reconnectDelayMs) / 1000)
+                reconnectDelayMs = min(reconnectDelayMs * 2, 32_000)
+                socket = try connect()
+                lastHeard = monotonicNanos()
+                continue
+            } else if now - lastHeard < settings.heartbeat.intervalNs {
+                reconnectDelayMs = settings.heartbeat.intervalMs
+            }
+            if now - lastSent >= settings.heartbeat.intervalNs {
+                try socket.send([WireMessage.heartbeat().bytes()])
+                lastSent = now
+            }
+            let started = busySince.load(ordering: .relaxed)
+            onTick?(started == 0 || now - started < UInt64(settings.jobTimeoutMs) * 1_000_000)
+        }
+    }
+
+    private func registration() -> [UInt8] {
+        var ready = Aligners_V1_Ready()
+        ready.service = handler.service
+        ready.credit = UInt32(settings.credit)
+        ready.model = handler.model
+        ready.worker = settings.name
+        return WireMessage(.ready(ready)).bytes()
+    }
+
+    private func connect() throws -> ZMQSocket {
+        let socket = try ZMQSocket(context, .dealer)
+        try socket.connect(endpoint)
+        try socket.send([registration()])
+        logger.info("worker registering", metadata: ["service": "\(handler.service)", "endpoint": "\(endpoint)",
+                                                     "model": "\(handler.model)"])
+        return socket
+    }
+
+    /// The compute thread: one job at a time, as long as the model takes.
+    private func computeLoop() {
+        guard let pipe = try? ZMQSocket(context, .pair), (try? pipe.connect(pipeEndpoint)) != nil else { return }
+        defer { pipe.close() }
+        while let frames = try? pipe.receive(), let frame = frames.first, !frame.isEmpty {
+            guard let message = WireMessage.decode(frame), case .job(let job) = message.kind else { continue }
+            busySince.store(monotonicNanos(), ordering: .relaxed)
+            let result = answer(job)
+            busySince.store(0, ordering: .relaxed)
+            _ = try? pipe.send([WireMessage(.result(result)).bytes()])
+        }
+    }
+
+    /// Runs the handler on the job; if the batch fails, runs each envelope alone so one poison
+    /// sample fails by itself.
+    func answer(_ job: Aligners_V1_Job) -> Aligners_V1_JobResult {
+        var result = Aligners_V1_JobResult()
+        result.id = job.id
+        result.attempt = job.attempt
+        do {
+            result.envelopes = try handler.process(job.envelopes)
+            guard result.envelopes.count == job.envelopes.count else {
+                throw StageError("\(handler.service) returned \(result.envelopes.count) envelopes for \(job.envelopes.count)")
+            }
+        } catch {
+            logger.warning("batch failed; retrying one by one", metadata: ["service": "\(handler.service)", "error": "\(error)"])
+            result.envelopes = job.envelopes.map { envelope in
+                do {
+                    let out = try handler.process([envelope])
+                    if out.count == 1 { return out[0] }
+                    throw StageError("\(handler.service) returned \(out.count) envelopes for 1")
+                } catch {
+                    var failed = envelope
+                    failed.error = EnvelopeError(.modelFailed, "\(error)", stage: handler.service)
+                    return failed
+                }
+            }
+        }
+        return result
+    }
+}
+
+public struct StageError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
