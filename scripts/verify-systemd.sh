@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# verify-systemd.sh BINARY: checks the units in Systemd/ offline (systemd need not be PID 1).
+#
+#   1. systemd-analyze verify on every unit, templates instantiated (aligners-aligner@helpful-1 ...),
+#      with ExecStart's /usr/local/bin/aligners rewritten to BINARY (verify checks that it exists).
+#      Fails on a non-zero exit and on any diagnostic that names our units: systemd only warns
+#      ("ignoring") on a misspelt key or a bad value, which would silently drop a sandbox setting.
+#   2. Every ${VAR} / $VAR the units use is set in Systemd/aligners.env.
+#   3. The aligner's instance-name split: helpful-1 -> --criterion helpful (run through /bin/sh).
+#   4. systemd-analyze security --offline=true: the exposure score of each unit (informational).
+#
+# Exit 0: all good, or systemd-analyze absent (skipped, with a message). Exit 1: a check failed.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+units_dir=$here/Systemd
+binary=${1:-}
+if [ -z "$binary" ]; then
+  echo "usage: $0 BINARY   (the built aligners executable, or any executable such as /bin/true)" >&2
+  exit 64
+fi
+binary=$(realpath "$binary")
+[ -x "$binary" ] || { echo "error: $binary is not executable" >&2; exit 1; }
+
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+  echo "SKIP: systemd-analyze not found; systemd units not verified"
+  exit 0
+fi
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+failed=0
+
+# Instances to check for each template (what README.md shows).
+declare -A instances=(
+  [aligners-inspector@.service]="ethical"
+  [aligners-aligner@.service]="helpful helpful-1 harm-less-12"
+  [aligners-generator@.service]="1"
+)
+
+targets=()
+for unit in "$units_dir"/*.service "$units_dir"/*.target; do
+  name=$(basename "$unit")
+  sed "s#/usr/local/bin/aligners#$binary#g" "$unit" > "$work/$name"
+  case $name in
+    *@.service)
+      for instance in ${instances[$name]:-test}; do
+        ln -s "$name" "$work/${name%@.service}@$instance.service"
+        targets+=("$work/${name%@.service}@$instance.service")
+      done ;;
+    *) targets+=("$work/$name") ;;
+  esac
+done
+
+# 1. systemd-analyze verify
+echo "== systemd-analyze verify ($(systemd-analyze --version | head -1)), ExecStart binary $binary"
+set +e
+output=$(cd "$work" && SYSTEMD_LOG_COLOR=0 systemd-analyze verify --man=no "${targets[@]}" 2>&1)
+rc=$?
+set -e
+if [ -n "$output" ]; then printf '%s\n' "$output" | sed 's/^/   /'; fi
+if [ $rc -ne 0 ]; then
+  echo "FAIL: systemd-analyze verify exited $rc"; failed=1
+elif printf '%s\n' "$output" | grep -q 'aligners'; then
+  echo "FAIL: systemd-analyze verify reported problems in our units (above)"; failed=1
+else
+  for t in "${targets[@]}"; do echo "   ok  $(basename "$t")"; done
+fi
+
+# 2. Environment variables used by the units are set in the example environment file.
+echo "== variables in Systemd/aligners.env"
+used=$(grep -h '^ExecStart=' "$units_dir"/*.service | grep -o '\$\$\?{\?ALIGNERS_[A-Z_]*' | tr -d '${' | sort -u)
+for var in $used; do
+  if grep -q "^$var=" "$units_dir/aligners.env"; then echo "   ok  $var"; else echo "FAIL: $var is not set in aligners.env"; failed=1; fi
+done
+bad=$(grep -vnE '^[[:space:]]*(#|$)|^[A-Z_][A-Z0-9_]*=' "$units_dir/aligners.env" || true)
+if [ -n "$bad" ]; then echo "FAIL: lines in aligners.env that are not KEY=VALUE:"; echo "$bad"; failed=1; fi
+
+# 3. The aligner's ExecStart, as systemd would run it: unescape $$ and %%, put in the instance,
+#    and run it with a stand-in binary that prints its arguments.
+echo "== aligners-aligner@ instance names"
+cat > "$work/fake-aligners" <<'EOF'
+#!/bin/sh
+printf '%s|' "$@"
+EOF
+chmod +x "$work/fake-aligners"
+line=$(grep '^ExecStart=' "$units_dir/aligners-aligner@.service" | sed 's/^ExecStart=//')
+for case in helpful:helpful helpful-1:helpful helpful-12:helpful harm-less-3:harm-less; do
+  instance=${case%%:*} want=${case#*:}
+  cmd=${line//\$\$/\$}
+  cmd=${cmd//%%/%}
+  cmd=${cmd//%i/$instance}
+  cmd=${cmd//\/usr\/local\/bin\/aligners/$work/fake-aligners}
+  got=$(eval "env -i ALIGNERS_ROUTER=tcp://r:1 'ALIGNERS_WORKER_OPTS=--a 1' $cmd")
+  expected="worker|--role|aligner|--criterion|$want|--connect|tcp://r:1|--a|1|"
+  if [ "$got" = "$expected" ]; then echo "   ok  $instance -> --criterion $want"
+  else echo "FAIL: $instance: got $got, expected $expected"; failed=1; fi
+done
+
+# 4. Exposure scores (informational; 0 = locked down, 10 = exposed).
+echo "== systemd-analyze security --offline=true (informational)"
+for t in "${targets[@]}"; do
+  case $t in *.target) continue ;; esac
+  (cd "$work" && systemd-analyze security --offline=true --no-pager "$t" 2>&1 | grep -a 'Overall exposure' | sed 's/^→ */   /') || true
+done
+
+if [ $failed -ne 0 ]; then echo "verify-systemd: FAILED"; exit 1; fi
+echo "verify-systemd: all units ok"
