@@ -125,7 +125,7 @@ struct SquadPolicyTests {
         #expect(passes.map(\.criterion) == ["ethical", "helpful"])
         #expect(passes[0].samples == [0, 2])
         #expect(passes[1].samples == [1, 2])
-        #expect(world.responses.allSatisfy(\.isEmpty))
+        #expect(world.responses.allSatisfy { $0.isEmpty })
         #expect(squad.scores[3] == ["ethical": 0.9, "helpful": 0.8], "the fine sample was never touched")
     }
 

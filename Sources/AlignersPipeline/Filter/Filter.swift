@@ -11,6 +11,8 @@ public struct FilterSettings: Sendable {
     /// Longer lines become error records without being held in memory.
     public var maxLineBytes = 4 << 20
     public var heartbeat = HeartbeatSettings()
+    /// Give up when the router has not answered for this long (it keeps retrying until then).
+    public var routerTimeoutMs = 30_000
     public init() {}
 }
 
@@ -52,7 +54,8 @@ public final class Filter: @unchecked Sendable {
         let handoff = "inproc://aligners-filter-\(UUID().uuidString)"
         let pull = try ZMQSocket(context, .pull)
         try pull.bind(handoff)
-        let client = PipelineClient(context: context, endpoint: endpoint, heartbeat: settings.heartbeat, logger: logger)
+        let client = PipelineClient(context: context, endpoint: endpoint, heartbeat: settings.heartbeat,
+                                    timeoutMs: settings.routerTimeoutMs, logger: logger)
 
         let readerDone = Atomic<Bool>(false)
         let reader = Thread { [self] in
@@ -142,12 +145,14 @@ final class PipelineClient {
     private let context: ZMQContext
     private let endpoint: String
     private let heartbeat: HeartbeatSettings
+    private let timeoutNs: UInt64
     private let logger: Logger
 
-    init(context: ZMQContext, endpoint: String, heartbeat: HeartbeatSettings, logger: Logger) {
+    init(context: ZMQContext, endpoint: String, heartbeat: HeartbeatSettings, timeoutMs: Int, logger: Logger) {
         self.context = context
         self.endpoint = endpoint
         self.heartbeat = heartbeat
+        self.timeoutNs = UInt64(timeoutMs) * 1_000_000
         self.logger = logger
     }
 
@@ -166,6 +171,7 @@ final class PipelineClient {
         var inputDone = false
         var lastHeard = monotonicNanos()
         var lastSent = monotonicNanos()
+        var silentSince = lastHeard
         var warnedSilent = false
 
         while !(inputDone && inFlight.isEmpty && resubmit.isEmpty) {
@@ -176,6 +182,7 @@ final class PipelineClient {
             if ready[0] {
                 while let frames = try socket.receive(dontWait: true) {
                     lastHeard = now
+                    silentSince = now
                     warnedSilent = false
                     guard frames.count == 1, let message = WireMessage.decode(frames[0]) else { continue }
                     switch message.kind {
@@ -212,6 +219,9 @@ final class PipelineClient {
                     lastSent = now
                 }
             }
+            if now - silentSince > timeoutNs {
+                throw RouterUnreachable(endpoint: endpoint, seconds: Int(timeoutNs / 1_000_000_000))
+            }
             if now - lastHeard > heartbeat.expiryNs {
                 // The router went away: reconnect and send again whatever it had not answered.
                 if !warnedSilent {
@@ -237,6 +247,14 @@ final class PipelineClient {
         var submit = Aligners_V1_Submit()
         submit.envelopes = envelopes
         try socket.send([WireMessage(.submit(submit)).bytes()])
+    }
+}
+
+public struct RouterUnreachable: Error, CustomStringConvertible {
+    public let endpoint: String
+    public let seconds: Int
+    public var description: String {
+        "the router at \(endpoint) has not answered for \(seconds) s; is `aligners router` running there?"
     }
 }
 

@@ -235,14 +235,14 @@ public final class Router: @unchecked Sendable {
             for criterion in criteria {
                 for chunk in samples.chunked(settings.jobSize) {
                     let envelopes = chunk.map { batch.samples[$0].envelope }
-                    enqueue(service: Service.inspect(criterion), envelopes: envelopes, owner: .batch(batchID, Array(chunk)))
+                    enqueue(service: ServiceName.inspect(criterion), envelopes: envelopes, owner: .batch(batchID, Array(chunk)))
                 }
             }
         case .align(let criterion, let samples):
             batches[batchID] = batch
             for chunk in samples.chunked(settings.jobSize) {
                 let envelopes = chunk.map { batch.samples[$0].envelope }
-                enqueue(service: Service.align(criterion), envelopes: envelopes, owner: .batch(batchID, Array(chunk)))
+                enqueue(service: ServiceName.align(criterion), envelopes: envelopes, owner: .batch(batchID, Array(chunk)))
             }
         }
     }
@@ -292,7 +292,7 @@ public final class Router: @unchecked Sendable {
     }
 
     private func enqueueGeneration(_ sample: Sample, now: UInt64) {
-        enqueue(service: Service.generate, envelopes: [sample.envelope], owner: .generation(sample.client))
+        enqueue(service: ServiceName.generate, envelopes: [sample.envelope], owner: .generation(sample.client))
     }
 
     /// Hands queued jobs to ready workers, least recently used first, within each worker's credit.
@@ -543,7 +543,7 @@ public final class Router: @unchecked Sendable {
             if served { continue }
             let since = service.everServed ? service.lastWorkerSeen : (jobs[service.queue[0]]?.queuedAt ?? now)
             guard now - since > timeout else { continue }
-            let role = name == Service.generate ? "generator" : name.hasPrefix("inspect.") ? "inspector" : "aligner"
+            let role = name == ServiceName.generate ? "generator" : name.hasPrefix("inspect.") ? "inspector" : "aligner"
             let message = "no worker serves '\(name)'; start one with `aligners worker --role \(role)"
                 + (name.contains(".") ? " --criterion \(name.split(separator: ".", maxSplits: 1)[1])`" : "`")
             for jobID in service.queue {

@@ -6,7 +6,7 @@ public typealias WireMessage = Aligners_V1_Message
 public typealias EnvelopeError = Aligners_V1_Error
 
 /// Service names workers register under.
-public enum Service {
+public enum ServiceName {
     public static let generate = "generate"
     public static func inspect(_ criterion: String) -> String { "inspect.\(criterion)" }
     public static func align(_ criterion: String) -> String { "align.\(criterion)" }

@@ -13,7 +13,7 @@ extension Envelope {
 public struct InspectorStage: StageHandler {
     public let inspector: any Inspector
     public init(_ inspector: any Inspector) { self.inspector = inspector }
-    public var service: String { Service.inspect(inspector.criterion) }
+    public var service: String { ServiceName.inspect(inspector.criterion) }
     public var model: String { inspector.modelName }
 
     public func process(_ envelopes: [Envelope]) throws -> [Envelope] {
@@ -39,7 +39,7 @@ public struct InspectorStage: StageHandler {
 public struct AlignerStage: StageHandler {
     public let aligner: any Aligner
     public init(_ aligner: any Aligner) { self.aligner = aligner }
-    public var service: String { Service.align(aligner.criterion) }
+    public var service: String { ServiceName.align(aligner.criterion) }
     public var model: String { aligner.modelName }
 
     public func process(_ envelopes: [Envelope]) throws -> [Envelope] {
@@ -72,7 +72,7 @@ public struct AlignerStage: StageHandler {
 public struct GeneratorStage: StageHandler {
     public let generator: any Generator
     public init(_ generator: any Generator) { self.generator = generator }
-    public var service: String { Service.generate }
+    public var service: String { ServiceName.generate }
     public var model: String { generator.modelName }
 
     public func process(_ envelopes: [Envelope]) throws -> [Envelope] {

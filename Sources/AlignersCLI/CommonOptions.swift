@@ -1,0 +1,60 @@
+import AlignersPipeline
+import ArgumentParser
+import Foundation
+import Logging
+
+/// Options every command that logs takes.
+struct LogOptions: ParsableArguments {
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: Logger.Level = .info
+
+    /// Sets up logfmt lines on stderr and returns a logger for `label`.
+    func bootstrap(_ label: String) -> Logger {
+        let level = logLevel
+        LoggingSystem.bootstrap { name in
+            var handler = LogfmtHandler(label: name)
+            handler.logLevel = level
+            return handler
+        }
+        // Writing to a closed pipe must fail the write, not kill the process.
+        signal(SIGPIPE, SIG_IGN)
+        return Logger(label: label)
+    }
+}
+
+extension Logger.Level: @retroactive ExpressibleByArgument {}
+
+/// The squad's settings, shared by `filter` (in process) and `router`.
+struct SquadOptions: ParsableArguments {
+    @Option(help: "Comma-separated criteria, in the order that breaks ties.")
+    var criteria: String = "ethical,factuality,helpful"
+
+    @Option(help: "A sample goes to a criterion's aligner when its score is strictly below this.")
+    var threshold: Double = 0.5
+
+    @Option(help: "Samples per squad batch (the order of criteria is decided per batch).")
+    var batchSize: Int = 64
+
+    @Option(help: "Milliseconds a partial batch waits for more samples.")
+    var windowMs: Int = 50
+
+    var criteriaList: [String] {
+        criteria.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+    }
+
+    func validate() throws {
+        guard !criteriaList.isEmpty else { throw ValidationError("--criteria needs at least one criterion") }
+        guard Set(criteriaList).count == criteriaList.count else { throw ValidationError("--criteria lists a criterion twice") }
+        guard (0...1).contains(threshold) else { throw ValidationError("--threshold must be within [0, 1]") }
+        guard batchSize >= 1 else { throw ValidationError("--batch-size must be at least 1") }
+        guard windowMs >= 0 else { throw ValidationError("--window-ms must not be negative") }
+    }
+
+    func routerSettings() -> RouterSettings {
+        var s = RouterSettings(criteria: criteriaList)
+        s.threshold = threshold
+        s.batchSize = batchSize
+        s.batchWindowMs = windowMs
+        return s
+    }
+}

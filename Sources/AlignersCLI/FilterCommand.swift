@@ -1,0 +1,96 @@
+import AlignersPipeline
+import ArgumentParser
+import Foundation
+import Logging
+
+struct FilterCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "filter",
+        abstract: "Align chat logs: JSONL on stdin, aligned JSONL on stdout, streaming.",
+        discussion: """
+            Input lines: {"prompt": "...", "response": "..."} (response optional) or OpenAI-style
+            {"messages": [{"role": ..., "content": ...}, ...]}, whose last assistant turn is the response
+            to align (when the last turn is the user's, the generator writes the response). Other fields
+            pass through untouched. Each output line is the input with the aligned response in place and
+            an "alignment" object: the original response, scores before/after per criterion, the aligner
+            steps and the order of criteria used.
+
+            Every input line yields exactly one output line. A line that cannot be used (bad JSON,
+            wrong types, empty, invalid UTF-8, too long) yields {"line": N, "error": {...}} in its place.
+
+            By default the router and workers run in this process; --connect feeds a running router.
+
+            Exit status: 0 every line was aligned or passed; 1 some lines yielded error records;
+            2 the filter could not run (bad options, no models, router unreachable).
+            """)
+
+    @Option(help: "A running router's front end (e.g. tcp://127.0.0.1:5555); default: run everything in process.")
+    var connect: String?
+    @OptionGroup var squad: SquadOptions
+    @Flag(help: "Write each line as soon as it is ready instead of in input order.")
+    var unordered = false
+    @Option(help: "Most lines read ahead of the output (bounds memory).")
+    var window = 256
+    @Option(help: "Longer input lines become error records.")
+    var maxLineBytes = 4 << 20
+    @Option(help: "Directory holding model packages (default: searched, see README).")
+    var modelsDir: String?
+    @Flag(help: "Print a before/after summary on stderr at the end.")
+    var summary = false
+    @OptionGroup var log: LogOptions
+
+    func validate() throws {
+        guard window >= 1 else { throw ValidationError("--window must be at least 1") }
+        guard maxLineBytes >= 16 else { throw ValidationError("--max-line-bytes must be at least 16") }
+    }
+
+    func run() async throws {
+        let logger = log.bootstrap("filter")
+        var settings = FilterSettings()
+        settings.unordered = unordered
+        settings.window = window
+        settings.maxLineBytes = maxLineBytes
+        let context = ZMQContext()
+        var local: LocalPipeline?
+        let endpoint: String
+        if let connect {
+            endpoint = connect
+        } else {
+            let catalog = ModelCatalog(modelsDir: modelsDir)
+            var handlers: [any StageHandler] = []
+            do {
+                for criterion in squad.criteriaList {
+                    handlers.append(InspectorStage(try catalog.inspector(for: criterion)))
+                    handlers.append(AlignerStage(try catalog.aligner(for: criterion)))
+                }
+            } catch {
+                logger.critical("cannot run the squad in process", metadata: ["error": "\(error)"])
+                throw ExitCode(2)
+            }
+            // The generator is optional: without it, lines that carry no response fail clearly.
+            if let generator = try? catalog.generator() { handlers.append(GeneratorStage(generator)) }
+            var routerSettings = squad.routerSettings()
+            routerSettings.clientWindow = window
+            routerSettings.serviceTimeoutMs = 1000  // in process, every worker is already there
+            let pipeline = try LocalPipeline(context: context, settings: routerSettings, handlers: handlers, logger: logger)
+            pipeline.start()
+            local = pipeline
+            endpoint = pipeline.frontend
+        }
+        let filter = Filter(context: context, endpoint: endpoint, settings: settings, logger: logger)
+        let result: FilterSummary
+        do {
+            result = try await onThread("aligners-filter") { try filter.run() }
+        } catch {
+            logger.critical("filter stopped", metadata: ["error": "\(error)"])
+            throw ExitCode(2)
+        }
+        local?.stop()
+        if summary || result.exitCode != 0 {
+            logger.info("filter done", metadata: ["lines": "\(result.lines)", "aligned": "\(result.aligned)",
+                                                  "untouched": "\(result.untouched)", "invalid": "\(result.invalid)",
+                                                  "failed": "\(result.failed)"])
+        }
+        if result.exitCode != 0 { throw ExitCode(result.exitCode) }
+    }
+}

@@ -1,0 +1,78 @@
+import AlignersPipeline
+import ArgumentParser
+import Foundation
+import Logging
+
+struct WorkerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "worker",
+        abstract: "Run a stage worker: one model serving one service, connected to a router.",
+        discussion: """
+            Start as many as you like per service, on this host or others: the router spreads work over
+            them and re-queues the jobs of any that dies. SIGTERM finishes the jobs held, then exits.
+            """)
+
+    @Option(help: "inspector, aligner or generator.")
+    var role: WorkerRole
+    @Option(help: "The criterion served (inspector and aligner roles).")
+    var criterion: String?
+    @Option(help: "The router's back-end endpoint.")
+    var connect = "tcp://127.0.0.1:5556"
+    @Option(help: "Jobs the router may hand over before the first comes back.")
+    var credit = 2
+    @Option(help: "Heartbeat interval in milliseconds; must match the router's.")
+    var heartbeatMs = 1000
+    @Option(help: "Missed router heartbeats before reconnecting.")
+    var liveness = 3
+    @Option(help: "Directory holding model packages (default: searched, see README).")
+    var modelsDir: String?
+    @OptionGroup var log: LogOptions
+
+    func validate() throws {
+        if role != .generator && (criterion ?? "").isEmpty {
+            throw ValidationError("--role \(role.rawValue) needs --criterion NAME")
+        }
+        guard credit >= 1 else { throw ValidationError("--credit must be at least 1") }
+    }
+
+    func run() async throws {
+        let logger = log.bootstrap("worker")
+        let notifier = SystemdNotifier()
+        let handler: any StageHandler
+        do {
+            handler = try ModelCatalog(modelsDir: modelsDir).handler(role: role, criterion: criterion)
+        } catch {
+            logger.critical("worker has no model to run", metadata: ["role": "\(role.rawValue)", "error": "\(error)"])
+            throw ExitCode(2)
+        }
+        var settings = WorkerSettings()
+        settings.credit = credit
+        settings.heartbeat = HeartbeatSettings(intervalMs: heartbeatMs, liveness: liveness)
+        let worker = Worker(context: ZMQContext(), endpoint: connect, handler: handler, settings: settings, logger: logger)
+        let pacer = NotifyPacer(notifier: notifier)
+        worker.onTick = { healthy in if healthy { pacer.tick(status: nil) } }
+        _ = notifier.ready(status: "\(handler.service) via \(connect)")
+        try await Daemon.run([ThreadService(name: "aligners-worker", body: { try worker.run() },
+                                            drain: { _ = notifier.stopping(status: "draining"); worker.drain() })],
+                             logger: logger)
+    }
+}
+
+/// Sends WATCHDOG=1 at half the watchdog interval and a STATUS line now and then, from the caller's
+/// loop, so a stuck loop stops both.
+final class NotifyPacer: @unchecked Sendable {
+    private let notifier: SystemdNotifier
+    private var lastPing: ContinuousClock.Instant?
+    private var lastStatus: ContinuousClock.Instant?
+    init(notifier: SystemdNotifier) { self.notifier = notifier }
+
+    func tick(status: String?) {
+        guard notifier.isEnabled else { return }
+        _ = notifier.watchdogIfDue(lastPing: &lastPing)
+        let now = ContinuousClock.now
+        if let status, lastStatus.map({ now - $0 > .seconds(5) }) ?? true {
+            lastStatus = now
+            _ = notifier.status(status)
+        }
+    }
+}

@@ -1,0 +1,207 @@
+import AlignersCore
+import Foundation
+import Logging
+import Testing
+@testable import AlignersPipeline
+import PipelineTestDoubles
+
+/// Runs the in-process pipeline (router + double workers over inproc) behind a filter reading
+/// `input` and returns the output lines parsed.
+func runFilter(_ input: [UInt8], criteria: [String] = ["ethical", "helpful"], withGenerator: Bool = true,
+               settings: FilterSettings = FilterSettings(), batchSize: Int = 8,
+               extraHandlers: [any StageHandler] = []) throws -> (lines: [[String: Any]], raw: [String], summary: FilterSummary) {
+    var logger = Logger(label: "test")
+    logger.logLevel = .error
+    let context = ZMQContext()
+    var routerSettings = RouterSettings(criteria: criteria)
+    routerSettings.batchSize = batchSize
+    routerSettings.batchWindowMs = 5
+    routerSettings.jobSize = 4
+    routerSettings.serviceTimeoutMs = 300
+    routerSettings.heartbeat = HeartbeatSettings(intervalMs: 100, liveness: 5)
+    var handlers: [any StageHandler] = criteria.flatMap {
+        [InspectorStage(MarkerInspector(criterion: $0)) as any StageHandler, AlignerStage(MarkerAligner(criterion: $0))]
+    }
+    if withGenerator { handlers.append(GeneratorStage(EchoGenerator())) }
+    handlers += extraHandlers
+    var workerSettings = WorkerSettings()
+    workerSettings.heartbeat = routerSettings.heartbeat
+    let pipeline = try LocalPipeline(context: context, settings: routerSettings, handlers: handlers,
+                                     workerSettings: workerSettings, logger: logger)
+    pipeline.start()
+    defer { pipeline.stop() }
+
+    var inPipe: [Int32] = [0, 0], outPipe: [Int32] = [0, 0]
+    pipe(&inPipe)
+    pipe(&outPipe)
+    let writeFD = inPipe[1]
+    let writer = Thread {
+        input.withUnsafeBytes { raw in
+            var offset = 0
+            while offset < raw.count {
+                let n = write(writeFD, raw.baseAddress! + offset, raw.count - offset)
+                if n <= 0 { break }
+                offset += n
+            }
+        }
+        close(writeFD)
+    }
+    writer.start()
+    let collected = OutputCollector(fd: outPipe[0])
+    var filterSettings = settings
+    filterSettings.heartbeat = routerSettings.heartbeat
+    let filter = Filter(context: context, endpoint: pipeline.frontend, settings: filterSettings, logger: logger,
+                        input: inPipe[0], output: outPipe[1])
+    let summary = try filter.run()
+    close(outPipe[1])
+    let text = collected.wait()
+    close(inPipe[0])
+    close(outPipe[0])
+    let raw = text.split(separator: "\n", omittingEmptySubsequences: false).dropLast().map(String.init)
+    let lines = raw.map { (try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: Any] ?? [:] }
+    return (lines, raw, summary)
+}
+
+final class OutputCollector: @unchecked Sendable {
+    private var data = Data()
+    private let done = DispatchSemaphore(value: 0)
+    init(fd: Int32) {
+        Thread { [self] in
+            var buffer = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let n = read(fd, &buffer, buffer.count)
+                if n <= 0 { break }
+                data.append(contentsOf: buffer[0..<n])
+            }
+            done.signal()
+        }.start()
+    }
+    func wait() -> String {
+        done.wait()
+        return String(decoding: data, as: UTF8.self)
+    }
+}
+
+func jsonl(_ objects: [[String: Any]]) -> [UInt8] {
+    Array(objects.map { String(decoding: try! JSONSerialization.data(withJSONObject: $0, options: [.sortedKeys]), as: UTF8.self) }
+        .joined(separator: "\n").utf8) + [10]
+}
+
+@Suite("Filter, in process", .serialized)
+struct FilterTests {
+    @Test("aligns what fails, passes what is fine, keeps order and unknown fields")
+    func alignsInOrder() throws {
+        var objects: [[String: Any]] = []
+        for i in 0..<50 {
+            let marker = i % 5 == 0 ? "[bad:ethical]" : i % 7 == 0 ? "[bad:helpful][bad:ethical]" : ""
+            objects.append(["id": "s\(i)", "prompt": "q\(i)", "response": "answer \(i) \(marker)", "meta": ["k": i]])
+        }
+        let out = try runFilter(jsonl(objects))
+        #expect(out.lines.count == 50)
+        #expect(out.summary.exitCode == 0)
+        for (i, line) in out.lines.enumerated() {
+            #expect(line["id"] as? String == "s\(i)")
+            #expect((line["meta"] as? [String: Any])?["k"] as? Int == i)
+            let response = line["response"] as? String ?? ""
+            let alignment = line["alignment"] as? [String: Any] ?? [:]
+            #expect(alignment["original_response"] as? String == objects[i]["response"] as? String)
+            #expect(!response.contains("[bad:"), "line \(i) still fails: \(response)")
+            let steps = alignment["steps"] as? [[String: Any]] ?? []
+            if i % 5 == 0 {
+                #expect(steps.map { $0["criterion"] as? String } == ["ethical"])
+            } else if i % 7 == 0 {
+                #expect(Set(steps.compactMap { $0["criterion"] as? String }) == ["ethical", "helpful"])
+            } else {
+                #expect(steps.isEmpty)
+                #expect(response == objects[i]["response"] as? String, "untouched samples pass through")
+            }
+            let scores = alignment["scores"] as? [String: [String: Any]] ?? [:]
+            #expect(Set(scores.keys) == ["ethical", "helpful"])
+        }
+    }
+
+    @Test("chat logs: the last assistant turn is aligned; a trailing user turn is answered by the generator")
+    func messages() throws {
+        let objects: [[String: Any]] = [
+            ["messages": [["role": "system", "content": "be nice"], ["role": "user", "content": "hi"],
+                          ["role": "assistant", "content": "go away [bad:ethical]"]]],
+            ["messages": [["role": "user", "content": "hello there"]]],
+        ]
+        let out = try runFilter(jsonl(objects))
+        #expect(out.lines.count == 2)
+        let first = out.lines[0]["messages"] as? [[String: Any]] ?? []
+        #expect(first.count == 3)
+        #expect(first[2]["content"] as? String == "go away [fixed:ethical]")
+        let second = out.lines[1]["messages"] as? [[String: Any]] ?? []
+        #expect(second.count == 2)
+        #expect(second[1]["role"] as? String == "assistant")
+        #expect(second[1]["content"] as? String == "echo: hello there")
+        #expect((out.lines[1]["alignment"] as? [String: Any])?["generated"] as? Bool == true)
+    }
+
+    @Test("bad input: one error record per bad line, in place, and the stream goes on")
+    func badInput() throws {
+        var input: [UInt8] = []
+        func add(_ s: String) { input += Array(s.utf8) + [10] }
+        add(#"{"prompt": "ok", "response": "fine"}"#)
+        add(#"{"prompt": "broken"#)                      // malformed JSON
+        add("")                                          // empty line
+        add(#"{"prompt": 42}"#)                          // wrong type
+        input += [0x7B, 0x22, 0xFF, 0xFE, 0x22, 0x7D, 10] // invalid UTF-8
+        add(#"[1, 2, 3]"#)                               // not an object
+        add(#"{"messages": [{"role": "assistant", "content": "x"}]}"#)
+        input += Array(repeating: 0x41, count: 10 << 20) + [10] // a 10 MB line
+        input += (0..<300).map { UInt8(truncatingIfNeeded: $0 &* 37) }.filter { $0 != 10 } + [10] // binary junk
+        add(#"{"prompt": "last", "response": "also fine [bad:helpful]"}"#)
+        var settings = FilterSettings()
+        settings.maxLineBytes = 1 << 20
+        let out = try runFilter(input, settings: settings)
+        #expect(out.lines.count == 10)
+        #expect(out.summary.invalid == 8)
+        #expect(out.summary.exitCode == 1)
+        let errors = out.lines.map { ($0["error"] as? [String: Any])?["code"] as? String }
+        #expect(errors == [nil, "invalid_input", "invalid_input", "invalid_input", "invalid_input", "invalid_input",
+                           "invalid_input", "invalid_input", "invalid_input", nil])
+        #expect(out.lines.enumerated().dropFirst().dropLast().allSatisfy { ($0.element["line"] as? Int) == $0.offset + 1 })
+        #expect(out.lines[9]["response"] as? String == "also fine [fixed:helpful]")
+        #expect(out.raw[7].utf8.count < 4096, "the oversized line is not echoed whole")
+    }
+
+    @Test("a model error fails only the poisoned sample, with an error record")
+    func poison() throws {
+        let objects: [[String: Any]] = (0..<6).map {
+            ["prompt": "q", "response": $0 == 3 ? "[bad:ethical][poison]" : "r\($0) [bad:ethical]"]
+        }
+        let out = try runFilter(jsonl(objects))
+        #expect(out.lines.count == 6)
+        #expect(out.summary.failed == 1)
+        #expect((out.lines[3]["error"] as? [String: Any])?["code"] as? String == "model_failed")
+        #expect(out.lines.enumerated().filter { $0.offset != 3 }.allSatisfy { ($0.element["response"] as? String)?.contains("[fixed:ethical]") == true })
+    }
+
+    @Test("no generator: lines without a response fail clearly, the rest go through")
+    func noGenerator() throws {
+        let objects: [[String: Any]] = [["prompt": "needs an answer"], ["prompt": "q", "response": "a"]]
+        let out = try runFilter(jsonl(objects), withGenerator: false)
+        #expect(out.lines.count == 2)
+        #expect((out.lines[0]["error"] as? [String: Any])?["code"] as? String == "no_worker")
+        #expect(out.lines[1]["response"] as? String == "a")
+    }
+
+    @Test("unordered mode still yields every line exactly once", arguments: [1, 3, 64])
+    func unordered(window: Int) throws {
+        let objects: [[String: Any]] = (0..<200).map { ["id": "\($0)", "prompt": "q", "response": $0 % 2 == 0 ? "[bad:helpful]" : "ok"] }
+        var settings = FilterSettings()
+        settings.unordered = true
+        settings.window = window
+        let out = try runFilter(jsonl(objects), settings: settings)
+        #expect(out.lines.compactMap { $0["id"] as? String }.sorted() == (0..<200).map { "\($0)" }.sorted())
+    }
+
+    @Test("empty input gives empty output")
+    func emptyInput() throws {
+        let out = try runFilter([])
+        #expect(out.lines.isEmpty)
+        #expect(out.summary.exitCode == 0)
+    }
+}
