@@ -1,9 +1,28 @@
 // swift-tools-version: 6.1
 import PackageDescription
+import Foundation
 
 // Kernel code needs unchecked arithmetic to vectorise, in debug builds too (the model tests would
 // otherwise crawl); everything else keeps Swift's checks.
-let kernelFlags: [SwiftSetting] = [.unsafeFlags(["-Ounchecked", "-wmo"])]
+//
+// The kernels also need a CPU target, or SIMD fused multiply-adds become one libm call per lane.
+// Our machines are AMD Zen 4; `haswell` (AVX2 + FMA) runs on any x86-64 from 2013 on and gets most of
+// the speed. Override with ALIGNERS_TARGET_CPU (e.g. `znver4` for AVX-512, `native`, or `none` to
+// build without a target CPU, e.g. on non-x86 hosts).
+let targetCPU: String = {
+    if let cpu = ProcessInfo.processInfo.environment["ALIGNERS_TARGET_CPU"], !cpu.isEmpty { return cpu }
+    #if arch(x86_64)
+    return "haswell"
+    #else
+    return "none"
+    #endif
+}()
+// `-wmo` only in release: in debug builds SwiftPM's index store refuses whole-module mode for
+// targets of more than one file ("index output filenames do not match input source files").
+let kernelFlags: [SwiftSetting] = [
+    .unsafeFlags(["-Ounchecked"] + (targetCPU == "none" ? [] : ["-target-cpu", targetCPU])),
+    .unsafeFlags(["-wmo"], .when(configuration: .release)),
+]
 
 let package = Package(
     name: "aligners",
@@ -29,7 +48,7 @@ let package = Package(
         .target(name: "AlignersKernels", dependencies: ["CBLAS"], swiftSettings: kernelFlags),
 
         // File formats, tokenizers, architectures, generation.
-        .target(name: "AlignersModels", dependencies: ["AlignersKernels"], swiftSettings: kernelFlags),
+        .target(name: "AlignersModels", dependencies: ["AlignersKernels", "AlignersCore"], swiftSettings: kernelFlags),
 
         // Criteria, the model protocols and the squad policy: no sockets, no models.
         .target(name: "AlignersCore"),
@@ -51,6 +70,12 @@ let package = Package(
         .testTarget(name: "AlignersCoreTests", dependencies: ["AlignersCore"]),
         .testTarget(name: "AlignersModelsTests", dependencies: ["AlignersModels", "AlignersKernels"],
                     resources: [.copy("Fixtures")]),
-        .testTarget(name: "AlignersPipelineTests", dependencies: ["AlignersPipeline", "AlignersCore", "AlignersSchema"]),
+        .testTarget(name: "AlignersPipelineTests",
+                    dependencies: ["AlignersPipeline", "AlignersCore", "AlignersSchema", "PipelineTestDoubles"]),
+        // Test doubles for the pipeline's plumbing, and a worker process serving them (tests only).
+        .target(name: "PipelineTestDoubles", dependencies: ["AlignersCore"], path: "Tests/PipelineTestDoubles"),
+        .executableTarget(name: "aligners-testworker",
+                          dependencies: ["AlignersPipeline", "PipelineTestDoubles", .product(name: "Logging", package: "swift-log")],
+                          path: "Tests/TestWorker"),
     ]
 )
