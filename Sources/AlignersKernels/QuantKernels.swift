@@ -1,0 +1,218 @@
+import CBLAS
+
+/// Kernels over `QuantTensor`s: fused dequantize-dot for matrix-vector products (decode), row
+/// dequantization, and a matrix-matrix path through OpenBLAS sgemm on dequantized F32 weights.
+///
+/// The matrix-vector kernels never materialise F32 weights: each 32-weight block is expanded in
+/// registers and multiplied into the activation. For Q4_1, `d·q + m` is split as
+/// `d·Σ q·x + m·Σ x`, with the per-block activation sums computed once per call.
+public enum QuantKernels {
+    // MARK: matrix-vector
+
+    /// y[r] = W[r,:]·x for r in `rows` (y is indexed by absolute row).
+    public static func matvec(_ w: QuantTensor, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, rows: Range<Int>) {
+        let k = w.cols
+        switch w.type {
+        case .q4_1:
+            let nb = k / 32
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: nb) { xs in
+                blockSums(x, nb: nb, into: xs.baseAddress!)
+                let stride = w.rowBytes
+                var r = rows.lowerBound
+                while r + 1 < rows.upperBound {
+                    let (a, b) = dot2Q4_1(w.data + r * stride, w.data + (r + 1) * stride, x, xs.baseAddress!, nb: nb)
+                    y[r] = a; y[r + 1] = b
+                    r += 2
+                }
+                if r < rows.upperBound { y[r] = dotQ4_1(w.data + r * stride, x, xs.baseAddress!, nb: nb) }
+            }
+        case .q8_0:
+            let nb = k / 32
+            let stride = w.rowBytes
+            for r in rows { y[r] = dotQ8_0(w.data + r * stride, x, nb: nb) }
+        case .f32:
+            for r in rows { y[r] = dotF32(w.data.assumingMemoryBound(to: Float.self) + r * k, x, k) }
+        case .f16:
+            for r in rows { y[r] = dotF16(w.data + r * w.rowBytes, x, k) }
+        default:
+            fatalError("QuantKernels.matvec: unsupported type \(w.type.name)")
+        }
+    }
+
+    /// y = W·x using every thread of `pool`.
+    public static func matvec(_ w: QuantTensor, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, pool: ComputePool) {
+        pool.parallelFor(w.rows, granule: 16) { range in matvec(w, x: x, y: y, rows: range) }
+    }
+
+    @inline(__always)
+    static func blockSums(_ x: UnsafePointer<Float>, nb: Int, into xs: UnsafeMutablePointer<Float>) {
+        for b in 0..<nb {
+            let p = UnsafeRawPointer(x + b * 32)
+            let s = p.loadUnaligned(as: SIMD16<Float>.self) + p.loadUnaligned(fromByteOffset: 64, as: SIMD16<Float>.self)
+            xs[b] = s.sum()
+        }
+    }
+
+    @inline(__always)
+    static func nibbles(_ blk: UnsafeRawPointer) -> (SIMD16<Float>, SIMD16<Float>) {
+        let q = blk.loadUnaligned(fromByteOffset: 4, as: SIMD16<UInt8>.self)
+        let lo = SIMD16<Int32>(truncatingIfNeeded: q & 15)
+        let hi = SIMD16<Int32>(truncatingIfNeeded: q &>> 4)
+        return (SIMD16<Float>(lo), SIMD16<Float>(hi))
+    }
+
+    @inline(__always)
+    static func dotQ4_1(_ row: UnsafeRawPointer, _ x: UnsafePointer<Float>, _ xs: UnsafePointer<Float>, nb: Int) -> Float {
+        var acc = SIMD16<Float>()
+        var macc: Float = 0
+        for b in 0..<nb {
+            let blk = row + b * 20
+            let d = halfToFloat(blk.loadUnaligned(as: UInt16.self))
+            let m = halfToFloat(blk.loadUnaligned(fromByteOffset: 2, as: UInt16.self))
+            let (lo, hi) = nibbles(blk)
+            let xp = UnsafeRawPointer(x + b * 32)
+            var p = lo * xp.loadUnaligned(as: SIMD16<Float>.self)
+            p.addProduct(hi, xp.loadUnaligned(fromByteOffset: 64, as: SIMD16<Float>.self))
+            acc.addProduct(p, SIMD16(repeating: d))
+            macc += m * xs[b]
+        }
+        return acc.sum() + macc
+    }
+
+    @inline(__always)
+    static func dot2Q4_1(_ r0: UnsafeRawPointer, _ r1: UnsafeRawPointer, _ x: UnsafePointer<Float>, _ xs: UnsafePointer<Float>, nb: Int) -> (Float, Float) {
+        var acc0 = SIMD16<Float>(), acc1 = SIMD16<Float>()
+        var m0: Float = 0, m1: Float = 0
+        for b in 0..<nb {
+            let xp = UnsafeRawPointer(x + b * 32)
+            let x0 = xp.loadUnaligned(as: SIMD16<Float>.self)
+            let x1 = xp.loadUnaligned(fromByteOffset: 64, as: SIMD16<Float>.self)
+            let sx = xs[b]
+            do {
+                let blk = r0 + b * 20
+                let d = halfToFloat(blk.loadUnaligned(as: UInt16.self))
+                let m = halfToFloat(blk.loadUnaligned(fromByteOffset: 2, as: UInt16.self))
+                let (lo, hi) = nibbles(blk)
+                var p = lo * x0
+                p.addProduct(hi, x1)
+                acc0.addProduct(p, SIMD16(repeating: d))
+                m0 += m * sx
+            }
+            do {
+                let blk = r1 + b * 20
+                let d = halfToFloat(blk.loadUnaligned(as: UInt16.self))
+                let m = halfToFloat(blk.loadUnaligned(fromByteOffset: 2, as: UInt16.self))
+                let (lo, hi) = nibbles(blk)
+                var p = lo * x0
+                p.addProduct(hi, x1)
+                acc1.addProduct(p, SIMD16(repeating: d))
+                m1 += m * sx
+            }
+        }
+        return (acc0.sum() + m0, acc1.sum() + m1)
+    }
+
+    @inline(__always)
+    static func dotQ8_0(_ row: UnsafeRawPointer, _ x: UnsafePointer<Float>, nb: Int) -> Float {
+        var acc = SIMD16<Float>()
+        for b in 0..<nb {
+            let blk = row + b * 34
+            let d = halfToFloat(blk.loadUnaligned(as: UInt16.self))
+            let q0 = SIMD16<Float>(SIMD16<Int32>(truncatingIfNeeded: blk.loadUnaligned(fromByteOffset: 2, as: SIMD16<Int8>.self)))
+            let q1 = SIMD16<Float>(SIMD16<Int32>(truncatingIfNeeded: blk.loadUnaligned(fromByteOffset: 18, as: SIMD16<Int8>.self)))
+            let xp = UnsafeRawPointer(x + b * 32)
+            var p = q0 * xp.loadUnaligned(as: SIMD16<Float>.self)
+            p.addProduct(q1, xp.loadUnaligned(fromByteOffset: 64, as: SIMD16<Float>.self))
+            acc.addProduct(p, SIMD16(repeating: d))
+        }
+        return acc.sum()
+    }
+
+    @inline(__always)
+    public static func dotF32(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
+        var acc0 = SIMD16<Float>(), acc1 = SIMD16<Float>()
+        var i = 0
+        let pa = UnsafeRawPointer(a), pb = UnsafeRawPointer(b)
+        while i + 32 <= n {
+            acc0.addProduct(pa.loadUnaligned(fromByteOffset: i * 4, as: SIMD16<Float>.self), pb.loadUnaligned(fromByteOffset: i * 4, as: SIMD16<Float>.self))
+            acc1.addProduct(pa.loadUnaligned(fromByteOffset: i * 4 + 64, as: SIMD16<Float>.self), pb.loadUnaligned(fromByteOffset: i * 4 + 64, as: SIMD16<Float>.self))
+            i += 32
+        }
+        while i + 16 <= n {
+            acc0.addProduct(pa.loadUnaligned(fromByteOffset: i * 4, as: SIMD16<Float>.self), pb.loadUnaligned(fromByteOffset: i * 4, as: SIMD16<Float>.self))
+            i += 16
+        }
+        var s = (acc0 + acc1).sum()
+        while i < n { s += a[i] * b[i]; i += 1 }
+        return s
+    }
+
+    @inline(__always)
+    static func dotF16(_ row: UnsafeRawPointer, _ x: UnsafePointer<Float>, _ n: Int) -> Float {
+        let h = row.assumingMemoryBound(to: UInt16.self)
+        var s: Float = 0
+        for i in 0..<n { s += halfToFloat(h[i]) * x[i] }
+        return s
+    }
+
+    // MARK: dequantization
+
+    /// Writes row `r` of `w` as F32 into `out` (w.cols floats).
+    public static func dequantizeRow(_ w: QuantTensor, _ r: Int, into out: UnsafeMutablePointer<Float>) {
+        let row = w.row(r)
+        let k = w.cols
+        switch w.type {
+        case .q4_1:
+            for b in 0..<(k / 32) {
+                let blk = row + b * 20
+                let d = halfToFloat(blk.loadUnaligned(as: UInt16.self))
+                let m = halfToFloat(blk.loadUnaligned(fromByteOffset: 2, as: UInt16.self))
+                let (lo, hi) = nibbles(blk)
+                let o = UnsafeMutableRawPointer(out + b * 32)
+                o.storeBytes(of: lo * d + m, as: SIMD16<Float>.self)
+                o.storeBytes(of: hi * d + m, toByteOffset: 64, as: SIMD16<Float>.self)
+            }
+        case .q8_0:
+            for b in 0..<(k / 32) {
+                let blk = row + b * 34
+                let d = halfToFloat(blk.loadUnaligned(as: UInt16.self))
+                let q0 = SIMD16<Float>(SIMD16<Int32>(truncatingIfNeeded: blk.loadUnaligned(fromByteOffset: 2, as: SIMD16<Int8>.self)))
+                let q1 = SIMD16<Float>(SIMD16<Int32>(truncatingIfNeeded: blk.loadUnaligned(fromByteOffset: 18, as: SIMD16<Int8>.self)))
+                let o = UnsafeMutableRawPointer(out + b * 32)
+                o.storeBytes(of: q0 * d, as: SIMD16<Float>.self)
+                o.storeBytes(of: q1 * d, toByteOffset: 64, as: SIMD16<Float>.self)
+            }
+        case .f32:
+            out.update(from: row.assumingMemoryBound(to: Float.self), count: k)
+        case .f16:
+            let h = row.assumingMemoryBound(to: UInt16.self)
+            for i in 0..<k { out[i] = halfToFloat(h[i]) }
+        default:
+            fatalError("QuantKernels.dequantizeRow: unsupported type \(w.type.name)")
+        }
+    }
+
+    /// The whole matrix as F32 (rows × cols), dequantized on every thread of `pool`.
+    /// The caller owns (and must deallocate) the buffer.
+    public static func dequantize(_ w: QuantTensor, pool: ComputePool) -> UnsafeMutablePointer<Float> {
+        let out = UnsafeMutablePointer<Float>.allocate(capacity: w.rows * w.cols)
+        pool.parallelFor(w.rows, granule: 64) { range in
+            for r in range { dequantizeRow(w, r, into: out + r * w.cols) }
+        }
+        return out
+    }
+
+    // MARK: matrix-matrix
+
+    /// Y[m×n] = X[m×k] · Wᵀ for F32 weights W[n×k] (row-major), splitting the n output columns
+    /// over the pool's threads, each calling single-threaded sgemm.
+    /// Call `BLAS.setThreads(1)` once first so OpenBLAS's own threads stay out of the way.
+    public static func sgemmNT(m: Int, n: Int, k: Int, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
+                               y: UnsafeMutablePointer<Float>, ldy: Int? = nil, beta: Float = 0, pool: ComputePool) {
+        let ldc = ldy ?? n
+        pool.parallelFor(n, granule: 64) { cols in
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(cols.count), Int32(k),
+                        1, x, Int32(k), w + cols.lowerBound * k, Int32(k), beta, y + cols.lowerBound, Int32(ldc))
+        }
+    }
+}

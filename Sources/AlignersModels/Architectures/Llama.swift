@@ -1,0 +1,372 @@
+import Foundation
+import AlignersKernels
+import CBLAS
+
+/// Llama-architecture decoder (SmolLM2, Llama 2/3, …) over GGUF weights read in place.
+///
+/// Per block: RMSNorm → Q/K/V projections → RoPE → grouped-query attention over the KV cache →
+/// output projection + residual → RMSNorm → SwiGLU feed-forward + residual; then a final RMSNorm
+/// and the output projection (the token embedding when the file has no `output.weight`).
+///
+/// RoPE rotates adjacent pairs (x[2i], x[2i+1]) by pos·base^(-2i/d): the GGUF converter permutes
+/// the Q and K rows of Hugging Face checkpoints so that this "normal" rotation is the right one.
+///
+/// Matrix products: fewer than `denseThreshold` rows (decode) use the fused dequantize-dot
+/// kernels on the quantized weights, split over the compute pool's threads; more rows (prompts,
+/// batched decoding) use OpenBLAS sgemm on F32 copies of the weights, made on first use
+/// (≈ 4 bytes per parameter: ~540 MB for SmolLM2-135M) unless `allowDenseWeights` is false.
+public final class LlamaModel: CausalLM, @unchecked Sendable {
+    public let config: DecoderConfig
+    public let gguf: GGUFFile
+    public let pool: ComputePool
+    /// Row count from which matrix products go through sgemm on F32 weights.
+    public var denseThreshold = 4
+    public var allowDenseWeights = true
+    /// Segments with at least this many new tokens compute attention through sgemm.
+    public var blasAttentionThreshold = 16
+
+    struct Block {
+        let attnNorm: [Float]
+        let ffnNorm: [Float]
+        let wq, wk, wv, wo, gate, up, down: Linear
+    }
+
+    let blocks: [Block]
+    let tokenEmbedding: QuantTensor
+    let output: Linear
+    let outputNorm: [Float]
+    let invFreq: [Float]
+    private let lock = NSLock()
+
+    public convenience init(path: String, pool: ComputePool = .shared) throws {
+        try self.init(gguf: GGUFFile(path: path), pool: pool)
+    }
+
+    public init(gguf: GGUFFile, pool: ComputePool = .shared) throws {
+        self.gguf = gguf
+        self.pool = pool
+        var c = try DecoderConfig(gguf: gguf)
+        func vector(_ name: String, _ n: Int) throws -> [Float] {
+            let t = try gguf.tensor(name)
+            guard t.rows * t.cols == n else { throw GGUFError.shapeMismatch(path: gguf.url.path, tensor: name, expected: [n], found: [t.cols, t.rows]) }
+            var out = [Float](repeating: 0, count: n)
+            out.withUnsafeMutableBufferPointer { QuantKernels.dequantizeRow(QuantTensor(type: t.type, rows: 1, cols: n, data: t.data, owner: t.owner), 0, into: $0.baseAddress!) }
+            return out
+        }
+        func matrix(_ name: String, rows: Int, cols: Int) throws -> Linear {
+            let t = try gguf.tensor(name)
+            guard t.rows == rows, t.cols == cols else {
+                throw GGUFError.shapeMismatch(path: gguf.url.path, tensor: name, expected: [cols, rows], found: [t.cols, t.rows])
+            }
+            guard cols % 32 == 0 || t.type == .f32 || t.type == .f16 else {
+                throw DecoderError.shape("tensor \(name): \(cols) columns is not a multiple of the block size 32")
+            }
+            return Linear(t)
+        }
+        var bs: [Block] = []
+        for i in 0..<c.layers {
+            let p = "blk.\(i)."
+            bs.append(Block(
+                attnNorm: try vector(p + "attn_norm.weight", c.embedding),
+                ffnNorm: try vector(p + "ffn_norm.weight", c.embedding),
+                wq: try matrix(p + "attn_q.weight", rows: c.qDim, cols: c.embedding),
+                wk: try matrix(p + "attn_k.weight", rows: c.kvDim, cols: c.embedding),
+                wv: try matrix(p + "attn_v.weight", rows: c.kvDim, cols: c.embedding),
+                wo: try matrix(p + "attn_output.weight", rows: c.embedding, cols: c.qDim),
+                gate: try matrix(p + "ffn_gate.weight", rows: c.feedForward, cols: c.embedding),
+                up: try matrix(p + "ffn_up.weight", rows: c.feedForward, cols: c.embedding),
+                down: try matrix(p + "ffn_down.weight", rows: c.embedding, cols: c.feedForward)))
+        }
+        blocks = bs
+        tokenEmbedding = try gguf.tensor("token_embd.weight")
+        guard tokenEmbedding.cols == c.embedding else {
+            throw GGUFError.shapeMismatch(path: gguf.url.path, tensor: "token_embd.weight", expected: [c.embedding, c.vocabulary],
+                                          found: [tokenEmbedding.cols, tokenEmbedding.rows])
+        }
+        c.vocabulary = tokenEmbedding.rows
+        config = c
+        if gguf.tensorInfo("output.weight") != nil {
+            output = try matrix("output.weight", rows: tokenEmbedding.rows, cols: c.embedding)
+        } else {
+            output = Linear(tokenEmbedding)
+        }
+        outputNorm = try vector("output_norm.weight", c.embedding)
+        let half = c.headDim / 2
+        invFreq = (0..<half).map { i in Float(pow(Double(c.ropeBase), -2.0 * Double(i) / Double(c.headDim))) }
+    }
+
+    /// Bytes of weights one decode step reads (all matrices + the embedding row).
+    public var weightBytesPerToken: Int {
+        blocks.reduce(0) { $0 + [$1.wq, $1.wk, $1.wv, $1.wo, $1.gate, $1.up, $1.down].reduce(0) { $0 + $1.q.byteCount } } + output.q.byteCount
+    }
+
+    /// Makes the F32 weight copies the batched path uses now rather than on first use.
+    public func prepareDenseWeights() {
+        for b in blocks { for l in [b.wq, b.wk, b.wv, b.wo, b.gate, b.up, b.down] { _ = l.dense(pool) } }
+        _ = output.dense(pool)
+    }
+
+    // MARK: forward
+
+    public func forward(_ segments: [DecoderSegment], logits: UnsafeMutablePointer<Float>) throws {
+        lock.lock(); defer { lock.unlock() }
+        let c = config
+        var total = 0
+        var seen = Set<ObjectIdentifier>()
+        for s in segments {
+            guard s.cache.kvDim == c.kvDim, s.cache.layers == c.layers else { throw DecoderError.shape("KV cache made for another model") }
+            guard seen.insert(ObjectIdentifier(s.cache)).inserted else { throw DecoderError.shape("two segments share one KV cache") }
+            guard s.cache.count + s.tokens.count <= s.cache.capacity else {
+                throw DecoderError.contextFull(capacity: s.cache.capacity, have: s.cache.count, adding: s.tokens.count)
+            }
+            guard s.cache.count + s.tokens.count <= c.contextLength else {
+                throw DecoderError.beyondModelContext(positions: s.cache.count + s.tokens.count, contextLength: c.contextLength)
+            }
+            for t in s.tokens where t < 0 || t >= c.vocabulary { throw DecoderError.tokenOutOfRange(t, vocabulary: c.vocabulary) }
+            total += s.tokens.count
+        }
+        if total == 0 { return }
+        let T = total, d = c.embedding, qd = c.qDim, kvd = c.kvDim, ff = c.feedForward
+
+        // Row bookkeeping.
+        var positions = [Int](repeating: 0, count: T)
+        var tokens = [Int](repeating: 0, count: T)
+        var segStart: [Int] = []
+        var r = 0
+        for s in segments {
+            segStart.append(r)
+            for (i, t) in s.tokens.enumerated() { positions[r] = s.cache.count + i; tokens[r] = t; r += 1 }
+        }
+
+        let x = UnsafeMutablePointer<Float>.allocate(capacity: T * d)
+        let h = UnsafeMutablePointer<Float>.allocate(capacity: T * max(d, qd))
+        let q = UnsafeMutablePointer<Float>.allocate(capacity: T * qd)
+        let k = UnsafeMutablePointer<Float>.allocate(capacity: T * kvd)
+        let v = UnsafeMutablePointer<Float>.allocate(capacity: T * kvd)
+        let att = UnsafeMutablePointer<Float>.allocate(capacity: T * qd)
+        let g = UnsafeMutablePointer<Float>.allocate(capacity: T * ff)
+        let u = UnsafeMutablePointer<Float>.allocate(capacity: T * ff)
+        defer { for p in [x, h, q, k, v, att, g, u] { p.deallocate() } }
+
+        tokens.withUnsafeBufferPointer { tk in
+            let emb = tokenEmbedding
+            pool.parallelFor(T) { rows in for i in rows { QuantKernels.dequantizeRow(emb, tk[i], into: x + i * d) } }
+        }
+
+        let eps = c.rmsEpsilon
+        for (li, b) in blocks.enumerated() {
+            rmsNorm(x, b.attnNorm, eps, rows: T, into: h)
+            project(h, rows: T, [(b.wq, q), (b.wk, k), (b.wv, v)])
+            positions.withUnsafeBufferPointer { pos in
+                rope(q, heads: c.heads, rows: T, positions: pos.baseAddress!)
+                rope(k, heads: c.kvHeads, rows: T, positions: pos.baseAddress!)
+            }
+            for (si, s) in segments.enumerated() {
+                for i in 0..<s.tokens.count {
+                    let row = segStart[si] + i, p = s.cache.count + i
+                    s.cache.k(li, p).update(from: k + row * kvd, count: kvd)
+                    s.cache.v(li, p).update(from: v + row * kvd, count: kvd)
+                }
+            }
+            attention(layer: li, segments: segments, segStart: segStart, q: q, out: att)
+            project(att, rows: T, [(b.wo, h)])
+            add(x, h, count: T * d)
+            rmsNorm(x, b.ffnNorm, eps, rows: T, into: h)
+            project(h, rows: T, [(b.gate, g), (b.up, u)])
+            swiglu(g, u, count: T * ff)
+            project(g, rows: T, [(b.down, h)])
+            add(x, h, count: T * d)
+        }
+
+        // Final norm and logits for the segments that want them.
+        var outRows: [Int] = []
+        for (si, s) in segments.enumerated() where s.wantsLogits && !s.tokens.isEmpty { outRows.append(segStart[si] + s.tokens.count - 1) }
+        if !outRows.isEmpty {
+            let R = outRows.count
+            for (j, row) in outRows.enumerated() { (h + j * d).update(from: x + row * d, count: d) }
+            rmsNorm(h, outputNorm, eps, rows: R, into: h)
+            project(h, rows: R, [(output, logits)])
+        }
+        for s in segments { s.cache.count += s.tokens.count }
+    }
+
+    // MARK: pieces
+
+    /// out_i = W_i · x for each (W_i, out_i), over `rows` input rows (x: rows × W.cols).
+    func project(_ x: UnsafeMutablePointer<Float>, rows: Int, _ specs: [(Linear, UnsafeMutablePointer<Float>)]) {
+        if rows >= denseThreshold && allowDenseWeights {
+            for (w, out) in specs {
+                let dense = w.dense(pool)
+                QuantKernels.sgemmNT(m: rows, n: w.q.rows, k: w.q.cols, x: x, w: dense, y: out, pool: pool)
+            }
+            return
+        }
+        let n = pool.threads
+        pool.run { t in
+            for (w, out) in specs {
+                let units = (w.q.rows + 15) / 16
+                let lo = min(w.q.rows, units * t / n * 16), hi = min(w.q.rows, units * (t + 1) / n * 16)
+                if lo >= hi { continue }
+                for i in 0..<rows {
+                    QuantKernels.matvec(w.q, x: x + i * w.q.cols, y: out + i * w.q.rows, rows: lo..<hi)
+                }
+            }
+        }
+    }
+
+    func rmsNorm(_ x: UnsafeMutablePointer<Float>, _ w: [Float], _ eps: Float, rows: Int, into out: UnsafeMutablePointer<Float>) {
+        let d = w.count
+        w.withUnsafeBufferPointer { wp in
+            for r in 0..<rows {
+                let xr = x + r * d, o = out + r * d
+                let ms = QuantKernels.dotF32(xr, xr, d) / Float(d)
+                let scale = 1 / (ms + eps).squareRoot()
+                for i in 0..<d { o[i] = xr[i] * scale * wp[i] }
+            }
+        }
+    }
+
+    func rope(_ x: UnsafeMutablePointer<Float>, heads: Int, rows: Int, positions: UnsafePointer<Int>) {
+        let hd = config.headDim, half = hd / 2, width = heads * hd
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: hd) { cs in
+            let cosv = cs.baseAddress!, sinv = cs.baseAddress! + half
+            for r in 0..<rows {
+                let p = Float(positions[r])
+                for i in 0..<half {
+                    let a = p * invFreq[i]
+                    cosv[i] = cos(a); sinv[i] = sin(a)
+                }
+                let row = x + r * width
+                for hh in 0..<heads {
+                    let v = row + hh * hd
+                    for i in 0..<half {
+                        let a = v[2 * i], b = v[2 * i + 1]
+                        v[2 * i] = a * cosv[i] - b * sinv[i]
+                        v[2 * i + 1] = a * sinv[i] + b * cosv[i]
+                    }
+                }
+            }
+        }
+    }
+
+    func attention(layer: Int, segments: [DecoderSegment], segStart: [Int], q: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>) {
+        let c = config
+        let hd = c.headDim, qd = c.qDim, kvd = c.kvDim, group = c.heads / c.kvHeads
+        let scale = 1 / Float(hd).squareRoot()
+        // Long segments (prompts): two sgemms per head.
+        var small: [(row: Int, pos: Int, seg: Int)] = []
+        for (si, s) in segments.enumerated() {
+            let n = s.tokens.count
+            if n >= blasAttentionThreshold {
+                let p0 = s.cache.count, L = p0 + n, r0 = segStart[si]
+                let cache = s.cache
+                pool.run { t in
+                    let scores = UnsafeMutablePointer<Float>.allocate(capacity: n * L)
+                    defer { scores.deallocate() }
+                    var hh = t
+                    while hh < c.heads {
+                        let kv = hh / group
+                        let qh = q + r0 * qd + hh * hd
+                        cblas_sgemmNT(n, L, hd, scale, qh, qd, cache.k(layer, 0) + kv * hd, kvd, scores, L)
+                        for i in 0..<n {
+                            let srow = scores + i * L
+                            let valid = p0 + i + 1
+                            softmax(srow, valid)
+                            for j in valid..<L { srow[j] = 0 }
+                        }
+                        cblas_sgemmNN(n, hd, L, scores, L, cache.v(layer, 0) + kv * hd, kvd, out + r0 * qd + hh * hd, qd)
+                        hh += pool.threads
+                    }
+                }
+            } else {
+                for i in 0..<n { small.append((segStart[si] + i, s.cache.count + i, si)) }
+            }
+        }
+        if small.isEmpty { return }
+        let items = small.count * c.heads
+        let maxLen = small.map { $0.pos + 1 }.max()!
+        pool.parallelFor(items) { range in
+            let scores = UnsafeMutablePointer<Float>.allocate(capacity: maxLen)
+            defer { scores.deallocate() }
+            for item in range {
+                let (row, pos, si) = small[item / c.heads]
+                let hh = item % c.heads, kv = hh / group
+                let cache = segments[si].cache
+                let qh = q + row * qd + hh * hd
+                let n = pos + 1
+                for j in 0..<n { scores[j] = QuantKernels.dotF32(qh, cache.k(layer, j) + kv * hd, hd) * scale }
+                softmax(scores, n)
+                let o = out + row * qd + hh * hd
+                if hd % 16 == 0 {
+                    var c0 = 0
+                    while c0 < hd {
+                        var acc = SIMD16<Float>()
+                        for j in 0..<n {
+                            acc.addProduct(SIMD16(repeating: scores[j]), UnsafeRawPointer(cache.v(layer, j) + kv * hd + c0).loadUnaligned(as: SIMD16<Float>.self))
+                        }
+                        UnsafeMutableRawPointer(o + c0).storeBytes(of: acc, as: SIMD16<Float>.self)
+                        c0 += 16
+                    }
+                } else {
+                    for e in 0..<hd { o[e] = 0 }
+                    for j in 0..<n {
+                        let vj = cache.v(layer, j) + kv * hd, w = scores[j]
+                        for e in 0..<hd { o[e] += w * vj[e] }
+                    }
+                }
+            }
+        }
+    }
+
+    @inline(__always) func softmax(_ s: UnsafeMutablePointer<Float>, _ n: Int) {
+        var m = -Float.infinity
+        for j in 0..<n { m = max(m, s[j]) }
+        var sum: Float = 0
+        for j in 0..<n { let e = exp(s[j] - m); s[j] = e; sum += e }
+        let inv = 1 / sum
+        for j in 0..<n { s[j] *= inv }
+    }
+
+    func add(_ x: UnsafeMutablePointer<Float>, _ y: UnsafePointer<Float>, count: Int) {
+        for i in 0..<count { x[i] += y[i] }
+    }
+
+    func swiglu(_ g: UnsafeMutablePointer<Float>, _ u: UnsafePointer<Float>, count: Int) {
+        for i in 0..<count {
+            let a = g[i]
+            g[i] = a / (1 + exp(-a)) * u[i]
+        }
+    }
+}
+
+/// A weight matrix: quantized in place, plus an F32 copy made on first batched use.
+final class Linear: @unchecked Sendable {
+    let q: QuantTensor
+    private var denseWeights: UnsafeMutablePointer<Float>?
+    private let lock = NSLock()
+    init(_ q: QuantTensor) { self.q = q }
+    deinit { denseWeights?.deallocate() }
+
+    func dense(_ pool: ComputePool) -> UnsafeMutablePointer<Float> {
+        lock.lock(); defer { lock.unlock() }
+        if let d = denseWeights { return d }
+        let d = QuantKernels.dequantize(q, pool: pool)
+        denseWeights = d
+        return d
+    }
+}
+
+
+/// C[m×n] = alpha · A[m×k] · B[n×k]ᵀ (single call, caller's thread).
+@inline(__always)
+func cblas_sgemmNT(_ m: Int, _ n: Int, _ k: Int, _ alpha: Float, _ a: UnsafePointer<Float>, _ lda: Int,
+                   _ b: UnsafePointer<Float>, _ ldb: Int, _ c: UnsafeMutablePointer<Float>, _ ldc: Int) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), 0, c, Int32(ldc))
+}
+
+/// C[m×n] = A[m×k] · B[k×n].
+@inline(__always)
+func cblas_sgemmNN(_ m: Int, _ n: Int, _ k: Int, _ a: UnsafePointer<Float>, _ lda: Int,
+                   _ b: UnsafePointer<Float>, _ ldb: Int, _ c: UnsafeMutablePointer<Float>, _ ldc: Int) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k), 1, a, Int32(lda), b, Int32(ldb), 0, c, Int32(ldc))
+}
