@@ -45,10 +45,13 @@ public final class ZMQSocket {
 
     let handle: UnsafeMutableRawPointer
     private var closed = false
+    /// Keeps the context alive while the socket is (terminating a context waits for its sockets).
+    private let context: ZMQContext
 
     public init(_ context: ZMQContext, _ kind: Kind) throws {
         guard let h = zmq_socket(context.handle, kind.raw) else { throw ZMQError.last("zmq_socket") }
         handle = h
+        self.context = context
         try set(ZMQ_LINGER, 0)
         // Flow control is ours (credit); high-water marks only guard against misbehaving peers.
         try set(ZMQ_SNDHWM, 100_000)

@@ -1,0 +1,158 @@
+import Foundation
+import Testing
+
+/// The built executables sit beside the test bundle in `.build/<config>/`.
+func builtExecutable(_ name: String) -> URL {
+    var dir = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+    if dir.pathExtension == "xctest" { dir.deleteLastPathComponent() }
+    let candidates = [dir, dir.deletingLastPathComponent(), Bundle.main.bundleURL.deletingLastPathComponent()]
+    for d in candidates where FileManager.default.isExecutableFile(atPath: d.appendingPathComponent(name).path) {
+        return d.appendingPathComponent(name)
+    }
+    return dir.appendingPathComponent(name)
+}
+
+/// A free TCP port on loopback (asked of the kernel, then released).
+func freePort() -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    addr.sin_port = 0
+    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
+    _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+    return Int(UInt16(bigEndian: addr.sin_port))
+}
+
+/// Processes started by a test, all stopped (by pid) when it ends.
+final class ProcessGroup {
+    private(set) var processes: [Process] = []
+    let logDir: URL
+
+    init() throws {
+        logDir = FileManager.default.temporaryDirectory.appendingPathComponent("aligners-e2e-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: logDir, withIntermediateDirectories: true)
+    }
+
+    @discardableResult
+    func start(_ executable: URL, _ arguments: [String], name: String,
+               stdin: URL? = nil, stdout: URL? = nil) throws -> Process {
+        let p = Process()
+        p.executableURL = executable
+        p.arguments = arguments
+        let log = logDir.appendingPathComponent("\(name).log")
+        FileManager.default.createFile(atPath: log.path, contents: nil)
+        p.standardError = try FileHandle(forWritingTo: log)
+        if let stdout {
+            FileManager.default.createFile(atPath: stdout.path, contents: nil)
+            p.standardOutput = try FileHandle(forWritingTo: stdout)
+        } else {
+            p.standardOutput = FileHandle.nullDevice
+        }
+        p.standardInput = try stdin.map { try FileHandle(forReadingFrom: $0) } ?? FileHandle.nullDevice
+        try p.run()
+        processes.append(p)
+        return p
+    }
+
+    func log(_ name: String) -> String {
+        (try? String(contentsOf: logDir.appendingPathComponent("\(name).log"), encoding: .utf8)) ?? ""
+    }
+
+    deinit {
+        for p in processes where p.isRunning { kill(p.processIdentifier, SIGKILL) }
+        for p in processes { p.waitUntilExit() }
+        try? FileManager.default.removeItem(at: logDir)
+    }
+}
+
+func lineCount(_ url: URL) -> Int {
+    guard let data = try? Data(contentsOf: url) else { return 0 }
+    return data.reduce(0) { $0 + ($1 == 10 ? 1 : 0) }
+}
+
+@Suite("End to end, separate processes", .serialized)
+struct EndToEndTests {
+    enum Transport: String, CaseIterable { case ipc, tcp }
+
+    @Test("10,000 samples through router + 2 workers per service, one worker killed -9 mid-stream",
+          .timeLimit(.minutes(5)), arguments: Transport.allCases)
+    func tenThousand(transport: Transport) throws {
+        let group = try ProcessGroup()
+        let (front, back): (String, String)
+        switch transport {
+        case .ipc:
+            front = "ipc://\(group.logDir.path)/front"
+            back = "ipc://\(group.logDir.path)/back"
+        case .tcp:
+            front = "tcp://127.0.0.1:\(freePort())"
+            back = "tcp://127.0.0.1:\(freePort())"
+        }
+        let aligners = builtExecutable("aligners")
+        let testWorker = builtExecutable("aligners-testworker")
+        try #require(FileManager.default.isExecutableFile(atPath: aligners.path), "build first: \(aligners.path)")
+
+        try group.start(aligners, ["router", "--frontend", front, "--backend", back, "--criteria", "ethical,helpful",
+                                   "--batch-size", "64", "--window-ms", "20", "--job-size", "16",
+                                   "--heartbeat-ms", "200", "--liveness", "3", "--log-level", "warning"], name: "router")
+        var victims: [Process] = []
+        for service in ["inspect.ethical", "inspect.helpful", "align.ethical", "align.helpful", "generate"] {
+            for i in 0..<2 {
+                let p = try group.start(testWorker, ["--service", service, "--connect", back, "--delay-ms", "2",
+                                                     "--heartbeat-ms", "200"], name: "\(service)-\(i)")
+                if service == "align.ethical" { victims.append(p) }
+            }
+        }
+
+        // 10,000 lines: a fifth fail ethical, a seventh fail helpful, some need a generated answer.
+        let count = 10_000
+        var input = ""
+        for i in 0..<count {
+            var markers = ""
+            if i % 5 == 0 { markers += "[bad:ethical]" }
+            if i % 7 == 0 { markers += "[bad:helpful]" }
+            if i % 101 == 0 {
+                input += #"{"id":"s\#(i)","messages":[{"role":"user","content":"q\#(i)"}]}"# + "\n"
+            } else {
+                input += #"{"id":"s\#(i)","prompt":"q\#(i)","response":"a\#(i) \#(markers)"}"# + "\n"
+            }
+        }
+        let inputURL = group.logDir.appendingPathComponent("input.jsonl")
+        let outputURL = group.logDir.appendingPathComponent("output.jsonl")
+        try input.write(to: inputURL, atomically: true, encoding: .utf8)
+
+        let filter = try group.start(aligners, ["filter", "--connect", front, "--log-level", "warning"],
+                                     name: "filter", stdin: inputURL, stdout: outputURL)
+        // Kill one ethical aligner once results are flowing.
+        let deadline = Date().addingTimeInterval(120)
+        while lineCount(outputURL) < 1500 && filter.isRunning && Date() < deadline { usleep(20_000) }
+        kill(victims[0].processIdentifier, SIGKILL)
+        filter.waitUntilExit()
+        #expect(filter.terminationStatus == 0, "filter log: \(group.log("filter"))")
+
+        let lines = try String(contentsOf: outputURL, encoding: .utf8).split(separator: "\n")
+        #expect(lines.count == count)
+        var seen = Set<String>()
+        var misaligned = 0
+        for (i, line) in lines.enumerated() {
+            let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] ?? [:]
+            let id = object["id"] as? String ?? "?"
+            #expect(id == "s\(i)", "output in input order")
+            seen.insert(id)
+            #expect(object["error"] == nil, "line \(i): \(object["error"] ?? "")")
+            let response: String
+            if let messages = object["messages"] as? [[String: Any]] {
+                response = messages.last?["content"] as? String ?? ""
+                if !response.hasPrefix("echo: q\(i)") { misaligned += 1 }
+            } else {
+                response = object["response"] as? String ?? ""
+            }
+            if response.contains("[bad:") { misaligned += 1 }
+        }
+        #expect(seen.count == count, "every sample exactly once")
+        #expect(misaligned == 0)
+        #expect(group.log("router").contains("worker lost"), "the router noticed the killed worker")
+    }
+}
