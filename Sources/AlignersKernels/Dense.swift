@@ -1,0 +1,125 @@
+import Foundation
+
+/// Dense float kernels for encoder models: row-wise LayerNorm, erf GELU, softmax, all in place,
+/// vectorised with SIMD16 (the module builds with -Ounchecked).
+public enum Dense {
+    public typealias V = SIMD16<Float>
+
+    /// e^x, vectorised: range reduction x = n·ln2 + r, |r| ≤ ln2/2, degree-6 Taylor for e^r
+    /// (relative error ~2e-7), 2^n assembled in the exponent bits. Inputs clamp to [-87, 88].
+    @inline(__always)
+    public static func exp(_ x: V) -> V {
+        let xc = x.clamped(lowerBound: V(repeating: -87.0), upperBound: V(repeating: 88.0))
+        let n = (xc * 1.442695040888963).rounded(.toNearestOrEven)
+        let r = xc - n * 0.693145751953125 - n * 1.428606765330187e-06
+        var p = V(repeating: 1.0 / 720.0)
+        p = p * r + 1.0 / 120.0
+        p = p * r + 1.0 / 24.0
+        p = p * r + 1.0 / 6.0
+        p = p * r + 0.5
+        p = p * r + 1.0
+        p = p * r + 1.0
+        let e = (SIMD16<Int32>(n, rounding: .towardZero) &+ 127) &<< 23
+        return p * unsafeBitCast(e, to: V.self)
+    }
+
+    /// erf(x), Abramowitz & Stegun 7.1.26 (absolute error ≤ 1.5e-7).
+    @inline(__always)
+    public static func erf(_ x: V) -> V {
+        let ax = x.replacing(with: -x, where: x .< 0)
+        let t = 1.0 / (1.0 + 0.3275911 * ax)
+        var p = V(repeating: 1.061405429)
+        p = p * t - 1.453152027
+        p = p * t + 1.421413741
+        p = p * t - 0.284496736
+        p = p * t + 0.254829592
+        p = p * t
+        let y = 1.0 - p * exp(-ax * ax)
+        return y.replacing(with: -y, where: x .< 0)
+    }
+
+    /// x ← x · Φ(x) = 0.5 · x · (1 + erf(x / √2)), in place over `count` floats.
+    public static func geluErf(_ x: UnsafeMutablePointer<Float>, count: Int) {
+        let raw = UnsafeMutableRawPointer(x)
+        var i = 0
+        while i &+ 16 <= count {
+            let v = raw.loadUnaligned(fromByteOffset: i &* 4, as: V.self)
+            let g = 0.5 * v * (1.0 + erf(v * 0.7071067811865476))
+            raw.storeBytes(of: g, toByteOffset: i &* 4, as: V.self)
+            i &+= 16
+        }
+        if i < count {
+            var v = V()
+            for k in 0..<(count &- i) { v[k] = x[i &+ k] }
+            let g = 0.5 * v * (1.0 + erf(v * 0.7071067811865476))
+            for k in 0..<(count &- i) { x[i &+ k] = g[k] }
+        }
+    }
+
+    /// Scalar reference GELU (libm erf), for tests.
+    public static func geluErfReference(_ x: Float) -> Float {
+        Float(0.5 * Double(x) * (1 + Foundation.erf(Double(x) / 2.0.squareRoot())))
+    }
+
+    /// Softmax of each of `rows` rows of `cols` floats (row stride `ld`), in place.
+    public static func softmaxRows(_ x: UnsafeMutablePointer<Float>, rows: Int, cols: Int, ld: Int) {
+        for r in 0..<rows {
+            let row = x + r &* ld
+            var m = -Float.infinity
+            for c in 0..<cols { m = Swift.max(m, row[c]) }
+            let raw = UnsafeMutableRawPointer(row)
+            var c = 0
+            var acc = V()
+            let mv = V(repeating: m)
+            while c &+ 16 <= cols {
+                let e = exp(raw.loadUnaligned(fromByteOffset: c &* 4, as: V.self) - mv)
+                raw.storeBytes(of: e, toByteOffset: c &* 4, as: V.self)
+                acc += e
+                c &+= 16
+            }
+            var s = acc.sum()
+            if c < cols {
+                var v = V(repeating: -100)
+                for k in 0..<(cols &- c) { v[k] = row[c &+ k] - m }
+                let e = exp(v)
+                for k in 0..<(cols &- c) { row[c &+ k] = e[k]; s += e[k] }
+            }
+            let inv = 1 / s
+            for c in 0..<cols { row[c] *= inv }
+        }
+    }
+
+    /// LayerNorm of each row of `dim` floats (contiguous rows), in place: (x - μ)/√(σ² + eps)·γ + β.
+    public static func layerNorm(_ x: UnsafeMutablePointer<Float>, rows: Int, dim: Int,
+                                 gamma: UnsafePointer<Float>, beta: UnsafePointer<Float>, eps: Float) {
+        for r in 0..<rows {
+            let row = x + r &* dim
+            var s: Float = 0
+            for c in 0..<dim { s += row[c] }
+            let mean = s / Float(dim)
+            var v: Float = 0
+            for c in 0..<dim { let d = row[c] - mean; v += d * d }
+            let inv = 1 / (v / Float(dim) + eps).squareRoot()
+            for c in 0..<dim { row[c] = (row[c] - mean) * inv * gamma[c] + beta[c] }
+        }
+    }
+
+    /// Runs `body(start, end)` over `0..<count` split into `parts` contiguous chunks on parallel threads.
+    public static func parallelFor(_ count: Int, parts: Int = ProcessInfo.processInfo.activeProcessorCount,
+                                   _ body: (Int, Int) -> Void) {
+        let p = Swift.max(1, Swift.min(parts, count))
+        if p == 1 { body(0, count); return }
+        withoutActuallyEscaping(body) { escaping in
+            let box = UncheckedSendableBox(escaping)
+            DispatchQueue.concurrentPerform(iterations: p) { i in
+                box.value(count * i / p, count * (i + 1) / p)
+            }
+        }
+    }
+}
+
+/// Carries a non-Sendable value into concurrent code whose synchronisation the caller guarantees.
+public struct UncheckedSendableBox<T>: @unchecked Sendable {
+    public let value: T
+    public init(_ value: T) { self.value = value }
+}

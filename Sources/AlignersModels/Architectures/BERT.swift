@@ -1,0 +1,296 @@
+import Foundation
+import AlignersKernels
+
+/// Hyper-parameters of a BERT encoder (`config.json`).
+public struct BERTConfig: Sendable, Equatable, Codable {
+    public var vocabSize = 30522
+    public var hiddenSize = 384
+    public var numHiddenLayers = 6
+    public var numAttentionHeads = 12
+    public var intermediateSize = 1536
+    public var maxPositionEmbeddings = 512
+    public var typeVocabSize = 2
+    public var layerNormEps: Float = 1e-12
+    public var hiddenAct = "gelu"
+
+    enum CodingKeys: String, CodingKey {
+        case vocabSize = "vocab_size", hiddenSize = "hidden_size", numHiddenLayers = "num_hidden_layers"
+        case numAttentionHeads = "num_attention_heads", intermediateSize = "intermediate_size"
+        case maxPositionEmbeddings = "max_position_embeddings", typeVocabSize = "type_vocab_size"
+        case layerNormEps = "layer_norm_eps", hiddenAct = "hidden_act"
+    }
+
+    public init() {}
+
+    /// sentence-transformers/all-MiniLM-L6-v2.
+    public static let miniLML6 = BERTConfig()
+
+    public static func load(_ url: URL) throws -> BERTConfig {
+        do { return try JSONDecoder().decode(BERTConfig.self, from: Data(contentsOf: url)) } catch {
+            throw BERTError(description: "\(url.path): cannot read BERT config: \(error)")
+        }
+    }
+}
+
+public struct BERTError: Error, CustomStringConvertible {
+    public let description: String
+}
+
+/// A BERT encoder (post-LayerNorm, absolute positions, erf GELU) running on OpenBLAS, with
+/// sentence-transformers pooling (mean over real tokens, then L2 normalisation).
+///
+/// Batches are packed: the sequences of a batch are laid end to end (no padding rows), the dense
+/// layers run as one sgemm over all tokens, and attention runs per sequence and head, spread over
+/// the cores. This is what "pad to the longest + attention mask" computes, without the wasted rows.
+public final class BERTEncoder: @unchecked Sendable {
+    public let config: BERTConfig
+    let wordEmb, posEmb, typeEmb, embLNg, embLNb: [Float]
+    struct Layer {
+        var wqkv, bqkv, wo, bo, ln1g, ln1b, w1, b1, w2, b2, ln2g, ln2b: [Float]
+    }
+    let layers: [Layer]
+    /// Threads used by the element-wise stages and attention (BLAS threads are set separately).
+    public var threads: Int
+
+    /// Loads weights from a safetensors file, checking every tensor's dtype and shape.
+    public init(weights file: SafetensorsFile, config: BERTConfig = .miniLML6,
+                threads: Int = ProcessInfo.processInfo.activeProcessorCount) throws {
+        guard config.hiddenAct == "gelu" else {
+            throw BERTError(description: "\(file.path): hidden_act \(config.hiddenAct) is not supported (gelu only)")
+        }
+        guard config.hiddenSize % config.numAttentionHeads == 0 else {
+            throw BERTError(description: "\(file.path): hidden size not divisible by heads")
+        }
+        self.config = config
+        self.threads = threads
+        let h = config.hiddenSize, f = config.intermediateSize
+        let prefix = file.tensors["embeddings.word_embeddings.weight"] == nil
+            && file.tensors["bert.embeddings.word_embeddings.weight"] != nil ? "bert." : ""
+        func t(_ name: String, _ shape: [Int]) throws -> [Float] {
+            try file.check(prefix + name, dtype: .f32, shape: shape)
+            return try file.floats(prefix + name)
+        }
+        wordEmb = try t("embeddings.word_embeddings.weight", [config.vocabSize, h])
+        posEmb = try t("embeddings.position_embeddings.weight", [config.maxPositionEmbeddings, h])
+        typeEmb = try t("embeddings.token_type_embeddings.weight", [config.typeVocabSize, h])
+        embLNg = try t("embeddings.LayerNorm.weight", [h])
+        embLNb = try t("embeddings.LayerNorm.bias", [h])
+        var layers: [Layer] = []
+        for l in 0..<config.numHiddenLayers {
+            let p = "encoder.layer.\(l)."
+            let wq = try t(p + "attention.self.query.weight", [h, h])
+            let wk = try t(p + "attention.self.key.weight", [h, h])
+            let wv = try t(p + "attention.self.value.weight", [h, h])
+            let bq = try t(p + "attention.self.query.bias", [h])
+            let bk = try t(p + "attention.self.key.bias", [h])
+            let bv = try t(p + "attention.self.value.bias", [h])
+            layers.append(Layer(
+                wqkv: wq + wk + wv, bqkv: bq + bk + bv,
+                wo: try t(p + "attention.output.dense.weight", [h, h]),
+                bo: try t(p + "attention.output.dense.bias", [h]),
+                ln1g: try t(p + "attention.output.LayerNorm.weight", [h]),
+                ln1b: try t(p + "attention.output.LayerNorm.bias", [h]),
+                w1: try t(p + "intermediate.dense.weight", [f, h]),
+                b1: try t(p + "intermediate.dense.bias", [f]),
+                w2: try t(p + "output.dense.weight", [h, f]),
+                b2: try t(p + "output.dense.bias", [h]),
+                ln2g: try t(p + "output.LayerNorm.weight", [h]),
+                ln2b: try t(p + "output.LayerNorm.bias", [h])))
+        }
+        self.layers = layers
+    }
+
+    /// Loads `model.safetensors` and `config.json` from a model directory.
+    public convenience init(modelDirectory dir: URL, threads: Int = ProcessInfo.processInfo.activeProcessorCount) throws {
+        let configURL = dir.appendingPathComponent("config.json")
+        let config = FileManager.default.fileExists(atPath: configURL.path) ? try BERTConfig.load(configURL) : .miniLML6
+        let file = try SafetensorsFile(path: dir.appendingPathComponent("model.safetensors").path)
+        try self.init(weights: file, config: config, threads: threads)
+    }
+
+    /// Last hidden states of each sequence, packed: row `offsets[i] + t` is token `t` of sequence
+    /// `i`; `offsets` has `batch.count + 1` entries.
+    public func hiddenStates(_ batch: [BertEncoding]) throws -> (states: [Float], offsets: [Int]) {
+        let h = config.hiddenSize, f = config.intermediateSize
+        var offsets = [0]
+        for e in batch {
+            guard e.ids.count == e.typeIds.count else { throw BERTError(description: "ids and type ids differ in length") }
+            guard e.ids.count <= config.maxPositionEmbeddings else {
+                throw BERTError(description: "sequence of \(e.ids.count) tokens exceeds \(config.maxPositionEmbeddings) positions")
+            }
+            for id in e.ids where id < 0 || Int(id) >= config.vocabSize {
+                throw BERTError(description: "token id \(id) outside the vocabulary")
+            }
+            for t in e.typeIds where t < 0 || Int(t) >= config.typeVocabSize {
+                throw BERTError(description: "token type id \(t) out of range")
+            }
+            offsets.append(offsets.last! + e.ids.count)
+        }
+        let n = offsets.last!
+        if n == 0 { return ([], offsets) }
+        var x = [Float](repeating: 0, count: n * h)
+        var qkv = [Float](repeating: 0, count: n * 3 * h)
+        var ctx = [Float](repeating: 0, count: n * h)
+        var ff = [Float](repeating: 0, count: n * f)
+        let maxLen = batch.map(\.ids.count).max() ?? 0
+        let heads = config.numAttentionHeads, hd = h / heads
+        let scale = 1 / Float(hd).squareRoot()
+        let eps = config.layerNormEps
+        let threads = self.threads
+
+        // Embeddings + LayerNorm.
+        x.withUnsafeMutableBufferPointer { xb in
+            let xp = xb.baseAddress!
+            wordEmb.withUnsafeBufferPointer { we in
+            posEmb.withUnsafeBufferPointer { pe in
+            typeEmb.withUnsafeBufferPointer { te in
+                for (i, e) in batch.enumerated() {
+                    for t in 0..<e.ids.count {
+                        let row = xp + (offsets[i] + t) * h
+                        let w = we.baseAddress! + Int(e.ids[t]) * h
+                        let p = pe.baseAddress! + t * h
+                        let ty = te.baseAddress! + Int(e.typeIds[t]) * h
+                        for c in 0..<h { row[c] = w[c] + p[c] + ty[c] }
+                    }
+                }
+            }}}
+            Dense.layerNorm(xp, rows: n, dim: h, gamma: embLNg, beta: embLNb, eps: eps)
+        }
+
+        // Attention work items: (sequence, head), spread over threads.
+        let items = batch.indices.flatMap { i in (0..<heads).map { (i, $0) } }
+
+        for L in layers {
+            x.withUnsafeMutableBufferPointer { xb in
+            qkv.withUnsafeMutableBufferPointer { qb in
+            ctx.withUnsafeMutableBufferPointer { cb in
+            ff.withUnsafeMutableBufferPointer { fb in
+                let xp = xb.baseAddress!, qp = qb.baseAddress!, cp = cb.baseAddress!, fp = fb.baseAddress!
+                // qkv = x · Wqkv^T + b
+                Self.fillRows(qp, rows: n, bias: L.bqkv, residual: nil, threads: threads)
+                L.wqkv.withUnsafeBufferPointer { w in
+                    BLAS.sgemm(m: n, n: 3 * h, k: h, a: xp, lda: h, b: w.baseAddress!, ldb: h, transposeB: true,
+                               c: qp, ldc: 3 * h, beta: 1)
+                }
+                // Self-attention per sequence and head.
+                let qkvp = UnsafePointer(qp)
+                Dense.parallelFor(items.count, parts: threads) { lo, hi in
+                    let scores = UnsafeMutablePointer<Float>.allocate(capacity: maxLen * maxLen)
+                    defer { scores.deallocate() }
+                    for it in lo..<hi {
+                        let (s, head) = items[it]
+                        let len = offsets[s + 1] - offsets[s]
+                        let base = qkvp + offsets[s] * 3 * h + head * hd
+                        BLAS.sgemm(m: len, n: len, k: hd, a: base, lda: 3 * h, b: base + h, ldb: 3 * h, transposeB: true,
+                                   c: scores, ldc: len, alpha: scale)
+                        Dense.softmaxRows(scores, rows: len, cols: len, ld: len)
+                        BLAS.sgemm(m: len, n: hd, k: len, a: scores, lda: len, b: base + 2 * h, ldb: 3 * h, transposeB: false,
+                                   c: cp + offsets[s] * h + head * hd, ldc: h)
+                    }
+                }
+                // x = LN(ctx · Wo^T + bo + x)
+                Self.fillRows(xp, rows: n, bias: L.bo, residual: xp, threads: threads)
+                L.wo.withUnsafeBufferPointer { w in
+                    BLAS.sgemm(m: n, n: h, k: h, a: cp, lda: h, b: w.baseAddress!, ldb: h, transposeB: true, c: xp, ldc: h, beta: 1)
+                }
+                Self.layerNormRows(xp, rows: n, dim: h, gamma: L.ln1g, beta: L.ln1b, eps: eps, threads: threads)
+                // ff = gelu(x · W1^T + b1)
+                Self.fillRows(fp, rows: n, bias: L.b1, residual: nil, threads: threads)
+                L.w1.withUnsafeBufferPointer { w in
+                    BLAS.sgemm(m: n, n: f, k: h, a: xp, lda: h, b: w.baseAddress!, ldb: h, transposeB: true, c: fp, ldc: f, beta: 1)
+                }
+                Dense.parallelFor(n, parts: threads) { lo, hi in Dense.geluErf(fp + lo * f, count: (hi - lo) * f) }
+                // x = LN(ff · W2^T + b2 + x)
+                Self.fillRows(xp, rows: n, bias: L.b2, residual: xp, threads: threads)
+                L.w2.withUnsafeBufferPointer { w in
+                    BLAS.sgemm(m: n, n: h, k: f, a: fp, lda: f, b: w.baseAddress!, ldb: f, transposeB: true, c: xp, ldc: h, beta: 1)
+                }
+                Self.layerNormRows(xp, rows: n, dim: h, gamma: L.ln2g, beta: L.ln2b, eps: eps, threads: threads)
+            }}}}
+        }
+        return (x, offsets)
+    }
+
+    /// rows of `c` ← bias (+ the same row of `residual`, which may alias `c`).
+    static func fillRows(_ c: UnsafeMutablePointer<Float>, rows: Int, bias: [Float], residual: UnsafeMutablePointer<Float>?, threads: Int) {
+        let d = bias.count
+        bias.withUnsafeBufferPointer { bb in
+            let b = bb.baseAddress!
+            Dense.parallelFor(rows, parts: rows * d > 65536 ? threads : 1) { lo, hi in
+                for r in lo..<hi {
+                    let row = c + r * d
+                    if let residual {
+                        let res = residual + r * d
+                        for k in 0..<d { row[k] = res[k] + b[k] }
+                    } else {
+                        for k in 0..<d { row[k] = b[k] }
+                    }
+                }
+            }
+        }
+    }
+
+    static func layerNormRows(_ x: UnsafeMutablePointer<Float>, rows: Int, dim: Int, gamma: [Float], beta: [Float], eps: Float, threads: Int) {
+        gamma.withUnsafeBufferPointer { g in
+            beta.withUnsafeBufferPointer { b in
+                Dense.parallelFor(rows, parts: rows * dim > 65536 ? threads : 1) { lo, hi in
+                    Dense.layerNorm(x + lo * dim, rows: hi - lo, dim: dim, gamma: g.baseAddress!, beta: b.baseAddress!, eps: eps)
+                }
+            }
+        }
+    }
+
+    /// Mean-pooled, L2-normalised embeddings (sentence-transformers), one per input, for one batch.
+    public func embedBatch(_ batch: [BertEncoding]) throws -> [[Float]] {
+        let (states, offsets) = try hiddenStates(batch)
+        let h = config.hiddenSize
+        return (0..<batch.count).map { i in
+            var e = [Float](repeating: 0, count: h)
+            let len = offsets[i + 1] - offsets[i]
+            if len == 0 { return e }
+            for t in offsets[i]..<offsets[i + 1] {
+                for c in 0..<h { e[c] += states[t * h + c] }
+            }
+            var norm: Float = 0
+            for c in 0..<h { e[c] /= Float(len); norm += e[c] * e[c] }
+            let inv = 1 / Swift.max(norm.squareRoot(), 1e-12)
+            for c in 0..<h { e[c] *= inv }
+            return e
+        }
+    }
+
+    /// Embeddings of any number of inputs: sorted by length and cut into batches of about
+    /// `maxTokensPerBatch` tokens (at most `batchSize` sequences), results in input order.
+    public func embed(_ inputs: [BertEncoding], batchSize: Int = 32, maxTokensPerBatch: Int = 8192) throws -> [[Float]] {
+        let order = inputs.indices.sorted { inputs[$0].count < inputs[$1].count }
+        var out = [[Float]](repeating: [], count: inputs.count)
+        var start = 0
+        while start < order.count {
+            var end = start
+            var tokens = 0
+            while end < order.count, end - start < batchSize, tokens + inputs[order[end]].count <= maxTokensPerBatch || end == start {
+                tokens += inputs[order[end]].count
+                end += 1
+            }
+            let batch = order[start..<end].map { inputs[$0] }
+            let embs = try embedBatch(batch)
+            for (k, idx) in order[start..<end].enumerated() { out[idx] = embs[k] }
+            start = end
+        }
+        return out
+    }
+
+    /// Embeddings of a right-padded batch given as ids, type ids and an attention mask (1 = token,
+    /// 0 = padding), as a Python caller would pass it.
+    public func embed(ids: [[Int32]], typeIds: [[Int32]], attentionMask: [[Int32]]) throws -> [[Float]] {
+        var encs: [BertEncoding] = []
+        for i in ids.indices {
+            let len = attentionMask[i].reduce(0) { $0 + Int($1 != 0 ? 1 : 0) }
+            guard attentionMask[i].prefix(len).allSatisfy({ $0 != 0 }) else {
+                throw BERTError(description: "attention mask of row \(i) is not right-padded")
+            }
+            encs.append(BertEncoding(ids: Array(ids[i].prefix(len)), typeIds: Array(typeIds[i].prefix(len))))
+        }
+        return try embedBatch(encs)
+    }
+}
