@@ -53,8 +53,13 @@ build: system-packages
 release: system-packages
 	swift build -c release $(SWIFT_FLAGS)
 
+# Builds everything, runs the checks that need the built binaries (the C tap against the Swift
+# pipeline, the systemd units), then the Swift test suites last so their summary closes the output.
 test: setup proto-check
-	swift test $(SWIFT_FLAGS)
+	swift build --build-tests $(SWIFT_FLAGS)
+	scripts/tap-test.sh .build/debug
+	scripts/verify-systemd.sh .build/debug/aligners
+	swift test --skip-build $(SWIFT_FLAGS)
 
 demo: setup release
 	.build/release/aligners filter --summary < Examples/chats.jsonl
