@@ -56,9 +56,22 @@ public enum QuantKernels {
     @inline(__always)
     static func nibbles(_ blk: UnsafeRawPointer) -> (SIMD16<Float>, SIMD16<Float>) {
         let q = blk.loadUnaligned(fromByteOffset: 4, as: SIMD16<UInt8>.self)
-        let lo = SIMD16<Int32>(truncatingIfNeeded: q & 15)
-        let hi = SIMD16<Int32>(truncatingIfNeeded: q &>> 4)
-        return (SIMD16<Float>(lo), SIMD16<Float>(hi))
+        return (widen(q & 15), widen(q &>> 4))
+    }
+
+    // The standard library's generic SIMD conversions are not inlined into kernels (one call per
+    // block, lanes converted one by one); spelled out lane by lane, LLVM's SLP vectoriser turns
+    // these into one zero/sign extension and one int-to-float conversion.
+    @inline(__always)
+    static func widen(_ q: SIMD16<UInt8>) -> SIMD16<Float> {
+        SIMD16<Float>(Float(q[0]), Float(q[1]), Float(q[2]), Float(q[3]), Float(q[4]), Float(q[5]), Float(q[6]), Float(q[7]),
+                      Float(q[8]), Float(q[9]), Float(q[10]), Float(q[11]), Float(q[12]), Float(q[13]), Float(q[14]), Float(q[15]))
+    }
+
+    @inline(__always)
+    static func widen(_ q: SIMD16<Int8>) -> SIMD16<Float> {
+        SIMD16<Float>(Float(q[0]), Float(q[1]), Float(q[2]), Float(q[3]), Float(q[4]), Float(q[5]), Float(q[6]), Float(q[7]),
+                      Float(q[8]), Float(q[9]), Float(q[10]), Float(q[11]), Float(q[12]), Float(q[13]), Float(q[14]), Float(q[15]))
     }
 
     @inline(__always)
@@ -118,8 +131,8 @@ public enum QuantKernels {
         for b in 0..<nb {
             let blk = row + b * 34
             let d = halfToFloat(blk.loadUnaligned(as: UInt16.self))
-            let q0 = SIMD16<Float>(SIMD16<Int32>(truncatingIfNeeded: blk.loadUnaligned(fromByteOffset: 2, as: SIMD16<Int8>.self)))
-            let q1 = SIMD16<Float>(SIMD16<Int32>(truncatingIfNeeded: blk.loadUnaligned(fromByteOffset: 18, as: SIMD16<Int8>.self)))
+            let q0 = widen(blk.loadUnaligned(fromByteOffset: 2, as: SIMD16<Int8>.self))
+            let q1 = widen(blk.loadUnaligned(fromByteOffset: 18, as: SIMD16<Int8>.self))
             let xp = UnsafeRawPointer(x + b * 32)
             var p = q0 * xp.loadUnaligned(as: SIMD16<Float>.self)
             p.addProduct(q1, xp.loadUnaligned(fromByteOffset: 64, as: SIMD16<Float>.self))
@@ -176,8 +189,8 @@ public enum QuantKernels {
             for b in 0..<(k / 32) {
                 let blk = row + b * 34
                 let d = halfToFloat(blk.loadUnaligned(as: UInt16.self))
-                let q0 = SIMD16<Float>(SIMD16<Int32>(truncatingIfNeeded: blk.loadUnaligned(fromByteOffset: 2, as: SIMD16<Int8>.self)))
-                let q1 = SIMD16<Float>(SIMD16<Int32>(truncatingIfNeeded: blk.loadUnaligned(fromByteOffset: 18, as: SIMD16<Int8>.self)))
+                let q0 = widen(blk.loadUnaligned(fromByteOffset: 2, as: SIMD16<Int8>.self))
+                let q1 = widen(blk.loadUnaligned(fromByteOffset: 18, as: SIMD16<Int8>.self))
                 let o = UnsafeMutableRawPointer(out + b * 32)
                 o.storeBytes(of: q0 * d, as: SIMD16<Float>.self)
                 o.storeBytes(of: q1 * d, toByteOffset: 64, as: SIMD16<Float>.self)

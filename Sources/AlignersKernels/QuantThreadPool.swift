@@ -70,6 +70,7 @@ public final class ComputePool: @unchecked Sendable {
             var spins = 0
             while generation.load(ordering: .acquiring) == seen {
                 spins &+= 1
+                if spins & 1023 == 0 { sched_yield() }
                 if spins > spinLimit {
                     pthread_mutex_lock(mutex)
                     sleepers.add(1, ordering: .sequentiallyConsistent)
@@ -100,7 +101,13 @@ public final class ComputePool: @unchecked Sendable {
                     pthread_mutex_unlock(mutex)
                 }
                 body(0)
-                while pending.load(ordering: .acquiring) > 0 {}
+                // Spin, yielding now and then: when the machine is oversubscribed a worker may be
+                // descheduled, and a pure spin would burn the core it needs.
+                var spins = 0
+                while pending.load(ordering: .acquiring) > 0 {
+                    spins &+= 1
+                    if spins & 1023 == 0 { sched_yield() }
+                }
                 job = nil
             }
         }

@@ -1,0 +1,111 @@
+import ArgumentParser
+import Foundation
+import AlignersKernels
+import AlignersModels
+
+/// `aligners generate-bench`: decoder throughput (prompt processing, single-stream decode,
+/// aggregate batched decode) and the memory-bandwidth bound for single-stream decode.
+/// `scripts/bench/decoder_bench.sh` runs it next to llama.cpp and prints the ratios.
+struct GenerateBenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "generate-bench",
+        abstract: "Benchmark the embedded decoder (see scripts/bench/decoder_bench.sh for the comparison with llama.cpp).")
+
+    @Option(help: "GGUF model path (default: the SmolLM2 model under the models directory).") var model: String?
+    @Option(help: "Prompt length for prompt processing.") var promptTokens = 500
+    @Option(help: "Tokens decoded in the single-stream test.") var decodeTokens = 128
+    @Option(help: "Tokens decoded per sequence in the batched tests.") var batchTokens = 32
+    @Option(help: "Batch sizes, comma-separated.") var batches = "8,32,64"
+    @Option(help: "Repetitions (best is reported).") var repeats = 3
+    @Flag(help: "Print one JSON object instead of a table.") var json = false
+
+    func run() throws {
+        let path = try model ?? ModelLocator.locate(TextGenerator.defaultModel).path
+        let gen = try TextGenerator(path: path)
+        guard let llama = gen.model as? LlamaModel else { throw ValidationError("benchmark expects a llama model") }
+        let cfg = llama.config
+        var results: [String: Double] = [:]
+
+        // Deterministic token streams (ids of ordinary text tokens).
+        func tokens(_ n: Int, salt: Int) -> [Int] {
+            let base = gen.tokenizer.encode(String(repeating: "The quick brown fox jumps over the lazy dog near the river bank. ", count: n / 10 + 2))
+            return (0..<n).map { base[($0 + salt * 7) % base.count] }
+        }
+        var logits = [Float](repeating: 0, count: cfg.vocabulary * 64)
+
+        // Prompt processing.
+        llama.prepareDenseWeights()
+        var best = 0.0
+        for _ in 0..<repeats {
+            let cache = KVCache(config: cfg, capacity: promptTokens + 1)
+            let t0 = Date()
+            try logits.withUnsafeMutableBufferPointer { try llama.forward([DecoderSegment(cache: cache, tokens: tokens(promptTokens, salt: 0))], logits: $0.baseAddress!) }
+            best = max(best, Double(promptTokens) / Date().timeIntervalSince(t0))
+        }
+        results["prompt_tps"] = best
+
+        // Single-stream decode (greedy, fused kernels).
+        best = 0
+        for _ in 0..<repeats {
+            let cache = KVCache(config: cfg, capacity: 16 + decodeTokens + 1)
+            try logits.withUnsafeMutableBufferPointer { try llama.forward([DecoderSegment(cache: cache, tokens: tokens(16, salt: 1))], logits: $0.baseAddress!) }
+            var next = 0
+            let t0 = Date()
+            for _ in 0..<decodeTokens {
+                try logits.withUnsafeMutableBufferPointer { l in
+                    try llama.forward([DecoderSegment(cache: cache, tokens: [next])], logits: l.baseAddress!)
+                    var bi = 0
+                    for i in 0..<cfg.vocabulary where l[i] > l[bi] { bi = i }
+                    next = bi
+                }
+            }
+            best = max(best, Double(decodeTokens) / Date().timeIntervalSince(t0))
+        }
+        results["decode_tps"] = best
+
+        // Aggregate decode through the continuous-batching scheduler (prefill excluded).
+        for b in batches.split(separator: ",").compactMap({ Int($0) }) {
+            var bestB = 0.0
+            for _ in 0..<max(1, repeats - 1) {
+                let sched = BatchScheduler(model: llama, tokenizer: gen.tokenizer, maxBatch: b)
+                for s in 0..<b {
+                    sched.add(GenerationRequest(prompt: tokens(24, salt: s + 3), maxNewTokens: batchTokens)) { _ in }
+                }
+                try sched.step()  // prefill + first token of every sequence
+                let t0 = Date()
+                try sched.runUntilIdle()
+                bestB = max(bestB, Double(b * (batchTokens - 1)) / Date().timeIntervalSince(t0))
+            }
+            results["batch\(b)_tps"] = bestB
+        }
+
+        // Read bandwidth (both threads summing a 512 MiB buffer) and the decode bound it implies.
+        let n = 128 << 20
+        let buf = UnsafeMutablePointer<Float>.allocate(capacity: n)
+        defer { buf.deallocate() }
+        ComputePool.shared.parallelFor(n, granule: 1 << 16) { r in for i in r { buf[i] = Float(i & 7) } }
+        var bw = 0.0
+        for _ in 0..<3 {
+            let t0 = Date()
+            var sink = [Float](repeating: 0, count: ComputePool.shared.threads)
+            sink.withUnsafeMutableBufferPointer { s in
+                let sp = s.baseAddress!
+                ComputePool.shared.run { t in
+                    let per = n / ComputePool.shared.threads
+                    sp[t] = QuantKernels.dotF32(buf + t * per, buf + t * per, per)
+                }
+            }
+            bw = max(bw, Double(n * 4) / Date().timeIntervalSince(t0))
+        }
+        results["read_gbps"] = bw / 1e9
+        results["weight_mb_per_token"] = Double(llama.weightBytesPerToken) / 1e6
+        results["bandwidth_bound_tps"] = bw / Double(llama.weightBytesPerToken)
+
+        if json {
+            let data = try JSONSerialization.data(withJSONObject: results, options: [.sortedKeys])
+            print(String(decoding: data, as: UTF8.self))
+        } else {
+            for (k, v) in results.sorted(by: { $0.key < $1.key }) { print(String(format: "%-22@ %10.1f", k as NSString, v)) }
+        }
+    }
+}
