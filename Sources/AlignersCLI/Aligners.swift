@@ -9,5 +9,6 @@ struct Aligners: AsyncParsableCommand {
             Pipe chat logs through the squad:  cat chats.jsonl | aligners filter > aligned.jsonl
             Or run the stages as daemons:      aligners router … ; aligners worker --role … ; aligners filter --connect …
             """,
-        subcommands: [FilterCommand.self, RouterCommand.self, WorkerCommand.self])
+        subcommands: [FilterCommand.self, RouterCommand.self, WorkerCommand.self,
+                      GenerateCommand.self, GenerateBenchCommand.self])
 }
