@@ -10,5 +10,6 @@ struct Aligners: AsyncParsableCommand {
             Or run the stages as daemons:      aligners router … ; aligners worker --role … ; aligners filter --connect …
             """,
         subcommands: [FilterCommand.self, RouterCommand.self, WorkerCommand.self,
+                      InspectorTrainGroup.self, InspectorEvalGroup.self, ScoreCommand.self,
                       GenerateCommand.self, GenerateBenchCommand.self])
 }

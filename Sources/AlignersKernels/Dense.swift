@@ -1,4 +1,5 @@
 import Foundation
+import CBLAS
 
 /// Dense float kernels for encoder models: row-wise LayerNorm, erf GELU, softmax, all in place,
 /// vectorised with SIMD16 (the module builds with -Ounchecked).
@@ -9,8 +10,13 @@ public enum Dense {
     /// (relative error ~2e-7), 2^n assembled in the exponent bits. Inputs clamp to [-87, 88].
     @inline(__always)
     public static func exp(_ x: V) -> V {
-        let xc = x.clamped(lowerBound: V(repeating: -87.0), upperBound: V(repeating: 88.0))
-        let n = (xc * 1.442695040888963).rounded(.toNearestOrEven)
+        var xc = x.replacing(with: -87.0, where: x .< -87.0)
+        xc = xc.replacing(with: 88.0, where: xc .> 88.0)
+        // Round-to-nearest of x·log2(e) with the 1.5·2^23 trick: no float→int conversion needed.
+        let magic: Float = 12582912
+        let t = xc * 1.442695040888963 + magic
+        let n = t - magic
+        let ni = unsafeBitCast(t, to: SIMD16<Int32>.self) &- 0x4B40_0000
         let r = xc - n * 0.693145751953125 - n * 1.428606765330187e-06
         var p = V(repeating: 1.0 / 720.0)
         p = p * r + 1.0 / 120.0
@@ -19,8 +25,7 @@ public enum Dense {
         p = p * r + 0.5
         p = p * r + 1.0
         p = p * r + 1.0
-        let e = (SIMD16<Int32>(n, rounding: .towardZero) &+ 127) &<< 23
-        return p * unsafeBitCast(e, to: V.self)
+        return p * unsafeBitCast((ni &+ 127) &<< 23, to: V.self)
     }
 
     /// erf(x), Abramowitz & Stegun 7.1.26 (absolute error ≤ 1.5e-7).
@@ -122,4 +127,15 @@ public enum Dense {
 public struct UncheckedSendableBox<T>: @unchecked Sendable {
     public let value: T
     public init(_ value: T) { self.value = value }
+}
+
+extension BLAS {
+    /// C[m×n] = alpha · op(A) · op(B) + beta · C with both transposes selectable (row-major).
+    @inlinable
+    public static func gemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int,
+                            a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                            c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float = 1, beta: Float = 0) {
+        cblas_sgemm(CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
+                    Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+    }
 }

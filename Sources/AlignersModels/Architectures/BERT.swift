@@ -174,6 +174,8 @@ public final class BERTEncoder: @unchecked Sendable {
                 }
                 // Self-attention per sequence and head.
                 let qkvp = UnsafePointer(qp)
+                // Small per-head products: one BLAS thread each, our threads across (sequence, head).
+                if threads > 1 { BLAS.setThreads(1) }
                 Dense.parallelFor(items.count, parts: threads) { lo, hi in
                     let scores = UnsafeMutablePointer<Float>.allocate(capacity: maxLen * maxLen)
                     defer { scores.deallocate() }
@@ -188,6 +190,7 @@ public final class BERTEncoder: @unchecked Sendable {
                                    c: cp + offsets[s] * h + head * hd, ldc: h)
                     }
                 }
+                if threads > 1 { BLAS.setThreads(threads) }
                 // x = LN(ctx · Wo^T + bo + x)
                 Self.fillRows(xp, rows: n, bias: L.bo, residual: xp, threads: threads)
                 L.wo.withUnsafeBufferPointer { w in

