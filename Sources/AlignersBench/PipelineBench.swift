@@ -1,0 +1,223 @@
+import AlignersCore
+import AlignersPipeline
+import AlignersSchema
+import Foundation
+import Glibc
+import Logging
+
+/// The pipeline's own cost: envelopes per second through router + no-op workers, and the latency
+/// a router hop adds, each beside raw ZeroMQ measured in the same run.
+///
+///     swift run -c release aligners-bench [--envelopes N] [--size BYTES] [--transport ipc|tcp]
+@main
+struct PipelineBench {
+    static func main() throws {
+        let args = CommandLine.arguments
+        func value(_ flag: String, _ fallback: String) -> String {
+            args.firstIndex(of: flag).flatMap { $0 + 1 < args.count ? args[$0 + 1] : nil } ?? fallback
+        }
+        if args.contains("--help") || args.contains("-h") {
+            say("usage: aligners-bench [--envelopes N] [--size BYTES] [--transport ipc|tcp] [--round-trips N]")
+            return
+        }
+        let count = Int(value("--envelopes", "200000"))!
+        let size = Int(value("--size", "1024"))!
+        let transport = value("--transport", "ipc")
+        let roundTrips = Int(value("--round-trips", "5000"))!
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("aligners-bench-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        var port = 47_000 + Int(getpid() % 1000) * 4
+        func endpoint(_ name: String) -> String {
+            if transport == "tcp" { port += 1; return "tcp://127.0.0.1:\(port)" }
+            return "ipc://\(dir.path)/\(name)"
+        }
+        say("pipeline benchmark: \(count) envelopes of \(size) B over \(transport), \(ProcessInfo.processInfo.activeProcessorCount) cores")
+
+        let raw = try rawPushPull(count: count, size: size, endpoint: endpoint("raw"))
+        let routed = try throughRouter(count: count, size: size, front: endpoint("front"), back: endpoint("back"))
+        let rawRTT = try rawRoundTrip(n: roundTrips, size: size, endpoint: endpoint("rtt"))
+        let routedRTT = try routerRoundTrip(n: roundTrips, size: size, front: endpoint("front2"), back: endpoint("back2"))
+
+        func f(_ x: Double) -> String { String(format: "%10.0f", x) }
+        func us(_ x: Double) -> String { String(format: "%8.1f µs", x) }
+        say("")
+        say("| measure                                   |        ours |   raw ZeroMQ | ours/raw |")
+        say("|-------------------------------------------|-------------|--------------|----------|")
+        say("| throughput, envelopes/s (\(size) B)            | \(f(routed)) | \(f(raw))   | \(String(format: "%7.2f×", routed / raw)) |")
+        say("| round trip, 1 envelope (client→stage→client) | \(us(routedRTT.p50)) | \(us(rawRTT.p50)) | \(String(format: "%7.2f×", routedRTT.p50 / rawRTT.p50)) |")
+        say("| round trip p95                             | \(us(routedRTT.p95)) | \(us(rawRTT.p95)) | \(String(format: "%7.2f×", routedRTT.p95 / rawRTT.p95)) |")
+        // Ours crosses 4 socket hops (client→router→worker→router→client), raw 2 (there and back).
+        say("| cost per hop, p50                          | \(us(routedRTT.p50 / 4)) | \(us(rawRTT.p50 / 2)) | \(String(format: "%7.2f×", (routedRTT.p50 / 4) / (rawRTT.p50 / 2))) |")
+        say("")
+        say("throughput: raw = PUSH→PULL of \(size)-byte messages, one way; ours = client → router → no-op inspector")
+        say("worker → router → client, squad policy included (one criterion, nothing below threshold).")
+        say("round trip: raw = DEALER→ROUTER echo; ours = client → router → worker → router → client (2 hops each way).")
+    }
+
+    // MARK: Raw ZeroMQ baselines
+
+    static func rawPushPull(count: Int, size: Int, endpoint: String) throws -> Double {
+        let context = ZMQContext()
+        let pull = try ZMQSocket(context, .pull)
+        try pull.bind(endpoint)
+        let payload = [UInt8](repeating: 0x61, count: size)
+        let sender = Thread {
+            guard let push = try? ZMQSocket(context, .push), (try? push.connect(endpoint)) != nil else { return }
+            for _ in 0..<count { _ = try? push.send([payload]) }
+            Thread.sleep(forTimeInterval: 0.5)
+            push.close()
+        }
+        sender.start()
+        _ = try pull.receive()  // time from the first message on (connection set up)
+        let t0 = monotonicNanos()
+        var received = 1
+        while received < count {
+            _ = try pull.receive()
+            received += 1
+        }
+        let seconds = Double(monotonicNanos() - t0) / 1e9
+        return Double(count - 1) / seconds
+    }
+
+    static func rawRoundTrip(n: Int, size: Int, endpoint: String) throws -> (p50: Double, p95: Double) {
+        let context = ZMQContext()
+        let ready = DispatchSemaphore(value: 0)
+        let echo = Thread {
+            guard let router = try? ZMQSocket(context, .router), (try? router.bind(endpoint)) != nil else { return }
+            ready.signal()
+            for _ in 0..<(n + 1) {
+                guard let frames = try? router.receive() else { return }
+                _ = try? router.send(frames)
+            }
+        }
+        echo.start()
+        ready.wait()
+        let dealer = try ZMQSocket(context, .dealer)
+        try dealer.connect(endpoint)
+        let payload = [UInt8](repeating: 0x61, count: size)
+        var samples: [Double] = []
+        for i in 0..<(n + 1) {
+            let t0 = monotonicNanos()
+            try dealer.send([payload])
+            _ = try dealer.receive()
+            if i > 0 { samples.append(Double(monotonicNanos() - t0) / 1000) }
+        }
+        return percentiles(samples)
+    }
+
+    // MARK: Through the router
+
+    static func envelope(_ i: Int, size: Int) -> Envelope {
+        var e = Envelope()
+        e.id = "bench-\(i)"
+        e.seq = UInt64(i + 1)
+        e.conversation = [Aligners_V1_Turn.with { $0.role = "user"; $0.content = "question \(i)" }]
+        e.response = String(repeating: "a", count: max(1, size - 40))
+        e.originalResponse = ""
+        return e
+    }
+
+    static func startPipeline(front: String, back: String, batchSize: Int, windowMs: Int, jobSize: Int,
+                              workers: Int) throws -> (Router, [Worker], ZMQContext) {
+        var logger = Logger(label: "bench")
+        logger.logLevel = .error
+        let context = ZMQContext()
+        var settings = RouterSettings(criteria: ["noop"])
+        settings.batchSize = batchSize
+        settings.batchWindowMs = windowMs
+        settings.jobSize = jobSize
+        settings.clientWindow = 4096
+        let router = try Router(context: context, frontend: front, backend: back, settings: settings, logger: logger)
+        Thread { try? router.run() }.start()
+        var ws: [Worker] = []
+        for _ in 0..<workers {
+            var ws0 = WorkerSettings()
+            ws0.credit = 4
+            let w = Worker(context: context, endpoint: back, handler: InspectorStage(NoOpInspector()), settings: ws0, logger: logger)
+            Thread { try? w.run() }.start()
+            ws.append(w)
+        }
+        return (router, ws, context)
+    }
+
+    static func throughRouter(count: Int, size: Int, front: String, back: String) throws -> Double {
+        let (router, workers, context) = try startPipeline(front: front, back: back, batchSize: 64, windowMs: 1,
+                                                           jobSize: 64, workers: 1)
+        defer { router.drain(); workers.forEach { $0.drain() } }
+        let client = try ZMQSocket(context, .dealer)
+        try client.connect(front)
+        try client.send([hello()])
+        let template = (0..<64).map { envelope($0, size: size) }
+        var credit = 0
+        var sent = 0
+        var received = 0
+        var t0: UInt64 = 0
+        func handle(_ frames: [[UInt8]]) {
+            guard let m = try? WireMessage(serializedBytes: frames[0]) else { return }
+            if case .credit(let c) = m.kind { credit += Int(c.envelopes) }
+            if case .deliver(let d) = m.kind { received += d.envelopes.count }
+        }
+        while received < count {
+            while credit >= 64 && sent < count {
+                if t0 == 0 { t0 = monotonicNanos() }
+                var submit = Aligners_V1_Submit()
+                submit.envelopes = template.map { var e = $0; e.seq = UInt64(sent) + e.seq; return e }
+                try client.send([WireMessage.with { $0.submit = submit }.serializedBytes()])
+                sent += 64
+                credit -= 64
+            }
+            handle(try client.receive()!)
+            while let frames = try client.receive(dontWait: true) { handle(frames) }
+        }
+        return Double(received) / (Double(monotonicNanos() - t0) / 1e9)
+    }
+
+    static func routerRoundTrip(n: Int, size: Int, front: String, back: String) throws -> (p50: Double, p95: Double) {
+        let (router, workers, context) = try startPipeline(front: front, back: back, batchSize: 1, windowMs: 0,
+                                                           jobSize: 1, workers: 1)
+        defer { router.drain(); workers.forEach { $0.drain() } }
+        let client = try ZMQSocket(context, .dealer)
+        try client.connect(front)
+        try client.send([hello()])
+        var credit = 0
+        while credit == 0 {
+            let frames = try client.receive()!
+            if let m = try? WireMessage(serializedBytes: frames[0]), case .credit(let c) = m.kind { credit += Int(c.envelopes) }
+        }
+        Thread.sleep(forTimeInterval: 0.2)  // the worker registers
+        var samples: [Double] = []
+        for i in 0..<(n + 1) {
+            var submit = Aligners_V1_Submit()
+            submit.envelopes = [envelope(i, size: size)]
+            let bytes: [UInt8] = try WireMessage.with { $0.submit = submit }.serializedBytes()
+            let t0 = monotonicNanos()
+            try client.send([bytes])
+            while true {
+                let frames = try client.receive()!
+                if let m = try? WireMessage(serializedBytes: frames[0]), case .deliver = m.kind { break }
+            }
+            if i > 0 { samples.append(Double(monotonicNanos() - t0) / 1000) }
+        }
+        return percentiles(samples)
+    }
+
+    static func hello() -> [UInt8] {
+        (try? WireMessage.with { $0.heartbeat = Aligners_V1_Heartbeat() }.serializedBytes()) ?? []
+    }
+
+    static func percentiles(_ xs: [Double]) -> (p50: Double, p95: Double) {
+        let s = xs.sorted()
+        return (s[s.count / 2], s[min(s.count - 1, s.count * 95 / 100)])
+    }
+}
+
+/// A stage that does no model work: isolates the pipeline's own cost.
+struct NoOpInspector: Inspector {
+    var criterion: String { "noop" }
+    var modelName: String { "no-op" }
+    func score(_ batch: [Exchange]) throws -> [Double] { Array(repeating: 1, count: batch.count) }
+}
+
+/// Unbuffered, so progress shows when piped.
+func say(_ s: String) { FileHandle.standardOutput.write(Data((s + "\n").utf8)) }
