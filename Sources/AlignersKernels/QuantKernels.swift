@@ -49,8 +49,17 @@ public enum QuantKernels {
         for b in 0..<nb {
             let p = UnsafeRawPointer(x + b * 32)
             let s = p.loadUnaligned(as: SIMD16<Float>.self) + p.loadUnaligned(fromByteOffset: 64, as: SIMD16<Float>.self)
-            xs[b] = s.sum()
+            xs[b] = hsum(s)
         }
+    }
+
+    /// Horizontal sum as a tree (the standard library's `sum()` is an out-of-line lane-by-lane loop).
+    @inline(__always)
+    public static func hsum(_ v: SIMD16<Float>) -> Float {
+        let a = v.lowHalf + v.highHalf
+        let b = a.lowHalf + a.highHalf
+        let c = b.lowHalf + b.highHalf
+        return c[0] + c[1]
     }
 
     @inline(__always)
@@ -89,7 +98,7 @@ public enum QuantKernels {
             acc.addProduct(p, SIMD16(repeating: d))
             macc += m * xs[b]
         }
-        return acc.sum() + macc
+        return hsum(acc) + macc
     }
 
     @inline(__always)
@@ -122,7 +131,7 @@ public enum QuantKernels {
                 m1 += m * sx
             }
         }
-        return (acc0.sum() + m0, acc1.sum() + m1)
+        return (hsum(acc0) + m0, hsum(acc1) + m1)
     }
 
     @inline(__always)
@@ -138,7 +147,7 @@ public enum QuantKernels {
             p.addProduct(q1, xp.loadUnaligned(fromByteOffset: 64, as: SIMD16<Float>.self))
             acc.addProduct(p, SIMD16(repeating: d))
         }
-        return acc.sum()
+        return hsum(acc)
     }
 
     @inline(__always)
@@ -155,7 +164,7 @@ public enum QuantKernels {
             acc0.addProduct(pa.loadUnaligned(fromByteOffset: i * 4, as: SIMD16<Float>.self), pb.loadUnaligned(fromByteOffset: i * 4, as: SIMD16<Float>.self))
             i += 16
         }
-        var s = (acc0 + acc1).sum()
+        var s = hsum(acc0 + acc1)
         while i < n { s += a[i] * b[i]; i += 1 }
         return s
     }

@@ -37,6 +37,8 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
     let outputNorm: [Float]
     let invFreq: [Float]
     private let lock = NSLock()
+    private let scratch = Scratch()
+    private let threadScratch: [Scratch]
 
     public convenience init(path: String, pool: ComputePool = .shared) throws {
         try self.init(gguf: GGUFFile(path: path), pool: pool)
@@ -45,6 +47,7 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
     public init(gguf: GGUFFile, pool: ComputePool = .shared) throws {
         self.gguf = gguf
         self.pool = pool
+        threadScratch = (0..<pool.threads).map { _ in Scratch() }
         var c = try DecoderConfig(gguf: gguf)
         func vector(_ name: String, _ n: Int) throws -> [Float] {
             let t = try gguf.tensor(name)
@@ -138,15 +141,14 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
             for (i, t) in s.tokens.enumerated() { positions[r] = s.cache.count + i; tokens[r] = t; r += 1 }
         }
 
-        let x = UnsafeMutablePointer<Float>.allocate(capacity: T * d)
-        let h = UnsafeMutablePointer<Float>.allocate(capacity: T * max(d, qd))
-        let q = UnsafeMutablePointer<Float>.allocate(capacity: T * qd)
-        let k = UnsafeMutablePointer<Float>.allocate(capacity: T * kvd)
-        let v = UnsafeMutablePointer<Float>.allocate(capacity: T * kvd)
-        let att = UnsafeMutablePointer<Float>.allocate(capacity: T * qd)
-        let g = UnsafeMutablePointer<Float>.allocate(capacity: T * ff)
-        let u = UnsafeMutablePointer<Float>.allocate(capacity: T * ff)
-        defer { for p in [x, h, q, k, v, att, g, u] { p.deallocate() } }
+        // Activations live in a scratch arena kept between calls: fresh large allocations are
+        // fresh pages, and zeroing them showed up in profiles.
+        let sizes = [T * d, T * max(d, qd), T * qd, T * kvd, T * kvd, T * qd, T * ff, T * ff]
+        let arena = scratch.reserve(sizes.reduce(0) { $0 + ($1 + 15) / 16 * 16 })
+        var offsets: [UnsafeMutablePointer<Float>] = []
+        var off = 0
+        for n in sizes { offsets.append(arena + off); off += (n + 15) / 16 * 16 }
+        let x = offsets[0], h = offsets[1], q = offsets[2], k = offsets[3], v = offsets[4], att = offsets[5], g = offsets[6], u = offsets[7]
 
         tokens.withUnsafeBufferPointer { tk in
             let emb = tokenEmbedding
@@ -261,8 +263,7 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
                 let p0 = s.cache.count, L = p0 + n, r0 = segStart[si]
                 let cache = s.cache
                 pool.run { t in
-                    let scores = UnsafeMutablePointer<Float>.allocate(capacity: n * L)
-                    defer { scores.deallocate() }
+                    let scores = threadScratch[t].reserve(n * L)
                     var hh = t
                     while hh < c.heads {
                         let kv = hh / group
@@ -285,10 +286,10 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
         if small.isEmpty { return }
         let items = small.count * c.heads
         let maxLen = small.map { $0.pos + 1 }.max()!
-        pool.parallelFor(items) { range in
-            let scores = UnsafeMutablePointer<Float>.allocate(capacity: maxLen)
-            defer { scores.deallocate() }
-            for item in range {
+        let nt = pool.threads
+        pool.run { t in
+            let scores = threadScratch[t].reserve(maxLen)
+            for item in (items * t / nt)..<(items * (t + 1) / nt) {
                 let (row, pos, si) = small[item / c.heads]
                 let hh = item % c.heads, kv = hh / group
                 let cache = segments[si].cache
@@ -336,6 +337,21 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
             let a = g[i]
             g[i] = a / (1 + exp(-a)) * u[i]
         }
+    }
+}
+
+/// A growable buffer reused across forward calls.
+final class Scratch: @unchecked Sendable {
+    private var buffer: UnsafeMutablePointer<Float>?
+    private var capacity = 0
+    deinit { buffer?.deallocate() }
+    func reserve(_ n: Int) -> UnsafeMutablePointer<Float> {
+        if n > capacity || buffer == nil {
+            buffer?.deallocate()
+            capacity = max(n, capacity * 3 / 2)
+            buffer = .allocate(capacity: capacity)
+        }
+        return buffer!
     }
 }
 
