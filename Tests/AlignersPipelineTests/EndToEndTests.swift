@@ -38,10 +38,13 @@ final class ProcessGroup {
 
     @discardableResult
     func start(_ executable: URL, _ arguments: [String], name: String,
-               stdin: URL? = nil, stdout: URL? = nil) throws -> Process {
+               stdin: URL? = nil, stdout: URL? = nil, environment: [String: String] = [:]) throws -> Process {
         let p = Process()
         p.executableURL = executable
         p.arguments = arguments
+        if !environment.isEmpty {
+            p.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
+        }
         let log = logDir.appendingPathComponent("\(name).log")
         FileManager.default.createFile(atPath: log.path, contents: nil)
         p.standardError = try FileHandle(forWritingTo: log)
@@ -154,5 +157,38 @@ struct EndToEndTests {
         #expect(seen.count == count, "every sample exactly once")
         #expect(misaligned == 0)
         #expect(group.log("router").contains("worker lost"), "the router noticed the killed worker")
+    }
+
+    @Test("under systemd's notify protocol: READY, WATCHDOG from the loop, STOPPING and a clean drain on SIGTERM",
+          .timeLimit(.minutes(1)))
+    func notifyProtocol() throws {
+        let group = try ProcessGroup()
+        let notify = try NotifySocket()
+        let env = ["NOTIFY_SOCKET": notify.environmentValue, "WATCHDOG_USEC": "200000"]
+        let front = "ipc://\(group.logDir.path)/front", back = "ipc://\(group.logDir.path)/back"
+        let p = try group.start(builtExecutable("aligners"), ["router", "--frontend", front, "--backend", back,
+                                                              "--heartbeat-ms", "100"], name: "router", environment: env)
+        var seen: [String] = []
+        while !seen.contains(where: { $0.contains("WATCHDOG=1") }), let datagram = notify.receive() { seen.append(datagram) }
+        #expect(seen.first?.hasPrefix("READY=1") == true, "datagrams: \(seen)")
+        #expect(seen.contains { $0.contains("WATCHDOG=1") })
+        kill(p.processIdentifier, SIGTERM)
+        while !seen.contains(where: { $0.contains("STOPPING=1") }), let datagram = notify.receive() { seen.append(datagram) }
+        #expect(seen.contains { $0.hasPrefix("STOPPING=1") }, "datagrams: \(seen)")
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0, "log: \(group.log("router"))")
+        #expect(group.log("router").contains("router drained"))
+    }
+
+    @Test("a worker whose model is missing says so and exits 2 without sending READY", .timeLimit(.minutes(1)))
+    func workerWithoutModel() throws {
+        let group = try ProcessGroup()
+        let p = try group.start(builtExecutable("aligners"),
+                                ["worker", "--role", "aligner", "--criterion", "nonexistent-criterion",
+                                 "--connect", "ipc://\(group.logDir.path)/back", "--models-dir", group.logDir.path],
+                                name: "worker")
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 2)
+        #expect(group.log("worker").contains("nonexistent-criterion"))
     }
 }

@@ -7,7 +7,7 @@ import Glibc
 #endif
 
 /// A bound AF_UNIX datagram socket standing in for systemd's notify socket.
-private final class NotifySocket {
+final class NotifySocket {
     let fd: Int32
     let environmentValue: String   // what $NOTIFY_SOCKET would hold
     private let directory: String?
