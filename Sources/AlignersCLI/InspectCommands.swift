@@ -89,8 +89,8 @@ struct TrainInspectorCommand: ParsableCommand {
     @Option(help: "Where to write the head and its card.") var out = "inspectors"
     @Option(help: "Feature cache directory (git-ignored).") var cacheDir = ".cache/inspectors"
     @Option(help: "Hidden units of the head (0 = logistic regression).") var hidden = 256
-    @Option(help: "Adam learning rate.") var lr: Float = 1e-3
-    @Option(help: "Decoupled weight decay.") var weightDecay: Float = 1e-2
+    @Option(help: "Adam learning rate.") var lr: Float = 2e-4
+    @Option(help: "Decoupled weight decay.") var weightDecay: Float = 5e-2
     @Option(help: "Maximum epochs.") var epochs = 60
     @Option(help: "Early-stopping patience (epochs without a better valid ROC-AUC).") var patience = 8
     @Option(help: "Source balancing: equal, sqrt, none.") var sourceBalance = "sqrt"
@@ -227,48 +227,6 @@ struct ScoreCommand: ParsableCommand {
             }
         }
         try flush()
-    }
-}
-
-struct ScoreInputError: Error, CustomStringConvertible {
-    var kind: String
-    var description: String
-}
-
-enum ScoreInput {
-    static func parse(_ line: String) -> Result<([String: Any], Exchange), ScoreInputError> {
-        guard let data = line.data(using: .utf8),
-              let any = try? JSONSerialization.jsonObject(with: data), let obj = any as? [String: Any] else {
-            return .failure(ScoreInputError(kind: "bad_json", description: "line is not a JSON object"))
-        }
-        if let messages = obj["messages"] {
-            guard let arr = messages as? [[String: Any]] else {
-                return .failure(ScoreInputError(kind: "bad_messages", description: "\"messages\" must be an array of {role, content} objects"))
-            }
-            var turns: [Turn] = []
-            for m in arr {
-                guard let role = m["role"] as? String else {
-                    return .failure(ScoreInputError(kind: "bad_messages", description: "a message lacks a string \"role\""))
-                }
-                let content: String
-                if let s = m["content"] as? String { content = s }
-                else if let parts = m["content"] as? [[String: Any]] { content = parts.compactMap { $0["text"] as? String }.joined(separator: "\n") }
-                else if m["content"] == nil || m["content"] is NSNull { content = "" }
-                else { return .failure(ScoreInputError(kind: "bad_messages", description: "message content must be a string or text parts")) }
-                turns.append(Turn(role: role, content: content))
-            }
-            guard let last = turns.lastIndex(where: { $0.role == "assistant" }) else {
-                return .failure(ScoreInputError(kind: "no_response", description: "no assistant turn to score in \"messages\""))
-            }
-            return .success((obj, Exchange(conversation: Array(turns[..<last]), response: turns[last].content)))
-        }
-        guard let prompt = obj["prompt"] as? String else {
-            return .failure(ScoreInputError(kind: "missing_field", description: "need \"prompt\" and \"response\" strings, or \"messages\""))
-        }
-        guard let response = obj["response"] as? String else {
-            return .failure(ScoreInputError(kind: "missing_field", description: "need a \"response\" string to score"))
-        }
-        return .success((obj, Exchange(conversation: [Turn(role: "user", content: prompt)], response: response)))
     }
 }
 

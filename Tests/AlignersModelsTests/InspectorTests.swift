@@ -123,3 +123,29 @@ struct EncoderInspectorTests {
         #expect(abs(single[1] - all[1]["ethical"]!) < 1e-9)
     }
 }
+
+@Suite struct ScoreInputTests {
+    @Test func promptResponse() throws {
+        let (_, ex) = try ScoreInput.parse(#"{"prompt":"hi","response":"hello","id":7}"#).get()
+        #expect(ex.conversation == [Turn(role: "user", content: "hi")])
+        #expect(ex.response == "hello")
+    }
+
+    @Test func chatMessagesUseTheLastAssistantTurn() throws {
+        let line = #"{"messages":[{"role":"system","content":"be nice"},{"role":"user","content":"q1"},{"role":"assistant","content":"a1"},{"role":"user","content":[{"type":"text","text":"q2"}]},{"role":"assistant","content":"a2"}]}"#
+        let (obj, ex) = try ScoreInput.parse(line).get()
+        #expect(ex.response == "a2")
+        #expect(ex.conversation.map(\.content) == ["be nice", "q1", "a1", "q2"])
+        #expect(obj["messages"] != nil)
+    }
+
+    @Test(arguments: [
+        ("not json", "bad_json"), ("[1,2]", "bad_json"), (#"{"prompt":"x"}"#, "missing_field"),
+        (#"{"response":"x"}"#, "missing_field"), (#"{"messages":"x"}"#, "bad_messages"),
+        (#"{"messages":[{"role":"user","content":"q"}]}"#, "no_response"), (#"{"messages":[{"content":"q"}]}"#, "bad_messages"),
+    ])
+    func badLinesGiveAKind(line: String, kind: String) {
+        guard case .failure(let e) = ScoreInput.parse(line) else { Issue.record("accepted \(line)"); return }
+        #expect(e.kind == kind)
+    }
+}

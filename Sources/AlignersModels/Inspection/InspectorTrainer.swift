@@ -7,8 +7,8 @@ import AlignersKernels
 public struct InspectorTrainer {
     public struct Options: Codable, Sendable {
         public var hidden = 256
-        public var learningRate: Float = 1e-3
-        public var weightDecay: Float = 1e-2
+        public var learningRate: Float = 2e-4
+        public var weightDecay: Float = 5e-2
         public var batchSize = 64
         public var maxEpochs = 60
         public var patience = 8
