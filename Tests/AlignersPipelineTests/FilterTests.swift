@@ -205,3 +205,80 @@ struct FilterTests {
         #expect(out.summary.exitCode == 0)
     }
 }
+
+@Suite("Back-pressure")
+struct BackPressureTests {
+    @Test("with no worker to serve, the filter stops reading after its window; it resumes when one arrives",
+          .timeLimit(.minutes(1)))
+    func readingPauses() throws {
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let context = ZMQContext()
+        var settings = RouterSettings(criteria: ["ethical"])
+        settings.batchWindowMs = 5
+        settings.heartbeat = HeartbeatSettings(intervalMs: 100, liveness: 5)
+        // No handlers yet: every sample waits for an inspector.
+        let pipeline = try LocalPipeline(context: context, settings: settings, handlers: [], logger: logger)
+        pipeline.start()
+        defer { pipeline.stop() }
+
+        var inPipe: [Int32] = [0, 0]
+        pipe(&inPipe)
+        let writeFD = inPipe[1]
+        let line = Array(#"{"prompt":"q","response":"an answer of about a hundred bytes, padded out to make the arithmetic easy.."}"#.utf8) + [10]
+        let total = 20_000
+        let written = Counter()
+        Thread {
+            for _ in 0..<total {
+                var offset = 0
+                while offset < line.count {
+                    let n = line.withUnsafeBytes { write(writeFD, $0.baseAddress! + offset, line.count - offset) }
+                    if n <= 0 { return }
+                    offset += n
+                }
+                written.add(line.count)
+            }
+            close(writeFD)
+        }.start()
+        var filterSettings = FilterSettings()
+        filterSettings.window = 100
+        filterSettings.heartbeat = settings.heartbeat
+        let filter = Filter(context: context, endpoint: pipeline.frontend, settings: filterSettings, logger: logger,
+                            input: inPipe[0], output: open("/dev/null", O_WRONLY))
+        let result = ResultBox()
+        let done = DispatchSemaphore(value: 0)
+        Thread {
+            result.summary = try? filter.run()
+            done.signal()
+        }.start()
+        Thread.sleep(forTimeInterval: 1.0)
+        // The window (100 lines) plus what the kernel pipe and one read buffer hold.
+        let bound = 100 * line.count + 65_536 + 65_536
+        #expect(written.value <= bound, "read \(written.value) bytes with nothing served (bound \(bound))")
+        #expect(written.value < total * line.count)
+
+        // Workers arrive: everything flows.
+        let workers = [InspectorStage(MarkerInspector(criterion: "ethical")) as any StageHandler,
+                       AlignerStage(MarkerAligner(criterion: "ethical"))].map { (handler: any StageHandler) -> Worker in
+            var ws = WorkerSettings()
+            ws.heartbeat = settings.heartbeat
+            return Worker(context: context, endpoint: pipeline.router.backendEndpoint, handler: handler, settings: ws, logger: logger)
+        }
+        for w in workers { Thread { try? w.run() }.start() }
+        defer { workers.forEach { $0.drain() } }
+        done.wait()
+        close(inPipe[0])
+        #expect(result.summary?.lines == total)
+    }
+}
+
+final class Counter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var n = 0
+    func add(_ k: Int) { lock.lock(); n += k; lock.unlock() }
+    var value: Int { lock.lock(); defer { lock.unlock() }; return n }
+}
+
+final class ResultBox: @unchecked Sendable {
+    var summary: FilterSummary?
+}

@@ -222,28 +222,28 @@ public final class Router: @unchecked Sendable {
 
     /// Turns the policy's current step into jobs, or finishes the batch.
     private func startStep(of batchID: UInt64) {
-        guard var batch = batches[batchID] else { return }
+        guard var batch = batches.removeValue(forKey: batchID) else { return }
         batch.stepScores = [:]
         batch.stepChanged = []
-        switch batch.run.step {
-        case .finished:
-            batches[batchID] = nil
+        let step = batch.run.step
+        if case .finished = step {
             finish(batch)
             return
+        }
+        batches[batchID] = batch
+        switch step {
         case .inspect(let criteria, let samples):
-            batches[batchID] = batch
             for criterion in criteria {
                 for chunk in samples.chunked(settings.jobSize) {
-                    let envelopes = chunk.map { batch.samples[$0].envelope }
-                    enqueue(service: ServiceName.inspect(criterion), envelopes: envelopes, owner: .batch(batchID, Array(chunk)))
+                    enqueue(service: ServiceName.inspect(criterion), envelopes: [], owner: .batch(batchID, Array(chunk)))
                 }
             }
         case .align(let criterion, let samples):
-            batches[batchID] = batch
             for chunk in samples.chunked(settings.jobSize) {
-                let envelopes = chunk.map { batch.samples[$0].envelope }
-                enqueue(service: ServiceName.align(criterion), envelopes: envelopes, owner: .batch(batchID, Array(chunk)))
+                enqueue(service: ServiceName.align(criterion), envelopes: [], owner: .batch(batchID, Array(chunk)))
             }
+        case .finished:
+            break
         }
     }
 
@@ -289,6 +289,7 @@ public final class Router: @unchecked Sendable {
                        worker: nil, queuedAt: monotonicNanos())
         services[service, default: ServiceQueue()].queue.append(id)
         if case .batch(let batchID, _) = owner { batches[batchID]?.outstanding.insert(id) }
+        stats.jobs += 1
     }
 
     private func enqueueGeneration(_ sample: Sample, now: UInt64) {
@@ -306,7 +307,7 @@ public final class Router: @unchecked Sendable {
                 wire.id = job.id
                 wire.attempt = UInt32(job.attempt)
                 wire.service = job.service
-                wire.envelopes = job.envelopes.map { var e = $0; e.attempt = UInt32(job.attempt); return e }
+                wire.envelopes = envelopes(of: job)
                 let sent = (try? backend.send([workerID.bytes, WireMessage(.job(wire)).bytes()], dontWait: true)) ?? false
                 if !sent {
                     // The worker vanished between heartbeats; forget it and keep the job.
@@ -322,6 +323,26 @@ public final class Router: @unchecked Sendable {
                 if worker.credit > 0 { services[name]!.ready.append(workerID) }
                 stats.dispatched += 1
             }
+        }
+    }
+
+    /// A job's envelopes as they stand now: a batch job's come from its batch (so a re-queued job
+    /// carries every score merged since), a generation job holds its own.
+    private func envelopes(of job: Job) -> [Envelope] {
+        switch job.owner {
+        case .generation: return job.envelopes
+        case .batch(let batchID, let indices):
+            guard let batch = batches[batchID] else { return [] }
+            return indices.map { batch.samples[$0].envelope }
+        }
+    }
+
+    private func jobIDs(of job: Job) -> [String] {
+        switch job.owner {
+        case .generation: return job.envelopes.map(\.id)
+        case .batch(let batchID, let indices):
+            guard let batch = batches[batchID] else { return [] }
+            return indices.map { batch.samples[$0].envelope.id }
         }
     }
 
@@ -393,8 +414,7 @@ public final class Router: @unchecked Sendable {
             return
         }
         jobs[result.id] = nil
-        let sentIDs = job.envelopes.map(\.id)
-        if result.hasError || result.envelopes.map(\.id) != sentIDs {
+        if result.hasError || result.envelopes.map(\.id) != jobIDs(of: job) {
             let error = result.hasError ? result.error
                 : EnvelopeError(.internal, "worker returned envelopes that do not match the job", stage: job.service)
             fail(job, error)
@@ -402,67 +422,68 @@ public final class Router: @unchecked Sendable {
         }
         switch job.owner {
         case .generation(let client):
-            for var envelope in result.envelopes {
-                envelope.attempt = 0
-                let sample = Sample(envelope: envelope, client: client)
-                if envelope.hasError {
+            for (delta, sent) in zip(result.envelopes, job.envelopes) {
+                var envelope = sent
+                if delta.hasError {
+                    envelope.error = delta.error
                     send([envelope], to: client, countsAgainstCredit: true)
                 } else {
-                    addToBatch(sample, now: monotonicNanos())
+                    envelope.response = delta.response
+                    envelope.originalResponse = delta.response
+                    envelope.generated = true
+                    addToBatch(Sample(envelope: envelope, client: client), now: monotonicNanos())
                 }
             }
         case .batch(let batchID, let indices):
-            guard var batch = batches[batchID] else { return }
-            merge(result.envelopes, sent: job.envelopes, indices: indices, service: job.service, into: &batch)
+            guard var batch = batches.removeValue(forKey: batchID) else { return }
+            merge(result.envelopes, indices: indices, service: job.service, into: &batch)
             batch.outstanding.remove(job.id)
             batches[batchID] = batch
             if batch.outstanding.isEmpty { completeStep(of: batchID) }
         }
     }
 
-    /// Folds a worker's answer into the batch's envelopes and the step's tallies.
-    private func merge(_ returned: [Envelope], sent: [Envelope], indices: [Int], service: String, into batch: inout Batch) {
-        for (k, index) in indices.enumerated() {
-            let answer = returned[k]
-            var envelope = batch.samples[index].envelope
-            if answer.hasError {
-                envelope.error = answer.error
-                batch.samples[index].envelope = envelope
+    /// Folds a worker's deltas (what the stage added, see `JobResult`) into the batch's envelopes
+    /// and the step's tallies, mutating them in place.
+    private func merge(_ deltas: [Envelope], indices: [Int], service: String, into batch: inout Batch) {
+        let isInspect = service.hasPrefix("inspect.")
+        let criterion = String(service.drop(while: { $0 != "." }).dropFirst())
+        for (delta, index) in zip(deltas, indices) {
+            if delta.hasError {
+                batch.samples[index].envelope.error = delta.error
                 batch.run.drop([index])
                 continue
             }
-            if service.hasPrefix("inspect.") {
-                let criterion = String(service.dropFirst("inspect.".count))
-                let pass = UInt32(envelope.steps.count)
-                for var record in answer.scores.dropFirst(sent[k].scores.count) where record.criterion == criterion {
+            if isInspect {
+                let pass = UInt32(batch.samples[index].envelope.steps.count)
+                for var record in delta.scores where record.criterion == criterion {
                     record.pass = pass
-                    envelope.scores.append(record)
+                    batch.samples[index].envelope.scores.append(record)
                     batch.stepScores[index, default: [:]][criterion] = record.score
                     // The re-inspection after a pass is that pass's "after" score.
-                    if let last = envelope.steps.indices.last, envelope.steps[last].criterion == criterion,
-                       envelope.steps[last].scoreAfter.isNaN {
-                        envelope.steps[last].scoreAfter = record.score
+                    if let last = batch.samples[index].envelope.steps.indices.last,
+                       batch.samples[index].envelope.steps[last].criterion == criterion,
+                       batch.samples[index].envelope.steps[last].scoreAfter.isNaN {
+                        batch.samples[index].envelope.steps[last].scoreAfter = record.score
                     }
                 }
-            } else if service.hasPrefix("align.") {
-                let criterion = String(service.dropFirst("align.".count))
+            } else {
                 let before = batch.run.scores[index][criterion] ?? .nan
-                for var step in answer.steps.dropFirst(sent[k].steps.count) {
+                for var step in delta.steps {
                     step.scoreBefore = before
                     step.scoreAfter = .nan
-                    envelope.steps.append(step)
+                    batch.samples[index].envelope.steps.append(step)
                 }
-                if answer.response != envelope.response && !answer.response.isEmpty {
-                    envelope.response = answer.response
+                if !delta.response.isEmpty && delta.response != batch.samples[index].envelope.response {
+                    batch.samples[index].envelope.response = delta.response
                     batch.stepChanged.insert(index)
                 }
             }
-            batch.samples[index].envelope = envelope
         }
     }
 
     private func completeStep(of batchID: UInt64) {
-        guard var batch = batches[batchID] else { return }
+        guard var batch = batches.removeValue(forKey: batchID) else { return }
         switch batch.run.step {
         case .inspect:
             batch.run.recordScores(batch.stepScores)
@@ -485,7 +506,7 @@ public final class Router: @unchecked Sendable {
             let failed = job.envelopes.map { var e = $0; e.error = error; return e }
             send(failed, to: client, countsAgainstCredit: true)
         case .batch(let batchID, let indices):
-            guard var batch = batches[batchID] else { return }
+            guard var batch = batches.removeValue(forKey: batchID) else { return }
             for i in indices { batch.samples[i].envelope.error = error }
             batch.run.drop(indices)
             batch.outstanding.remove(job.id)
@@ -562,6 +583,7 @@ public struct RouterStats: Sendable, Equatable {
     public var inFlight = 0
     public var batches = 0
     public var dispatched = 0
+    public var jobs = 0
     public var requeued = 0
     public var duplicates = 0
     public var rejectedFrames = 0
@@ -614,6 +636,7 @@ struct Job {
     let id: UInt64
     var attempt: Int
     let service: String
+    /// Only for generation jobs; a batch job's envelopes are read from its batch when sent.
     let envelopes: [Envelope]
     let owner: Owner
     var worker: Identity?

@@ -168,32 +168,51 @@ public final class Worker: @unchecked Sendable {
         }
     }
 
-    /// Runs the handler on the job; if the batch fails, runs each envelope alone so one poison
-    /// sample fails by itself.
+    /// Runs the handler on the job and answers with deltas; if the batch fails, runs each envelope
+    /// alone so one poison sample fails by itself.
     func answer(_ job: Aligners_V1_Job) -> Aligners_V1_JobResult {
         var result = Aligners_V1_JobResult()
         result.id = job.id
         result.attempt = job.attempt
         do {
-            result.envelopes = try handler.process(job.envelopes)
-            guard result.envelopes.count == job.envelopes.count else {
-                throw StageError("\(handler.service) returned \(result.envelopes.count) envelopes for \(job.envelopes.count)")
+            let processed = try handler.process(job.envelopes)
+            guard processed.count == job.envelopes.count else {
+                throw StageError("\(handler.service) returned \(processed.count) envelopes for \(job.envelopes.count)")
             }
+            result.envelopes = zip(job.envelopes, processed).map(Self.delta)
         } catch {
             logger.warning("batch failed; retrying one by one", metadata: ["service": "\(handler.service)", "error": "\(error)"])
             result.envelopes = job.envelopes.map { envelope in
                 do {
                     let out = try handler.process([envelope])
-                    if out.count == 1 { return out[0] }
+                    if out.count == 1 { return Self.delta(envelope, out[0]) }
                     throw StageError("\(handler.service) returned \(out.count) envelopes for 1")
                 } catch {
-                    var failed = envelope
+                    var failed = Envelope()
+                    failed.id = envelope.id
+                    failed.seq = envelope.seq
                     failed.error = EnvelopeError(.modelFailed, "\(error)", stage: handler.service)
                     return failed
                 }
             }
         }
         return result
+    }
+}
+
+extension Worker {
+    /// What a stage added to an envelope: the id, new score records, new steps, the response when
+    /// it changed, the error when it failed. Sending only this keeps the router from decoding
+    /// every response again.
+    static func delta(_ before: Envelope, _ after: Envelope) -> Envelope {
+        var d = Envelope()
+        d.id = after.id
+        d.seq = after.seq
+        if after.scores.count > before.scores.count { d.scores = Array(after.scores[before.scores.count...]) }
+        if after.steps.count > before.steps.count { d.steps = Array(after.steps[before.steps.count...]) }
+        if after.response != before.response { d.response = after.response }
+        if after.hasError { d.error = after.error }
+        return d
     }
 }
 

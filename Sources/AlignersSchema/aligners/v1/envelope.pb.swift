@@ -326,7 +326,9 @@ public nonisolated struct Aligners_V1_Job: Sendable {
   public init() {}
 }
 
-/// A worker's answer: the envelopes, updated (scores appended, response rewritten, steps added).
+/// A worker's answer: one delta per job envelope, in the job's order. A delta carries the id and
+/// seq, the score records and steps the stage added, the response only if the stage changed it,
+/// and error if that sample failed (the router never re-reads what it already has).
 public nonisolated struct Aligners_V1_JobResult: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
