@@ -82,7 +82,8 @@ public final class TextGenerator: @unchecked Sendable {
         inbox.append((request, onEvent))
         if !started {
             started = true
-            let t = Thread { [unowned self] in self.computeLoop() }
+            // The compute thread keeps the generator alive: an engine lives as long as its process.
+            let t = Thread { self.computeLoop() }
             t.stackSize = 8 << 20
             t.name = "aligners-decoder"
             t.start()
