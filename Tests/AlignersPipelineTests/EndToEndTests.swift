@@ -191,4 +191,56 @@ struct EndToEndTests {
         #expect(p.terminationStatus == 2)
         #expect(group.log("worker").contains("nonexistent-criterion"))
     }
+
+    @Test("--connect to daemons gives the same output as the in-process pipeline", .timeLimit(.minutes(2)))
+    func sameOutputEitherWay() throws {
+        let group = try ProcessGroup()
+        let front = "ipc://\(group.logDir.path)/front", back = "ipc://\(group.logDir.path)/back"
+        try group.start(builtExecutable("aligners"), ["router", "--frontend", front, "--backend", back, "--criteria", "ethical,helpful",
+                                                      "--batch-size", "8", "--window-ms", "2000", "--log-level", "warning"],
+                        name: "router")
+        for service in ["inspect.ethical", "inspect.helpful", "align.ethical", "align.helpful"] {
+            try group.start(builtExecutable("aligners-testworker"), ["--service", service, "--connect", back], name: service)
+        }
+        // Whole batches only (296 = 37 × 8), so batch boundaries, and with them the order of
+        // criteria, are the same in both runs.
+        let objects: [[String: Any]] = (0..<296).map { i in
+            var markers = ""
+            if i % 3 == 0 { markers += "[bad:ethical]" }
+            if i % 4 == 0 { markers += "[bad:helpful]" }
+            return i % 2 == 0
+                ? ["id": "s\(i)", "prompt": "q\(i)", "response": "a\(i) \(markers)", "extra": ["n": i]]
+                : ["id": "s\(i)", "messages": [["role": "user", "content": "q\(i)"], ["role": "assistant", "content": "a \(markers)"]]]
+        }
+        let inputURL = group.logDir.appendingPathComponent("in.jsonl")
+        let outputURL = group.logDir.appendingPathComponent("out.jsonl")
+        try Data(jsonl(objects)).write(to: inputURL)
+        let filter = try group.start(builtExecutable("aligners"), ["filter", "--connect", front, "--log-level", "warning"],
+                                     name: "filter", stdin: inputURL, stdout: outputURL)
+        filter.waitUntilExit()
+        #expect(filter.terminationStatus == 0)
+        let local = try runFilter(jsonl(objects), criteria: ["ethical", "helpful"], withGenerator: false, batchSize: 8,
+                                  windowMs: 2000)
+        let remote = try String(contentsOf: outputURL, encoding: .utf8).split(separator: "\n").map(String.init)
+        #expect(remote.count == objects.count)
+        #expect(local.raw.count == objects.count)
+        for (a, b) in zip(local.raw, remote) {
+            #expect(normalized(a) == normalized(b))
+        }
+    }
+}
+
+/// An output line without what legitimately differs between runs (timings, batch ids).
+func normalized(_ line: String) -> String {
+    guard var object = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any] else { return line }
+    if var alignment = object["alignment"] as? [String: Any] {
+        alignment["latency_ms"] = nil
+        alignment["batch"] = nil
+        if let steps = alignment["steps"] as? [[String: Any]] {
+            alignment["steps"] = steps.map { var s = $0; s["duration_ms"] = nil; return s }
+        }
+        object["alignment"] = alignment
+    }
+    let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data()
+    return String(decoding: data, as: UTF8.self)
 }

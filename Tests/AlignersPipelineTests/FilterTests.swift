@@ -8,14 +8,14 @@ import PipelineTestDoubles
 /// Runs the in-process pipeline (router + double workers over inproc) behind a filter reading
 /// `input` and returns the output lines parsed.
 func runFilter(_ input: [UInt8], criteria: [String] = ["ethical", "helpful"], withGenerator: Bool = true,
-               settings: FilterSettings = FilterSettings(), batchSize: Int = 8,
+               settings: FilterSettings = FilterSettings(), batchSize: Int = 8, windowMs: Int = 5,
                extraHandlers: [any StageHandler] = []) throws -> (lines: [[String: Any]], raw: [String], summary: FilterSummary) {
     var logger = Logger(label: "test")
     logger.logLevel = .error
     let context = ZMQContext()
     var routerSettings = RouterSettings(criteria: criteria)
     routerSettings.batchSize = batchSize
-    routerSettings.batchWindowMs = 5
+    routerSettings.batchWindowMs = windowMs
     routerSettings.jobSize = 4
     routerSettings.serviceTimeoutMs = 300
     routerSettings.heartbeat = HeartbeatSettings(intervalMs: 100, liveness: 5)
