@@ -39,6 +39,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-protobuf", exact: "1.39.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
     targets: [
         // C libraries from Debian: libzmq3-dev and libopenblas-dev.
@@ -53,7 +54,8 @@ let package = Package(
         .target(name: "AlignersKernels", dependencies: ["CBLAS"], swiftSettings: kernelFlags),
 
         // File formats, tokenizers, architectures, generation.
-        .target(name: "AlignersModels", dependencies: ["AlignersKernels", "AlignersCore"], swiftSettings: kernelFlags),
+        .target(name: "AlignersModels", dependencies: ["AlignersKernels", "AlignersCore", .product(name: "Yams", package: "Yams")],
+                swiftSettings: kernelFlags),
 
         // Criteria, the model protocols and the squad policy: no sockets, no models.
         .target(name: "AlignersCore"),
