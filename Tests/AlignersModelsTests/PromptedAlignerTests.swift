@@ -130,3 +130,75 @@ struct PromptedAlignerModelTests {
         }
     }
 }
+
+/// Opt-in (`ALIGNERS_ALIGN_DEMO=1`): real flawed answers from `../shared/data` (test split) through
+/// the prompted aligners, printed before/after with timings. Prints; asserts plumbing only.
+@Suite(.enabled(if: DecoderTestModel.available && ProcessInfo.processInfo.environment["ALIGNERS_ALIGN_DEMO"] == "1",
+                "set ALIGNERS_ALIGN_DEMO=1 (and install the models) to run the alignment demo"), .serialized)
+struct PromptedAlignerDemo {
+    static func samples(_ criterion: String, _ n: Int) throws -> [Exchange] {
+        let url = CriteriaFolder.url.deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("shared/data/\(criterion).jsonl")
+        let lines = try String(contentsOf: url, encoding: .utf8).split(separator: "\n")
+        var out: [Exchange] = []
+        for l in lines {
+            guard let o = try JSONSerialization.jsonObject(with: Data(l.utf8)) as? [String: Any], o["split"] as? String == "test",
+                  let conv = o["conversation"] as? [[String: String]], conv.count == 1, let y = o["rejected"] as? String, y.count < 400,
+                  let q = conv[0]["content"], q.count < 300 else { continue }
+            out.append(Exchange(conversation: [Turn(role: "user", content: q)], response: y))
+            if out.count == n { break }
+        }
+        return out
+    }
+
+    static func show(_ name: String, _ ex: [Exchange], _ out: [Alignment]) {
+        for (e, a) in zip(ex, out) {
+            print("[\(name)] Q: \(e.conversation.last!.content.prefix(160))\n  before: \(e.response.prefix(240))\n  after:  \(a.response.prefix(300))\n  note:   \(a.note ?? "-")")
+        }
+    }
+
+    @Test func batchOfEight() throws {
+        let engine = try #require(SharedGenerator.engine)
+        let a = PromptedAligner(criterion: try CriteriaFolder.library.load("ethical"), engine: engine)
+        let ex = try Self.samples("ethical", 8)
+        let t0 = Date()
+        let out = try a.align(ex)
+        let dt = Date().timeIntervalSince(t0)
+        #expect(out.count == ex.count)
+        Self.show("ethical", ex, out)
+        print("batch of \(ex.count) (ethical): \(String(format: "%.1f", dt)) s")
+    }
+
+    @Test func threeAlignersShareOneEngine() throws {
+        let engine = try #require(SharedGenerator.engine)
+        let names = ["ethical", "factuality", "helpful"]
+        let aligners = try names.map { PromptedAligner(criterion: try CriteriaFolder.library.load($0), engine: engine) }
+        let batches = try names.map { try Self.samples($0, 3) }
+        let results = ResultsBox(count: 3)
+        let t0 = Date()
+        let group = DispatchGroup()
+        for i in 0..<3 {
+            group.enter()
+            Thread {
+                results.set(i, Result { try aligners[i].align(batches[i]) })
+                group.leave()
+            }.start()
+        }
+        group.wait()
+        let dt = Date().timeIntervalSince(t0)
+        for i in 0..<3 {
+            let out = try results.get(i).get()
+            #expect(out.count == batches[i].count)
+            if i > 0 { Self.show(names[i], batches[i], out) }
+        }
+        print("3 aligners × 3 samples on 3 threads, one engine: \(String(format: "%.1f", dt)) s")
+    }
+}
+
+final class ResultsBox: @unchecked Sendable {
+    private let lock = NSLock()
+    private var r: [Result<[Alignment], Error>?]
+    init(count: Int) { r = Array(repeating: nil, count: count) }
+    func set(_ i: Int, _ v: Result<[Alignment], Error>) { lock.lock(); r[i] = v; lock.unlock() }
+    func get(_ i: Int) -> Result<[Alignment], Error> { lock.lock(); defer { lock.unlock() }; return r[i]! }
+}
