@@ -33,8 +33,7 @@ struct FilterCommand: AsyncParsableCommand {
     var window = 256
     @Option(help: "Longer input lines become error records.")
     var maxLineBytes = 4 << 20
-    @Option(help: "Directory holding model packages (default: searched, see README).")
-    var modelsDir: String?
+    @OptionGroup var models: ModelOptions
     @Flag(help: "Print a before/after summary on stderr at the end.")
     var summary = false
     @OptionGroup var log: LogOptions
@@ -56,7 +55,7 @@ struct FilterCommand: AsyncParsableCommand {
         if let connect {
             endpoint = connect
         } else {
-            let catalog = ModelCatalog(modelsDir: modelsDir)
+            let catalog = ModelCatalog(models)
             var handlers: [any StageHandler] = []
             do {
                 for criterion in squad.criteriaList {

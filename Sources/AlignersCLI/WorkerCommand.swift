@@ -24,8 +24,7 @@ struct WorkerCommand: AsyncParsableCommand {
     var heartbeatMs = 1000
     @Option(help: "Missed router heartbeats before reconnecting.")
     var liveness = 3
-    @Option(help: "Directory holding model packages (default: searched, see README).")
-    var modelsDir: String?
+    @OptionGroup var models: ModelOptions
     @OptionGroup var log: LogOptions
 
     func validate() throws {
@@ -40,7 +39,7 @@ struct WorkerCommand: AsyncParsableCommand {
         let notifier = SystemdNotifier()
         let handler: any StageHandler
         do {
-            handler = try ModelCatalog(modelsDir: modelsDir).handler(role: role, criterion: criterion)
+            handler = try ModelCatalog(models).handler(role: role, criterion: criterion)
         } catch {
             logger.critical("worker has no model to run", metadata: ["role": "\(role.rawValue)", "error": "\(error)"])
             throw ExitCode(2)
