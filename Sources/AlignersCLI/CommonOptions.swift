@@ -5,12 +5,12 @@ import Logging
 
 /// Options every command that logs takes.
 struct LogOptions: ParsableArguments {
-    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
-    var logLevel: Logger.Level = .info
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (default: info for daemons, warning for filters).")
+    var logLevel: Logger.Level?
 
     /// Sets up logfmt lines on stderr and returns a logger for `label`.
-    func bootstrap(_ label: String) -> Logger {
-        let level = logLevel
+    func bootstrap(_ label: String, defaultLevel: Logger.Level = .info) -> Logger {
+        let level = logLevel ?? defaultLevel
         LoggingSystem.bootstrap { name in
             var handler = LogfmtHandler(label: name)
             handler.logLevel = level

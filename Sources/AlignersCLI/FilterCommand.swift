@@ -34,7 +34,7 @@ struct FilterCommand: AsyncParsableCommand {
     @Option(help: "Longer input lines become error records.")
     var maxLineBytes = 4 << 20
     @OptionGroup var models: ModelOptions
-    @Flag(help: "Print a before/after summary on stderr at the end.")
+    @Flag(help: "Print a readable before/after report on stderr at the end.")
     var summary = false
     @OptionGroup var log: LogOptions
 
@@ -44,7 +44,7 @@ struct FilterCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let logger = log.bootstrap("filter")
+        let logger = log.bootstrap("filter", defaultLevel: .warning)
         var settings = FilterSettings()
         settings.unordered = unordered
         settings.window = window
@@ -77,15 +77,19 @@ struct FilterCommand: AsyncParsableCommand {
             endpoint = pipeline.frontend
         }
         let filter = Filter(context: context, endpoint: endpoint, settings: settings, logger: logger)
+        let printer = summary ? SummaryPrinter() : nil
         let result: FilterSummary
         do {
-            result = try await onThread("aligners-filter") { try filter.run() }
+            let onRecord: (@Sendable (InputLine?, Envelope?) -> Void)?
+            if let printer { onRecord = { line, envelope in printer.record(line, envelope) } } else { onRecord = nil }
+            result = try await onThread("aligners-filter") { try filter.run(onRecord: onRecord) }
         } catch {
             logger.critical("filter stopped", metadata: ["error": "\(error)"])
             throw ExitCode(2)
         }
         local?.stop()
-        if summary || result.exitCode != 0 {
+        printer?.print(result)
+        if !summary && result.exitCode != 0 {
             logger.info("filter done", metadata: ["lines": "\(result.lines)", "aligned": "\(result.aligned)",
                                                   "untouched": "\(result.untouched)", "invalid": "\(result.invalid)",
                                                   "failed": "\(result.failed)"])

@@ -18,6 +18,8 @@ struct GenerateBenchCommand: ParsableCommand {
     @Option(help: "Batch sizes, comma-separated.") var batches = "8,32,64"
     @Option(help: "Repetitions (best is reported).") var repeats = 3
     @Flag(help: "Print one JSON object instead of a table.") var json = false
+    @Flag(help: "Only time the single-thread matrix-vector kernels (GFLOP/s per CPU-second).") var kernels = false
+    @Flag(help: "With --kernels: the float (dequantize-FMA) kernels instead of the integer ones.") var floatKernels = false
 
     func run() throws {
         let path = try model ?? ModelLocator.locate(TextGenerator.defaultModel).path
@@ -25,6 +27,36 @@ struct GenerateBenchCommand: ParsableCommand {
         guard let llama = gen.model as? LlamaModel else { throw ValidationError("benchmark expects a llama model") }
         let cfg = llama.config
         var results: [String: Double] = [:]
+
+        if kernels {
+            QuantKernels.useIntegerDots = !floatKernels
+            for (name, t) in [("q4_1_1536x576", try gen.gguf.tensor("blk.0.ffn_gate.weight")),
+                              ("q4_1_576x1536", try gen.gguf.tensor("blk.0.ffn_down.weight")),
+                              ("q8_0_49152x576", try gen.gguf.tensor("token_embd.weight"))] {
+                let x = [Float](repeating: 0.5, count: t.cols)
+                var y = [Float](repeating: 0, count: t.rows)
+                let reps = max(20, 200_000_000 / (t.rows * t.cols))
+                var bestK = 0.0
+                // Thread CPU time, not wall time: on a shared machine the thread is not always running.
+                func cpuNow() -> Double {
+                    var ts = timespec()
+                    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)
+                    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+                }
+                for _ in 0..<3 {
+                    let t0 = cpuNow()
+                    x.withUnsafeBufferPointer { xp in
+                        y.withUnsafeMutableBufferPointer { yp in
+                            for _ in 0..<reps { QuantKernels.matvec(t, x: xp.baseAddress!, y: yp.baseAddress!, rows: 0..<t.rows) }
+                        }
+                    }
+                    bestK = max(bestK, 2.0 * Double(t.rows * t.cols * reps) / (cpuNow() - t0) / 1e9)
+                }
+                results[name + "_gflops"] = bestK
+            }
+            for (k, v) in results.sorted(by: { $0.key < $1.key }) { print(String(format: "%-22@ %10.1f", k as NSString, v)) }
+            return
+        }
 
         // Deterministic token streams (ids of ordinary text tokens).
         func tokens(_ n: Int, salt: Int) -> [Int] {

@@ -50,7 +50,7 @@ public final class Filter: @unchecked Sendable {
 
     /// Runs until the input ends and every line has its output record. Blocks.
     public func run(onRecord: (@Sendable (InputLine?, Envelope?) -> Void)? = nil) throws -> FilterSummary {
-        let sink = OutputSink(fd: output, ordered: !settings.unordered, window: settings.window, onRecord: onRecord)
+        let sink = OutputSink(fd: output, ordered: !settings.unordered, window: settings.window, logger: logger, onRecord: onRecord)
         let handoff = "inproc://aligners-filter-\(UUID().uuidString)"
         let pull = try ZMQSocket(context, .pull)
         try pull.bind(handoff)
@@ -272,15 +272,17 @@ final class OutputSink: @unchecked Sendable {
     }
     private let fd: Int32
     private let ordered: Bool
+    private let logger: Logger
     private let onRecord: (@Sendable (InputLine?, Envelope?) -> Void)?
     private let state = Mutex(State())
     private let wake = DispatchSemaphore(value: 0)
     private let slots: DispatchSemaphore
     private let finished = DispatchSemaphore(value: 0)
 
-    init(fd: Int32, ordered: Bool, window: Int, onRecord: (@Sendable (InputLine?, Envelope?) -> Void)?) {
+    init(fd: Int32, ordered: Bool, window: Int, logger: Logger, onRecord: (@Sendable (InputLine?, Envelope?) -> Void)?) {
         self.fd = fd
         self.ordered = ordered
+        self.logger = logger
         self.onRecord = onRecord
         self.slots = DispatchSemaphore(value: max(1, window))
         let writer = Thread { [self] in writeLoop() }
@@ -303,7 +305,7 @@ final class OutputSink: @unchecked Sendable {
 
     func reject(seq: UInt64, message: String, input: ArraySlice<UInt8>, totalBytes: Int) {
         let record = JSONLines.errorRecord(seq: seq, message: message, input: input, totalBytes: totalBytes)
-        FileHandle.standardError.write(Data("level=warning msg=\"invalid input line\" line=\(seq) error=\"\(message)\"\n".utf8))
+        logger.warning("invalid input line", metadata: ["line": "\(seq)", "error": "\(message)"])
         onRecord?(nil, nil)
         state.withLock {
             $0.summary.invalid += 1
@@ -316,6 +318,10 @@ final class OutputSink: @unchecked Sendable {
         let line = state.withLock { $0.book.removeValue(forKey: envelope.seq) }
         guard let line else { return }  // a duplicate delivery
         let record = JSONLines.render(line, envelope)
+        if envelope.hasError {
+            logger.warning("sample failed", metadata: ["line": "\(envelope.seq)", "id": "\(envelope.id)",
+                                                       "stage": "\(envelope.error.stage)", "error": "\(envelope.error.message)"])
+        }
         onRecord?(line, envelope)
         state.withLock {
             if envelope.hasError {

@@ -538,7 +538,8 @@ public final class Router: @unchecked Sendable {
     private func forgetWorker(_ id: Identity, reason: String) {
         guard let worker = workers.removeValue(forKey: id) else { return }
         services[worker.service]?.ready.removeAll { $0 == id }
-        logger.warning("worker lost", metadata: ["worker": "\(worker.name)", "service": "\(worker.service)",
+        logger.log(level: reason == "stopped" && worker.inFlight.isEmpty ? .info : .warning,
+                   reason == "stopped" ? "worker left" : "worker lost", metadata: ["worker": "\(worker.name)", "service": "\(worker.service)",
                                                  "reason": "\(reason)", "requeued_jobs": "\(worker.inFlight.count)"])
         for jobID in worker.inFlight.sorted().reversed() {
             guard var job = jobs[jobID] else { continue }

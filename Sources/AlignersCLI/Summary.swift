@@ -1,0 +1,56 @@
+import AlignersPipeline
+import Foundation
+
+/// The readable before/after report `filter --summary` prints on stderr, one block per sample.
+final class SummaryPrinter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var rows: [(seq: UInt64, text: String)] = []
+    private var lineErrors = 0
+
+    func record(_ line: InputLine?, _ envelope: Envelope?) {
+        lock.lock()
+        defer { lock.unlock() }
+        guard let envelope else { lineErrors += 1; return }
+        var text = "─ \(envelope.id)"
+        if envelope.hasError {
+            text += "  ERROR \(envelope.error.stage): \(envelope.error.message)\n"
+            rows.append((envelope.seq, text))
+            return
+        }
+        var criteria: [String] = []
+        for record in envelope.scores where !criteria.contains(record.criterion) { criteria.append(record.criterion) }
+        let scores = criteria.map { c -> String in
+            let history = envelope.scores.filter { $0.criterion == c }
+            let before = history.first!.score, after = history.last!.score
+            return history.count > 1 && after != before ? String(format: "%@ %.2f→%.2f", c, before, after)
+                : String(format: "%@ %.2f", c, before)
+        }
+        text += "  " + scores.joined(separator: "  ")
+        let changed = envelope.steps.filter(\.changed).map(\.criterion)
+        text += changed.isEmpty ? "  (untouched)\n" : "  aligned: \(changed.joined(separator: ", "))\n"
+        if envelope.generated { text += "  generated: \(Self.clip(envelope.originalResponse))\n" }
+        if !changed.isEmpty {
+            text += "  before: \(Self.clip(envelope.originalResponse))\n"
+            text += "  after:  \(Self.clip(envelope.response))\n"
+        }
+        for step in envelope.steps where !step.changed && !step.note.isEmpty {
+            text += "  \(step.criterion) aligner kept the answer: \(step.note)\n"
+        }
+        rows.append((envelope.seq, text))
+    }
+
+    func print(_ summary: FilterSummary) {
+        lock.lock()
+        defer { lock.unlock() }
+        var out = "\n"
+        for row in rows.sorted(by: { $0.seq < $1.seq }) { out += row.text }
+        out += "\n\(summary.lines) lines: \(summary.aligned) aligned, \(summary.untouched) untouched, "
+            + "\(summary.failed) failed, \(summary.invalid) invalid input\n"
+        FileHandle.standardError.write(Data(out.utf8))
+    }
+
+    static func clip(_ s: String, _ n: Int = 160) -> String {
+        let flat = s.replacingOccurrences(of: "\n", with: " ⏎ ")
+        return flat.count <= n ? flat : String(flat.prefix(n)) + "…"
+    }
+}
