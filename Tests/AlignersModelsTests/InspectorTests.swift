@@ -151,3 +151,18 @@ struct EncoderInspectorTests {
         #expect(e.kind == kind)
     }
 }
+
+@Suite(.enabled(if: EncoderTestSupport.modelAvailable, EncoderTestSupport.skipMessage))
+struct FeaturizerSharingTests {
+    @Test func sharedFeaturizerAndMemoGiveTheSameFeatures() throws {
+        let a = try InspectorFeaturizer.shared(), b = try InspectorFeaturizer.shared()
+        #expect(a === b)
+        let ex = [Exchange(conversation: [Turn(role: "user", content: "hi")], response: "hello there"),
+                  Exchange(conversation: [Turn(role: "user", content: "2+2?")], response: "4")]
+        let direct = try a.features(ex)
+        let m1 = try a.memoizedFeatures(ex), m2 = try a.memoizedFeatures([ex[1]])
+        #expect(direct.count == 2 && direct[0].count == a.rawDimension)
+        for i in 0..<2 { #expect(zip(direct[i], m1[i]).allSatisfy { abs($0 - $1) < 1e-5 }) }
+        #expect(m2[0] == m1[1])
+    }
+}

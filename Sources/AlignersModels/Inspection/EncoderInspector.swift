@@ -95,13 +95,15 @@ public final class EncoderInspector: Inspector, @unchecked Sendable {
     }
 
     /// Loads the encoder (via `ModelLocator`, `modelsDir` first) and the criterion's head (via
-    /// `InspectorStore`, `inspectorsDir` first). Pass `featurizer` to share one encoder.
+    /// `InspectorStore`, `inspectorsDir` first). Inspectors loaded in one process share one encoder
+    /// (`InspectorFeaturizer.shared`) and its feature memo, so scoring the same batch for several
+    /// criteria runs the encoder once.
     public static func load(criterion: String, modelsDir: String? = nil, inspectorsDir: String? = nil,
                             featurizer: InspectorFeaturizer? = nil) throws -> EncoderInspector {
         let url = try InspectorStore.locate(criterion: criterion, explicit: inspectorsDir)
         let (head, meta) = try InspectorStore.loadHead(url)
         let maxLength = meta["feature_recipe"].flatMap { r in r.split(separator: "@").last.flatMap { Int($0.split(separator: "/").first ?? "") } } ?? 256
-        let f = try featurizer ?? InspectorFeaturizer.load(modelsDir: modelsDir, maxLength: maxLength)
+        let f = try featurizer ?? InspectorFeaturizer.shared(modelsDir: modelsDir, maxLength: maxLength)
         if let recipe = meta["feature_recipe"], recipe != f.recipe {
             throw InspectorError("\(url.path): head was trained on features '\(recipe)' but the featurizer makes '\(f.recipe)'")
         }
@@ -112,7 +114,7 @@ public final class EncoderInspector: Inspector, @unchecked Sendable {
     }
 
     public func score(_ batch: [Exchange]) throws -> [Double] {
-        let raw = try featurizer.features(batch)
+        let raw = try featurizer.memoizedFeatures(batch)
         return score(rawFeatures: raw)
     }
 

@@ -26,6 +26,36 @@ public final class InspectorFeaturizer: Sendable {
         self.maxLength = maxLength
     }
 
+    /// Recently computed features, so several inspectors scoring the same batch in one process
+    /// (one per criterion) run the encoder once.
+    let memo = FeatureMemo(capacity: 4096)
+
+    private static let sharedLock = NSLock()
+    nonisolated(unsafe) private static var sharedInstances: [String: InspectorFeaturizer] = [:]
+
+    /// One featurizer per (encoder file, max length) per process: weights loaded once, features memoised.
+    public static func shared(modelsDir: String? = nil, maxLength: Int = 256) throws -> InspectorFeaturizer {
+        let weights = try ModelLocator.locate(encoderRelativePath + "/model.safetensors", explicit: modelsDir)
+        let key = weights.standardizedFileURL.path + "#\(maxLength)"
+        sharedLock.lock(); defer { sharedLock.unlock() }
+        if let f = sharedInstances[key] { return f }
+        let f = try load(modelsDir: modelsDir, maxLength: maxLength)
+        sharedInstances[key] = f
+        return f
+    }
+
+    /// Features of each exchange through the in-process memo (computes only what it has not seen recently).
+    public func memoizedFeatures(_ exchanges: [Exchange], batchSize: Int = 32) throws -> [[Float]] {
+        let keys = exchanges.map(cacheKey)
+        var out = keys.map { memo.get($0) }
+        let missing = out.indices.filter { out[$0] == nil }
+        if !missing.isEmpty {
+            let f = try features(missing.map { exchanges[$0] }, batchSize: batchSize)
+            for (j, i) in missing.enumerated() { out[i] = f[j]; memo.put(keys[i], f[j]) }
+        }
+        return out.map { $0! }
+    }
+
     /// Loads the encoder found through `ModelLocator` (`modelsDir` first when given).
     public static func load(modelsDir: String? = nil, maxLength: Int = 256) throws -> InspectorFeaturizer {
         let weights = try ModelLocator.locate(encoderRelativePath + "/model.safetensors", explicit: modelsDir)
@@ -210,5 +240,27 @@ public final class FeatureCache: @unchecked Sendable {
         defer { try? h.close() }
         try h.seekToEnd()
         try h.write(contentsOf: out)
+    }
+}
+
+/// A small FIFO-evicting, lock-protected map from feature keys to features.
+final class FeatureMemo: @unchecked Sendable {
+    private var map: [FeatureCache.Key: [Float]] = [:]
+    private var order: [FeatureCache.Key] = []
+    private var head = 0
+    private let capacity: Int
+    private let lock = NSLock()
+    init(capacity: Int) { self.capacity = capacity }
+    func get(_ k: FeatureCache.Key) -> [Float]? { lock.withLock { map[k] } }
+    func put(_ k: FeatureCache.Key, _ v: [Float]) {
+        lock.withLock {
+            if map.updateValue(v, forKey: k) != nil { return }
+            order.append(k)
+            if order.count - head > capacity {
+                map[order[head]] = nil
+                head += 1
+                if head > capacity { order.removeFirst(head); head = 0 }
+            }
+        }
     }
 }
