@@ -51,6 +51,68 @@ public enum QuantKernels {
         }
     }
 
+    /// Y[i, r] = W[r,:]·X[i,:] for a few input rows i < m (X: m × cols, Y: m × rows, Y indexed by
+    /// absolute row). Each weight block is decoded once and used for every input row: the batched
+    /// decode path for small batches, where sgemm would spend its time packing F32 weights.
+    public static func matmulSmall(_ w: QuantTensor, x: UnsafePointer<Float>, m: Int, y: UnsafeMutablePointer<Float>, rows: Range<Int>) {
+        let k = w.cols, n = w.rows, nb = k / 32
+        guard useIntegerDots, w.type == .q4_1 || w.type == .q8_0, m > 1 else {
+            for i in 0..<m { matvec(w, x: x + i * k, y: y + i * n, rows: rows) }
+            return
+        }
+        withUnsafeTemporaryAllocation(of: Int16.self, capacity: m * nb * 32) { xqb in
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * m * nb) { fb in
+        withUnsafeTemporaryAllocation(of: SIMD8<Float>.self, capacity: m) { accb in
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: m) { maccb in
+            let xq = xqb.baseAddress!, dx = fb.baseAddress!, xs = fb.baseAddress! + m * nb
+            let acc = accb.baseAddress!, macc = maccb.baseAddress!
+            for i in 0..<m {
+                withQuantizedActivation(x + i * k, nb: nb) { q, d, s in
+                    (xq + i * nb * 32).update(from: q, count: nb * 32)
+                    (dx + i * nb).update(from: d, count: nb)
+                    (xs + i * nb).update(from: s, count: nb)
+                }
+            }
+            let stride = w.rowBytes
+            for r in rows {
+                let row = w.data + r * stride
+                for i in 0..<m { acc[i] = SIMD8(); macc[i] = 0 }
+                if w.type == .q4_1 {
+                    for b in 0..<nb {
+                        let blk = row + b * 20
+                        let d = halfToFloat(blk.loadUnaligned(as: UInt16.self))
+                        let mn = halfToFloat(blk.loadUnaligned(fromByteOffset: 2, as: UInt16.self))
+                        let q = blk.loadUnaligned(fromByteOffset: 4, as: SIMD16<UInt8>.self)
+                        let lo = q & 15, hi = q &>> 4
+                        for i in 0..<m {
+                            let xp = UnsafeRawPointer(xq + (i * nb + b) * 32)
+                            let s = pmadd(lo, xp.loadUnaligned(as: SIMD16<Int16>.self)) &+ pmadd(hi, xp.loadUnaligned(fromByteOffset: 32, as: SIMD16<Int16>.self))
+                            acc[i].addProduct(toFloat(s), SIMD8(repeating: d * dx[i * nb + b]))
+                            macc[i] += mn * xs[i * nb + b]
+                        }
+                    }
+                } else {
+                    for b in 0..<nb {
+                        let blk = row + b * 34
+                        let d = halfToFloat(blk.loadUnaligned(as: UInt16.self))
+                        let q0 = blk.loadUnaligned(fromByteOffset: 2, as: SIMD16<Int8>.self)
+                        let q1 = blk.loadUnaligned(fromByteOffset: 18, as: SIMD16<Int8>.self)
+                        for i in 0..<m {
+                            let xp = UnsafeRawPointer(xq + (i * nb + b) * 32)
+                            let s = pmadd(q0, xp.loadUnaligned(as: SIMD16<Int16>.self)) &+ pmadd(q1, xp.loadUnaligned(fromByteOffset: 32, as: SIMD16<Int16>.self))
+                            acc[i].addProduct(toFloat(s), SIMD8(repeating: d * dx[i * nb + b]))
+                        }
+                    }
+                }
+                for i in 0..<m {
+                    let a = acc[i].lowHalf + acc[i].highHalf
+                    let c = a.lowHalf + a.highHalf
+                    y[i * n + r] = c[0] + c[1] + macc[i]
+                }
+            }
+        }}}}
+    }
+
     /// y = W·x using every thread of `pool`.
     public static func matvec(_ w: QuantTensor, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, pool: ComputePool) {
         pool.parallelFor(w.rows, granule: 16) { range in matvec(w, x: x, y: y, rows: range) }
