@@ -16,8 +16,22 @@ struct PipelineBench {
         func value(_ flag: String, _ fallback: String) -> String {
             args.firstIndex(of: flag).flatMap { $0 + 1 < args.count ? args[$0 + 1] : nil } ?? fallback
         }
+        if args.contains("--codec") {
+            var submit = Aligners_V1_Submit()
+            submit.envelopes = (0..<64).map { envelope($0, size: 1024) }
+            let bytes: [UInt8] = try WireMessage.with { $0.submit = submit }.serializedBytes()
+            var t0 = monotonicNanos()
+            for _ in 0..<2000 { _ = try WireMessage(serializedBytes: bytes) }
+            say("decode: \(Double(monotonicNanos() - t0) / 2000 / 64) ns per envelope")
+            let m = try WireMessage(serializedBytes: bytes)
+            t0 = monotonicNanos()
+            for _ in 0..<2000 { let _: [UInt8] = try m.serializedBytes() }
+            say("encode: \(Double(monotonicNanos() - t0) / 2000 / 64) ns per envelope")
+            return
+        }
         if args.contains("--help") || args.contains("-h") {
             say("usage: aligners-bench [--envelopes N] [--size BYTES] [--transport ipc|tcp] [--round-trips N]")
+            say("       aligners-bench --codec    (protobuf decode/encode cost of one 1 KB envelope)")
             return
         }
         let count = Int(value("--envelopes", "200000"))!
@@ -129,13 +143,17 @@ struct PipelineBench {
         settings.jobSize = jobSize
         settings.clientWindow = 4096
         let router = try Router(context: context, frontend: front, backend: back, settings: settings, logger: logger)
-        Thread { try? router.run() }.start()
+        let routerThread = Thread { try? router.run() }
+        routerThread.name = "router"
+        routerThread.start()
         var ws: [Worker] = []
         for _ in 0..<workers {
             var ws0 = WorkerSettings()
             ws0.credit = 4
             let w = Worker(context: context, endpoint: back, handler: InspectorStage(NoOpInspector()), settings: ws0, logger: logger)
-            Thread { try? w.run() }.start()
+            let t = Thread { try? w.run() }
+            t.name = "worker-io"
+            t.start()
             ws.append(w)
         }
         return (router, ws, context)
