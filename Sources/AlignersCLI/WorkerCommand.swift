@@ -24,6 +24,8 @@ struct WorkerCommand: AsyncParsableCommand {
     var heartbeatMs = 1000
     @Option(help: "Missed router heartbeats before reconnecting.")
     var liveness = 3
+    @Option(help: "Seconds one job may run before the systemd watchdog is no longer fed (a stuck model gets restarted).")
+    var jobTimeout = 600
     @OptionGroup var models: ModelOptions
     @OptionGroup var log: LogOptions
 
@@ -47,6 +49,7 @@ struct WorkerCommand: AsyncParsableCommand {
         var settings = WorkerSettings()
         settings.credit = credit
         settings.heartbeat = HeartbeatSettings(intervalMs: heartbeatMs, liveness: liveness)
+        settings.jobTimeoutMs = jobTimeout * 1000
         let worker = Worker(context: ZMQContext(), endpoint: connect, handler: handler, settings: settings, logger: logger)
         let pacer = NotifyPacer(notifier: notifier)
         worker.onTick = { healthy in if healthy { pacer.tick(status: nil) } }
