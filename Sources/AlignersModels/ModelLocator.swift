@@ -9,22 +9,8 @@ public enum ModelLocator {
     public static let environmentVariable = "ALIGNERS_MODELS_DIR"
 
     public static func searchDirectories(explicit: String? = nil) -> [URL] {
-        var dirs: [URL] = []
-        if let explicit { dirs.append(URL(fileURLWithPath: explicit)) }
-        if let env = ProcessInfo.processInfo.environment[environmentVariable], !env.isEmpty {
-            dirs.append(URL(fileURLWithPath: env))
-        }
-        dirs.append(URL(fileURLWithPath: FileManager.default.currentDirectoryPath).appendingPathComponent("models"))
-        // .build/<config>/aligners -> repository root
-        let exe = URL(fileURLWithPath: CommandLine.arguments.first ?? "").resolvingSymlinksInPath()
-        var up = exe.deletingLastPathComponent()
-        for _ in 0..<4 {
-            up = up.deletingLastPathComponent()
-            dirs.append(up.appendingPathComponent("models"))
-        }
-        dirs.append(URL(fileURLWithPath: "/var/lib/aligners/models"))
-        var seen = Set<String>()
-        return dirs.filter { seen.insert($0.standardizedFileURL.path).inserted }
+        SearchPath.directories(folder: "models", explicit: explicit, environment: environmentVariable,
+                               system: "/var/lib/aligners/models")
     }
 
     /// The first existing `directory/relativePath`, or an error listing where it looked.
@@ -44,5 +30,27 @@ public struct ModelNotFound: Error, CustomStringConvertible {
     public var description: String {
         "model file \(relativePath) not found; looked in: \(searched.joined(separator: ", ")). "
             + "Run `make models` in the aligners checkout, or pass --models-dir / set \(ModelLocator.environmentVariable)."
+    }
+}
+
+/// Where a kind of file is looked for, first hit wins: an explicit flag, an environment variable,
+/// `./<folder>`, `<folder>/` of the checkout that built the executable (`.build/<config>/aligners`
+/// → the repository root), then a system directory. Shared by models, inspector heads and criteria.
+public enum SearchPath {
+    public static func directories(folder: String, explicit: String?, environment: String, system: String) -> [URL] {
+        var dirs: [URL] = []
+        if let explicit, !explicit.isEmpty { dirs.append(URL(fileURLWithPath: explicit)) }
+        if let env = ProcessInfo.processInfo.environment[environment], !env.isEmpty {
+            dirs.append(URL(fileURLWithPath: env))
+        }
+        dirs.append(URL(fileURLWithPath: FileManager.default.currentDirectoryPath).appendingPathComponent(folder))
+        var up = URL(fileURLWithPath: CommandLine.arguments.first ?? "").resolvingSymlinksInPath().deletingLastPathComponent()
+        for _ in 0..<4 {
+            up = up.deletingLastPathComponent()
+            dirs.append(up.appendingPathComponent(folder))
+        }
+        dirs.append(URL(fileURLWithPath: system))
+        var seen = Set<String>()
+        return dirs.filter { seen.insert($0.standardizedFileURL.path).inserted }
     }
 }

@@ -27,21 +27,8 @@ public struct CriteriaLibrary: Sendable {
     }
 
     public static func searchDirectories(explicit: String? = nil) -> [URL] {
-        var dirs: [URL] = []
-        if let explicit, !explicit.isEmpty { dirs.append(URL(fileURLWithPath: explicit)) }
-        if let env = ProcessInfo.processInfo.environment[environmentVariable], !env.isEmpty {
-            dirs.append(URL(fileURLWithPath: env))
-        }
-        dirs.append(URL(fileURLWithPath: FileManager.default.currentDirectoryPath).appendingPathComponent("Criteria"))
-        // .build/<config>/aligners -> repository root
-        var up = URL(fileURLWithPath: CommandLine.arguments.first ?? "").resolvingSymlinksInPath().deletingLastPathComponent()
-        for _ in 0..<4 {
-            up = up.deletingLastPathComponent()
-            dirs.append(up.appendingPathComponent("Criteria"))
-        }
-        dirs.append(URL(fileURLWithPath: "/etc/aligners/criteria"))
-        var seen = Set<String>()
-        return dirs.filter { seen.insert($0.standardizedFileURL.path).inserted }
+        SearchPath.directories(folder: "Criteria", explicit: explicit, environment: environmentVariable,
+                               system: "/etc/aligners/criteria")
     }
 
     /// The file for criterion `name`, or an error listing where it looked.

@@ -33,20 +33,8 @@ public enum InspectorStore {
     public static let environmentVariable = "ALIGNERS_INSPECTORS_DIR"
 
     public static func searchDirectories(explicit: String? = nil) -> [URL] {
-        var dirs: [URL] = []
-        if let explicit { dirs.append(URL(fileURLWithPath: explicit)) }
-        if let env = ProcessInfo.processInfo.environment[environmentVariable], !env.isEmpty {
-            dirs.append(URL(fileURLWithPath: env))
-        }
-        dirs.append(URL(fileURLWithPath: FileManager.default.currentDirectoryPath).appendingPathComponent("inspectors"))
-        var up = URL(fileURLWithPath: CommandLine.arguments.first ?? "").resolvingSymlinksInPath().deletingLastPathComponent()
-        for _ in 0..<4 {
-            up = up.deletingLastPathComponent()
-            dirs.append(up.appendingPathComponent("inspectors"))
-        }
-        dirs.append(URL(fileURLWithPath: "/var/lib/aligners/inspectors"))
-        var seen = Set<String>()
-        return dirs.filter { seen.insert($0.standardizedFileURL.path).inserted }
+        SearchPath.directories(folder: "inspectors", explicit: explicit, environment: environmentVariable,
+                               system: "/var/lib/aligners/inspectors")
     }
 
     public static func locate(criterion: String, explicit: String? = nil) throws -> URL {
