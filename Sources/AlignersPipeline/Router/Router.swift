@@ -116,6 +116,7 @@ public final class Router: @unchecked Sendable {
             dispatch()
             stats.workers = workers.count
             stats.queued = services.values.reduce(0) { $0 + $1.queue.count }
+            stats.cpuNanos = threadCPUNanos()
             onTick?(stats)
         }
     }
@@ -590,6 +591,15 @@ public struct RouterStats: Sendable, Equatable {
     public var rejectedFrames = 0
     public var workers = 0
     public var queued = 0
+    /// CPU time the router's thread has used (its own cost, whatever else shares the cores).
+    public var cpuNanos: UInt64 = 0
+}
+
+/// CPU time consumed by the calling thread.
+func threadCPUNanos() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)
+    return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
 }
 
 // MARK: Router state
