@@ -36,6 +36,8 @@ struct FilterCommand: AsyncParsableCommand {
     @OptionGroup var models: ModelOptions
     @Flag(help: "Print a readable before/after report on stderr at the end.")
     var summary = false
+    @Flag(help: "Add alignment.trace to each line: every inspection pass and every gate decision, in order.")
+    var explain = false
     @OptionGroup var log: LogOptions
 
     func validate() throws {
@@ -49,6 +51,7 @@ struct FilterCommand: AsyncParsableCommand {
         settings.unordered = unordered
         settings.window = window
         settings.maxLineBytes = maxLineBytes
+        settings.explain = explain
         let context = ZMQContext()
         var local: LocalPipeline?
         let endpoint: String

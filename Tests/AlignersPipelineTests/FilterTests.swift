@@ -282,3 +282,22 @@ final class Counter: @unchecked Sendable {
 final class ResultBox: @unchecked Sendable {
     var summary: FilterSummary?
 }
+
+@Suite("Explain")
+struct ExplainTests {
+    @Test("--explain traces every inspection pass and gate decision in the batch's order")
+    func trace() throws {
+        var settings = FilterSettings()
+        settings.explain = true
+        let objects: [[String: Any]] = [["prompt": "q", "response": "a [bad:ethical]"], ["prompt": "q", "response": "fine"]]
+        let out = try runFilter(jsonl(objects), criteria: ["ethical", "helpful"], settings: settings, batchSize: 2, windowMs: 200)
+        let trace = (out.lines[0]["alignment"] as? [String: Any])?["trace"] as? [[String: Any]] ?? []
+        #expect(trace.map { $0["event"] as? String } == ["inspect", "gate", "inspect", "gate"])
+        #expect(trace[1]["criterion"] as? String == "ethical")
+        #expect(trace[1]["decision"] as? String == "aligned")
+        #expect((trace[2]["scores"] as? [String: Double])?["ethical"] == 0.9)
+        #expect(trace[3]["decision"] as? String == "passed")
+        let untouched = (out.lines[1]["alignment"] as? [String: Any])?["trace"] as? [[String: Any]] ?? []
+        #expect(untouched.filter { $0["event"] as? String == "gate" }.allSatisfy { $0["decision"] as? String == "passed" })
+    }
+}

@@ -8,6 +8,8 @@ public struct FilterSettings: Sendable {
     public var unordered = false
     /// Lines read but not yet written; bounds memory however large the input.
     public var window = 256
+    /// Add the squad's per-sample trace (scores and gate decisions) to each output line.
+    public var explain = false
     /// Longer lines become error records without being held in memory.
     public var maxLineBytes = 4 << 20
     public var heartbeat = HeartbeatSettings()
@@ -50,7 +52,8 @@ public final class Filter: @unchecked Sendable {
 
     /// Runs until the input ends and every line has its output record. Blocks.
     public func run(onRecord: (@Sendable (InputLine?, Envelope?) -> Void)? = nil) throws -> FilterSummary {
-        let sink = OutputSink(fd: output, ordered: !settings.unordered, window: settings.window, logger: logger, onRecord: onRecord)
+        let sink = OutputSink(fd: output, ordered: !settings.unordered, window: settings.window, explain: settings.explain,
+                              logger: logger, onRecord: onRecord)
         let handoff = "inproc://aligners-filter-\(UUID().uuidString)"
         let pull = try ZMQSocket(context, .pull)
         try pull.bind(handoff)
@@ -272,6 +275,7 @@ final class OutputSink: @unchecked Sendable {
     }
     private let fd: Int32
     private let ordered: Bool
+    private let explain: Bool
     private let logger: Logger
     private let onRecord: (@Sendable (InputLine?, Envelope?) -> Void)?
     private let state = Mutex(State())
@@ -279,9 +283,11 @@ final class OutputSink: @unchecked Sendable {
     private let slots: DispatchSemaphore
     private let finished = DispatchSemaphore(value: 0)
 
-    init(fd: Int32, ordered: Bool, window: Int, logger: Logger, onRecord: (@Sendable (InputLine?, Envelope?) -> Void)?) {
+    init(fd: Int32, ordered: Bool, window: Int, explain: Bool, logger: Logger,
+         onRecord: (@Sendable (InputLine?, Envelope?) -> Void)?) {
         self.fd = fd
         self.ordered = ordered
+        self.explain = explain
         self.logger = logger
         self.onRecord = onRecord
         self.slots = DispatchSemaphore(value: max(1, window))
@@ -317,7 +323,7 @@ final class OutputSink: @unchecked Sendable {
     func deliver(_ envelope: Envelope) {
         let line = state.withLock { $0.book.removeValue(forKey: envelope.seq) }
         guard let line else { return }  // a duplicate delivery
-        let record = JSONLines.render(line, envelope)
+        let record = JSONLines.render(line, envelope, explain: explain)
         if envelope.hasError {
             logger.warning("sample failed", metadata: ["line": "\(envelope.seq)", "id": "\(envelope.id)",
                                                        "stage": "\(envelope.error.stage)", "error": "\(envelope.error.message)"])

@@ -116,7 +116,7 @@ public enum JSONLines {
 
     /// The output line for a finished sample: the input with the aligned response in place and an
     /// `alignment` object (plus `error` when the sample failed).
-    public static func render(_ line: InputLine, _ envelope: Envelope) -> [UInt8] {
+    public static func render(_ line: InputLine, _ envelope: Envelope, explain: Bool = false) -> [UInt8] {
         var object = line.object
         switch line.shape {
         case .prompt:
@@ -131,7 +131,9 @@ public enum JSONLines {
             }
             object[key] = list
         }
-        object["alignment"] = alignmentObject(envelope)
+        var alignment = alignmentObject(envelope)
+        if explain { alignment["trace"] = trace(envelope) }
+        object["alignment"] = alignment
         if envelope.hasError { object["error"] = errorObject(envelope.error) }
         return serialize(object)
     }
@@ -183,6 +185,46 @@ public enum JSONLines {
             out["latency_ms"] = Double((e.completedUnixNs - e.receivedUnixNs) / 10_000) / 100
         }
         return out
+    }
+
+    /// The squad's decisions for one sample, in the order they were taken: each inspection pass
+    /// with its scores, and for each criterion in the batch's order the gate it met (sent to the
+    /// aligner, or passed) with the score that decided it.
+    static func trace(_ e: Envelope) -> [[String: Any]] {
+        var events: [[String: Any]] = []
+        var current: [String: Double] = [:]
+        var pass: UInt32 = 0
+        func inspection(_ k: UInt32) {
+            let records = e.scores.filter { $0.pass == k }
+            guard !records.isEmpty else { return }
+            var scores: [String: Double] = [:]
+            for r in records { scores[r.criterion] = rounded(r.score); current[r.criterion] = r.score }
+            events.append(["event": "inspect", "pass": k, "scores": scores])
+        }
+        inspection(0)
+        var steps = e.steps[...]
+        for criterion in e.batch.order {
+            guard let score = current[criterion] else { continue }
+            let relation = score < e.batch.threshold ? "<" : "≥"
+            var event: [String: Any] = [
+                "event": "gate", "criterion": criterion, "score": rounded(score),
+                "rule": "\(rounded(score)) \(relation) \(e.batch.threshold)",
+            ]
+            if let step = steps.first, step.criterion == criterion {
+                steps = steps.dropFirst()
+                pass += 1
+                event["decision"] = "aligned"
+                event["changed"] = step.changed
+                if !step.note.isEmpty { event["note"] = step.note }
+                events.append(event)
+                inspection(pass)
+            } else {
+                event["decision"] = score < e.batch.threshold ? "not reached" : "passed"
+                events.append(event)
+            }
+        }
+        if e.hasError { events.append(["event": "error", "stage": e.error.stage, "message": e.error.message]) }
+        return events
     }
 
     static func errorObject(_ error: EnvelopeError) -> [String: Any] {
