@@ -71,6 +71,7 @@ let package = Package(
         .executableTarget(name: "AlignersCLI", dependencies: [
             "AlignersCore", "AlignersPipeline", "AlignersModels",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Yams", package: "Yams"),
             .product(name: "Logging", package: "swift-log"),
         ]),
 

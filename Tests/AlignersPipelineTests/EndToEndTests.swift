@@ -228,6 +228,27 @@ struct EndToEndTests {
             #expect(normalized(a) == normalized(b))
         }
     }
+
+    @Test("--config fills in options from YAML; the command line wins", .timeLimit(.minutes(1)))
+    func configFile() throws {
+        let group = try ProcessGroup()
+        let config = group.logDir.appendingPathComponent("aligners.yaml")
+        try "filter:\n  criteria: [from-config-xyz]\n  window: 8\n".write(to: config, atomically: true, encoding: .utf8)
+        let fromConfig = try group.start(builtExecutable("aligners"), ["filter", "--config", config.path], name: "a")
+        fromConfig.waitUntilExit()
+        #expect(fromConfig.terminationStatus == 2)
+        #expect(group.log("a").contains("from-config-xyz"), "\(group.log("a"))")
+        let overridden = try group.start(builtExecutable("aligners"),
+                                         ["filter", "--config", config.path, "--criteria", "from-flag-xyz"], name: "b")
+        overridden.waitUntilExit()
+        #expect(group.log("b").contains("from-flag-xyz"))
+        #expect(!group.log("b").contains("from-config-xyz"))
+        try "filter:\n  no-such-option: 1\n".write(to: config, atomically: true, encoding: .utf8)
+        let bad = try group.start(builtExecutable("aligners"), ["filter", "--config", config.path], name: "c")
+        bad.waitUntilExit()
+        #expect(bad.terminationStatus != 0)
+        #expect(group.log("c").contains("no-such-option"))
+    }
 }
 
 /// An output line without what legitimately differs between runs (timings, batch ids).
