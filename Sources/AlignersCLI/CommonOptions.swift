@@ -24,6 +24,25 @@ struct LogOptions: ParsableArguments {
 
 extension Logger.Level: @retroactive ExpressibleByArgument {}
 
+/// `--metrics-port`: Prometheus metrics for any long-running process.
+struct MetricsOptions: ParsableArguments {
+    @Option(help: "Serve Prometheus metrics at http://HOST:PORT/metrics (off by default).")
+    var metricsPort: Int?
+    @Option(help: "Address the metrics endpoint listens on.")
+    var metricsHost = "127.0.0.1"
+
+    func start(_ logger: Logger) throws {
+        guard let port = metricsPort else { return }
+        do {
+            try MetricsEndpoint.start(port: port, host: metricsHost)
+            logger.info("metrics served", metadata: ["endpoint": "http://\(metricsHost):\(port)/metrics"])
+        } catch {
+            logger.critical("cannot serve metrics", metadata: ["error": "\(error)"])
+            throw ExitCode(2)
+        }
+    }
+}
+
 /// The squad's settings, shared by `filter` (in process) and `router`.
 struct SquadOptions: ParsableArguments {
     @Option(help: "Comma-separated criteria, in the order that breaks ties.")

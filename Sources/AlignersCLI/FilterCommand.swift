@@ -39,6 +39,7 @@ struct FilterCommand: AsyncParsableCommand {
     @Flag(help: "Add alignment.trace to each line: every inspection pass and every gate decision, in order.")
     var explain = false
     @OptionGroup var log: LogOptions
+    @OptionGroup var metrics: MetricsOptions
 
     func validate() throws {
         guard window >= 1 else { throw ValidationError("--window must be at least 1") }
@@ -47,6 +48,7 @@ struct FilterCommand: AsyncParsableCommand {
 
     func run() async throws {
         let logger = log.bootstrap("filter", defaultLevel: .warning)
+        try metrics.start(logger)
         var settings = FilterSettings()
         settings.unordered = unordered
         settings.window = window

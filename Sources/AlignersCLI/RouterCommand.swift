@@ -34,6 +34,7 @@ struct RouterCommand: AsyncParsableCommand {
     @Option(help: "Seconds work waits for a service that has no worker before it fails.")
     var serviceTimeout = 60
     @OptionGroup var log: LogOptions
+    @OptionGroup var metrics: MetricsOptions
 
     func validate() throws {
         guard jobSize >= 1, clientWindow >= 1, heartbeatMs >= 10, liveness >= 1, maxAttempts >= 1 else {
@@ -43,6 +44,7 @@ struct RouterCommand: AsyncParsableCommand {
 
     func run() async throws {
         let logger = log.bootstrap("router")
+        try metrics.start(logger)
         var settings = squad.routerSettings()
         settings.jobSize = jobSize
         settings.clientWindow = clientWindow

@@ -28,6 +28,7 @@ struct WorkerCommand: AsyncParsableCommand {
     var jobTimeout = 600
     @OptionGroup var models: ModelOptions
     @OptionGroup var log: LogOptions
+    @OptionGroup var metrics: MetricsOptions
 
     func validate() throws {
         if role != .generator && (criterion ?? "").isEmpty {
@@ -38,6 +39,7 @@ struct WorkerCommand: AsyncParsableCommand {
 
     func run() async throws {
         let logger = log.bootstrap("worker")
+        try metrics.start(logger)
         let notifier = SystemdNotifier()
         let handler: any StageHandler
         do {

@@ -249,6 +249,29 @@ struct EndToEndTests {
         #expect(bad.terminationStatus != 0)
         #expect(group.log("c").contains("no-such-option"))
     }
+
+    @Test("--metrics-port serves Prometheus metrics for the samples that went through", .timeLimit(.minutes(1)))
+    func prometheusMetrics() throws {
+        let group = try ProcessGroup()
+        let front = "ipc://\(group.logDir.path)/front", back = "ipc://\(group.logDir.path)/back"
+        let port = freePort()
+        try group.start(builtExecutable("aligners"), ["router", "--frontend", front, "--backend", back, "--criteria", "ethical",
+                                                      "--window-ms", "5", "--metrics-port", "\(port)"], name: "router")
+        for service in ["inspect.ethical", "align.ethical"] {
+            try group.start(builtExecutable("aligners-testworker"), ["--service", service, "--connect", back], name: service)
+        }
+        let inputURL = group.logDir.appendingPathComponent("in.jsonl")
+        try Data(jsonl((0..<7).map { ["prompt": "q", "response": "a\($0) [bad:ethical]"] })).write(to: inputURL)
+        let filter = try group.start(builtExecutable("aligners"), ["filter", "--connect", front], name: "filter",
+                                     stdin: inputURL, stdout: group.logDir.appendingPathComponent("out.jsonl"))
+        filter.waitUntilExit()
+        #expect(filter.terminationStatus == 0)
+        let text = httpGet(port: port, path: "/metrics")
+        #expect(text.contains(#"aligners_samples_total{stage="router",event="delivered"} 7"#), "\(text)")
+        #expect(text.contains(#"aligners_aligner_passes_total{criterion="ethical"} 7"#))
+        #expect(text.contains(#"aligners_inspector_score_count{criterion="ethical"} 14"#))
+        #expect(text.contains("aligners_stage_latency_seconds_bucket"))
+    }
 }
 
 /// An output line without what legitimately differs between runs (timings, batch ids).
@@ -263,5 +286,29 @@ func normalized(_ line: String) -> String {
         object["alignment"] = alignment
     }
     let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data()
+    return String(decoding: data, as: UTF8.self)
+}
+
+/// A plain HTTP GET on loopback (the test's own server only).
+func httpGet(port: Int, path: String) -> String {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_port = in_port_t(UInt16(port).bigEndian)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    let rc = withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    guard rc == 0 else { return "connect failed" }
+    let request = Array("GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".utf8)
+    _ = request.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+    var data = [UInt8]()
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = read(fd, &buffer, buffer.count)
+        if n <= 0 { break }
+        data += buffer[0..<n]
+    }
     return String(decoding: data, as: UTF8.self)
 }

@@ -312,6 +312,7 @@ final class OutputSink: @unchecked Sendable {
     func reject(seq: UInt64, message: String, input: ArraySlice<UInt8>, totalBytes: Int) {
         let record = JSONLines.errorRecord(seq: seq, message: message, input: input, totalBytes: totalBytes)
         logger.warning("invalid input line", metadata: ["line": "\(seq)", "error": "\(message)"])
+        PipelineMetrics.shared.count("aligners_lines_total", [("event", "invalid")])
         onRecord?(nil, nil)
         state.withLock {
             $0.summary.invalid += 1
@@ -381,6 +382,7 @@ final class OutputSink: @unchecked Sendable {
                     bytes.append(UInt8(ascii: "\n"))
                 }
                 writeAll(bytes)
+                PipelineMetrics.shared.count("aligners_lines_total", [("event", "written")], by: records.count)
                 for _ in records { slots.signal() }
             }
         }

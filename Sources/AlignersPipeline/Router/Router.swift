@@ -53,6 +53,7 @@ public final class Router: @unchecked Sendable {
     private var nextBatchID: UInt64 = 1
     private var lastHeartbeat: UInt64 = 0
     public private(set) var stats = RouterStats()
+    private let metrics = PipelineMetrics.shared
 
     /// Binds the front end, back end and optional tap. Endpoints are ZeroMQ's (tcp://, ipc://, inproc://).
     public init(context: ZMQContext, frontend: String, backend: String, tap: String? = nil,
@@ -112,6 +113,9 @@ public final class Router: @unchecked Sendable {
                 sendHeartbeats()
                 purgeDeadPeers(now: now)
                 failStarvedJobs(now: now)
+                metrics.gauge("aligners_queue_depth", [], Double(stats.queued))
+                metrics.gauge("aligners_workers", [], Double(workers.count))
+                metrics.gauge("aligners_in_flight", [], Double(stats.inFlight))
             }
             dispatch()
             stats.workers = workers.count
@@ -178,6 +182,7 @@ public final class Router: @unchecked Sendable {
                 continue
             }
             clients[client]!.inFlight += 1
+            metrics.count("aligners_samples_total", [("stage", "router"), ("event", "received")])
             stats.received += 1
             stats.inFlight += 1
             if envelope.receivedUnixNs == 0 { envelope.receivedUnixNs = unixNanos() }
@@ -240,6 +245,7 @@ public final class Router: @unchecked Sendable {
                 }
             }
         case .align(let criterion, let samples):
+            metrics.count("aligners_aligner_passes_total", [("criterion", criterion)], by: samples.count)
             for chunk in samples.chunked(settings.jobSize) {
                 enqueue(service: ServiceName.align(criterion), envelopes: [], owner: .batch(batchID, Array(chunk)))
             }
@@ -266,8 +272,11 @@ public final class Router: @unchecked Sendable {
         deliver.envelopes = envelopes
         let bytes = WireMessage(.deliver(deliver)).bytes()
         if countsAgainstCredit {
+            let failed = envelopes.filter { $0.hasError }.count
+            metrics.count("aligners_samples_total", [("stage", "router"), ("event", "delivered")], by: envelopes.count)
+            metrics.count("aligners_samples_total", [("stage", "router"), ("event", "failed")], by: failed)
             stats.delivered += envelopes.count
-            stats.failed += envelopes.filter { $0.hasError }.count
+            stats.failed += failed
             stats.inFlight -= envelopes.count
         }
         if let tap { _ = try? tap.send([bytes], dontWait: true) }
@@ -317,6 +326,7 @@ public final class Router: @unchecked Sendable {
                     continue
                 }
                 job.worker = workerID
+                job.dispatchedAt = monotonicNanos()
                 jobs[jobID] = job
                 worker.inFlight.insert(jobID)
                 worker.credit -= 1
@@ -415,6 +425,7 @@ public final class Router: @unchecked Sendable {
             return
         }
         jobs[result.id] = nil
+        metrics.time("aligners_stage_latency_seconds", [("service", job.service)], nanoseconds: monotonicNanos() - job.dispatchedAt)
         if result.hasError || result.envelopes.map(\.id) != jobIDs(of: job) {
             let error = result.hasError ? result.error
                 : EnvelopeError(.internal, "worker returned envelopes that do not match the job", stage: job.service)
@@ -461,6 +472,7 @@ public final class Router: @unchecked Sendable {
                     record.pass = pass
                     batch.samples[index].envelope.scores.append(record)
                     batch.stepScores[index, default: [:]][criterion] = record.score
+                    metrics.record("aligners_inspector_score", [("criterion", criterion)], record.score)
                     // The re-inspection after a pass is that pass's "after" score.
                     if let last = batch.samples[index].envelope.steps.indices.last,
                        batch.samples[index].envelope.steps[last].criterion == criterion,
@@ -652,6 +664,7 @@ struct Job {
     let owner: Owner
     var worker: Identity?
     let queuedAt: UInt64
+    var dispatchedAt: UInt64 = 0
 }
 
 struct Batch {

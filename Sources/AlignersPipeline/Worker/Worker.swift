@@ -174,6 +174,14 @@ public final class Worker: @unchecked Sendable {
         var result = Aligners_V1_JobResult()
         result.id = job.id
         result.attempt = job.attempt
+        let started = monotonicNanos()
+        defer {
+            let metrics = PipelineMetrics.shared
+            let failed = result.envelopes.filter(\.hasError).count
+            metrics.time("aligners_model_seconds", [("service", handler.service)], nanoseconds: monotonicNanos() - started)
+            metrics.count("aligners_samples_total", [("stage", handler.service), ("event", "processed")], by: job.envelopes.count)
+            metrics.count("aligners_samples_total", [("stage", handler.service), ("event", "failed")], by: failed)
+        }
         do {
             let processed = try handler.process(job.envelopes)
             guard processed.count == job.envelopes.count else {
