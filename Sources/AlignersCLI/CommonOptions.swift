@@ -24,6 +24,20 @@ struct LogOptions: ParsableArguments {
 
 extension Logger.Level: @retroactive ExpressibleByArgument {}
 
+/// Liveness of the router protocol; router and workers should agree.
+struct HeartbeatOptions: ParsableArguments {
+    @Option(help: "Heartbeat interval in milliseconds, sent both ways.")
+    var heartbeatMs = 1000
+    @Option(help: "Missed heartbeats after which a peer counts as dead (the router re-queues a worker's jobs; a worker reconnects).")
+    var liveness = 3
+
+    func validate() throws {
+        guard heartbeatMs >= 10, liveness >= 1 else { throw ValidationError("--heartbeat-ms must be ≥ 10 and --liveness ≥ 1") }
+    }
+
+    var settings: HeartbeatSettings { HeartbeatSettings(intervalMs: heartbeatMs, liveness: liveness) }
+}
+
 /// `--metrics-port`: Prometheus metrics for any long-running process.
 struct MetricsOptions: ParsableArguments {
     @Option(help: "Serve Prometheus metrics at http://HOST:PORT/metrics (off by default).")

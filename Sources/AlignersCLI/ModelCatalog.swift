@@ -18,6 +18,20 @@ struct ModelOptions: ParsableArguments {
     var generatorModel: String?
     @Option(help: "Most tokens the generator writes per response.")
     var generatorMaxTokens = 256
+    @Option(help: "OpenAI-compatible chat-completions server for the generator stage (e.g. http://localhost:8000 or https://api.openai.com/v1); the embedded decoder when unset.")
+    var backend: String?
+    @Option(help: "Model name sent to --backend.")
+    var backendModel = "gpt-4o-mini"
+    @Option(help: "Environment variable holding the --backend API key (default: OPENAI_API_KEY).")
+    var apiKeyEnv: String?
+    @Option(help: "File holding the --backend API key (wins over --api-key-env).")
+    var apiKeyFile: String?
+    @Option(help: "Seconds per --backend request.")
+    var backendTimeout: Double = 60
+    @Option(help: "Retries per --backend request on connection errors, timeouts, 429 and 5xx (exponential backoff).")
+    var backendRetries = 3
+    @Option(help: "Most --backend requests in flight per batch.")
+    var backendConcurrency = 8
 }
 
 /// Builds the model behind each stage: the one place that knows which model serves which role.
@@ -42,6 +56,16 @@ final class ModelCatalog: @unchecked Sendable {
     }
 
     func generator() throws -> any Generator {
+        if let backend = options.backend {
+            guard let url = URL(string: backend), url.scheme == "http" || url.scheme == "https", url.host != nil else {
+                throw ValidationError("--backend must be an http(s) URL, got \(backend)")
+            }
+            let key = try OpenAIBackendSettings.resolveAPIKey(env: options.apiKeyEnv, file: options.apiKeyFile)
+            return OpenAIChatGenerator(settings: OpenAIBackendSettings(
+                baseURL: url, model: options.backendModel, apiKey: key, timeout: options.backendTimeout,
+                maxRetries: options.backendRetries, concurrency: options.backendConcurrency,
+                maxTokens: options.generatorMaxTokens))
+        }
         let path: String
         if let model = options.generatorModel {
             path = FileManager.default.fileExists(atPath: model) ? model

@@ -25,10 +25,7 @@ struct RouterCommand: AsyncParsableCommand {
     var jobSize = 16
     @Option(help: "Envelopes each client may have in flight.")
     var clientWindow = 256
-    @Option(help: "Heartbeat interval in milliseconds (both directions).")
-    var heartbeatMs = 1000
-    @Option(help: "Missed heartbeats after which a worker is declared dead and its jobs re-queued.")
-    var liveness = 3
+    @OptionGroup var heartbeat: HeartbeatOptions
     @Option(help: "Dispatches of one job before its samples fail.")
     var maxAttempts = 3
     @Option(help: "Seconds work waits for a service that has no worker before it fails.")
@@ -37,8 +34,8 @@ struct RouterCommand: AsyncParsableCommand {
     @OptionGroup var metrics: MetricsOptions
 
     func validate() throws {
-        guard jobSize >= 1, clientWindow >= 1, heartbeatMs >= 10, liveness >= 1, maxAttempts >= 1 else {
-            throw ValidationError("--job-size, --client-window, --liveness and --max-attempts must be ≥ 1, --heartbeat-ms ≥ 10")
+        guard jobSize >= 1, clientWindow >= 1, maxAttempts >= 1 else {
+            throw ValidationError("--job-size, --client-window and --max-attempts must be at least 1")
         }
     }
 
@@ -48,7 +45,7 @@ struct RouterCommand: AsyncParsableCommand {
         var settings = squad.routerSettings()
         settings.jobSize = jobSize
         settings.clientWindow = clientWindow
-        settings.heartbeat = HeartbeatSettings(intervalMs: heartbeatMs, liveness: liveness)
+        settings.heartbeat = heartbeat.settings
         settings.maxAttempts = maxAttempts
         settings.serviceTimeoutMs = serviceTimeout * 1000
         let router: Router

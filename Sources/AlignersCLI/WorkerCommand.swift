@@ -20,10 +20,7 @@ struct WorkerCommand: AsyncParsableCommand {
     var connect = "tcp://127.0.0.1:5556"
     @Option(help: "Jobs the router may hand over before the first comes back.")
     var credit = 2
-    @Option(help: "Heartbeat interval in milliseconds; must match the router's.")
-    var heartbeatMs = 1000
-    @Option(help: "Missed router heartbeats before reconnecting.")
-    var liveness = 3
+    @OptionGroup var heartbeat: HeartbeatOptions
     @Option(help: "Seconds one job may run before the systemd watchdog is no longer fed (a stuck model gets restarted).")
     var jobTimeout = 600
     @OptionGroup var models: ModelOptions
@@ -50,7 +47,7 @@ struct WorkerCommand: AsyncParsableCommand {
         }
         var settings = WorkerSettings()
         settings.credit = credit
-        settings.heartbeat = HeartbeatSettings(intervalMs: heartbeatMs, liveness: liveness)
+        settings.heartbeat = heartbeat.settings
         settings.jobTimeoutMs = jobTimeout * 1000
         let worker = Worker(context: ZMQContext(), endpoint: connect, handler: handler, settings: settings, logger: logger)
         let pacer = NotifyPacer(notifier: notifier)
