@@ -182,7 +182,6 @@ public final class Router: @unchecked Sendable {
                 continue
             }
             clients[client]!.inFlight += 1
-            metrics.count("aligners_samples_total", [("stage", "router"), ("event", "received")])
             stats.received += 1
             stats.inFlight += 1
             if envelope.receivedUnixNs == 0 { envelope.receivedUnixNs = unixNanos() }
@@ -194,6 +193,7 @@ public final class Router: @unchecked Sendable {
                 addToBatch(sample, now: now)
             }
         }
+        metrics.count("aligners_samples_total", [("stage", "router"), ("event", "received")], by: envelopes.count - overflow.count)
         if !overflow.isEmpty {
             logger.warning("client exceeded its credit", metadata: ["client": "\(client)", "rejected": "\(overflow.count)"])
             send(overflow, to: client, countsAgainstCredit: false)
