@@ -61,8 +61,10 @@ test: setup proto-check
 	scripts/verify-systemd.sh .build/debug/aligners
 	swift test --skip-build $(SWIFT_FLAGS)
 
-demo: setup release
-	.build/release/aligners filter --summary < Examples/chats.jsonl
+# Set-up and build talk on stderr, so `make demo > aligned.jsonl` keeps only the JSONL.
+demo:
+	@$(MAKE) --no-print-directory setup release >&2
+	@.build/release/aligners filter --summary < Examples/chats.jsonl
 
 # Regenerating needs protoc-gen-swift, built once from the package mirror (~2 min).
 $(PROTOC_GEN_SWIFT):
