@@ -38,8 +38,6 @@ public final class Worker: @unchecked Sendable {
     private let pipeEndpoint = "inproc://aligners-worker-\(UUID().uuidString)"
     /// Called from the socket thread each loop turn with whether the compute thread looks healthy.
     public var onTick: (@Sendable (_ healthy: Bool) -> Void)?
-    /// Called once the worker has registered with a router.
-    public var onReady: (@Sendable () -> Void)?
 
     public init(context: ZMQContext, endpoint: String, handler: any StageHandler, settings: WorkerSettings = WorkerSettings(),
                 logger: Logger) {
@@ -71,7 +69,6 @@ public final class Worker: @unchecked Sendable {
         var lastSent: UInt64 = 0
         var announcedDrain = false
         var reconnectDelayMs = settings.heartbeat.intervalMs
-        var announcedReady = false
 
         while true {
             var poller = ZMQPoller([socket, pipe])
@@ -91,7 +88,6 @@ public final class Worker: @unchecked Sendable {
                     default:
                         break
                     }
-                    if !announcedReady { announcedReady = true; onReady?() }
                 }
             }
             if ready[1] {
