@@ -59,6 +59,9 @@ let package = Package(
         .target(name: "AlignersModels", dependencies: ["AlignersKernels", "AlignersCore", .product(name: "Yams", package: "Yams")],
                 swiftSettings: kernelFlags),
 
+        // Judges, reference checks, reports and charts for `aligners eval`.
+        .target(name: "AlignersEvaluation", dependencies: ["AlignersModels", "AlignersKernels", "AlignersCore"]),
+
         // Criteria, the model protocols and the squad policy: no sockets, no models.
         .target(name: "AlignersCore"),
 
@@ -73,7 +76,7 @@ let package = Package(
 
         // The `aligners` executable: parses arguments and wires modules.
         .executableTarget(name: "AlignersCLI", dependencies: [
-            "AlignersCore", "AlignersPipeline", "AlignersModels",
+            "AlignersCore", "AlignersPipeline", "AlignersModels", "AlignersEvaluation",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Yams", package: "Yams"),
             .product(name: "Logging", package: "swift-log"),
@@ -85,6 +88,7 @@ let package = Package(
         ], path: "Sources/AlignersBench"),
 
         .testTarget(name: "AlignersCoreTests", dependencies: ["AlignersCore"]),
+        .testTarget(name: "AlignersEvaluationTests", dependencies: ["AlignersEvaluation", "AlignersModels"]),
         .testTarget(name: "AlignersModelsTests", dependencies: ["AlignersModels", "AlignersKernels"],
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "AlignersPipelineTests",

@@ -13,7 +13,7 @@ struct Aligners: AsyncParsableCommand {
             per subcommand whose keys are its long option names; the command line wins.
             """,
         subcommands: [FilterCommand.self, RouterCommand.self, WorkerCommand.self,
-                      InspectorTrainGroup.self, InspectorEvalGroup.self, ScoreCommand.self,
+                      TrainGroup.self, EvalGroup.self, ScoreCommand.self,
                       GenerateCommand.self, GenerateBenchCommand.self])
 
     /// Splices `--config` options in before parsing.

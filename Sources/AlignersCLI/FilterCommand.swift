@@ -60,24 +60,13 @@ struct FilterCommand: AsyncParsableCommand {
         if let connect {
             endpoint = connect
         } else {
-            let catalog = ModelCatalog(models)
-            var handlers: [any StageHandler] = []
+            let pipeline: LocalPipeline
             do {
-                for criterion in squad.criteriaList {
-                    handlers.append(InspectorStage(try catalog.inspector(for: criterion)))
-                    handlers.append(AlignerStage(try catalog.aligner(for: criterion)))
-                }
+                pipeline = try LocalSquad.start(context: context, squad: squad, models: models, window: window, logger: logger)
             } catch {
                 logger.critical("cannot run the squad in process", metadata: ["error": "\(error)"])
                 throw ExitCode(2)
             }
-            // The generator is optional: without it, lines that carry no response fail clearly.
-            if let generator = try? catalog.generator() { handlers.append(GeneratorStage(generator)) }
-            var routerSettings = squad.routerSettings()
-            routerSettings.clientWindow = window
-            routerSettings.serviceTimeoutMs = 1000  // in process, every worker is already there
-            let pipeline = try LocalPipeline(context: context, settings: routerSettings, handlers: handlers, logger: logger)
-            pipeline.start()
             local = pipeline
             endpoint = pipeline.frontend
         }
@@ -100,5 +89,26 @@ struct FilterCommand: AsyncParsableCommand {
                                                   "failed": "\(result.failed)"])
         }
         if result.exitCode != 0 { throw ExitCode(result.exitCode) }
+    }
+}
+
+/// The whole squad in this process: an inspector and an aligner stage per criterion, and the
+/// generator when its model can be had. Shared by `filter` and `eval squad`.
+enum LocalSquad {
+    static func start(context: ZMQContext, squad: SquadOptions, models: ModelOptions, window: Int, logger: Logger) throws -> LocalPipeline {
+        let catalog = ModelCatalog(models)
+        var handlers: [any StageHandler] = []
+        for criterion in squad.criteriaList {
+            handlers.append(InspectorStage(try catalog.inspector(for: criterion)))
+            handlers.append(AlignerStage(try catalog.aligner(for: criterion)))
+        }
+        // The generator is optional: without it, lines that carry no response fail clearly.
+        if let generator = try? catalog.generator() { handlers.append(GeneratorStage(generator)) }
+        var routerSettings = squad.routerSettings()
+        routerSettings.clientWindow = window
+        routerSettings.serviceTimeoutMs = 1000  // in process, every worker is already there
+        let pipeline = try LocalPipeline(context: context, settings: routerSettings, handlers: handlers, logger: logger)
+        pipeline.start()
+        return pipeline
     }
 }
