@@ -24,6 +24,18 @@ let kernelFlags: [SwiftSetting] = [
     .unsafeFlags(["-wmo"], .when(configuration: .release)),
 ]
 
+// The VNNI kernels (AlignersVNNI) are always compiled for Zen 4 (AVX-512 VNNI) on x86-64 and
+// called only when the CPU has that feature set (checked at run time, `QuantKernels.vnni`);
+// `-parse-stdlib` gives them LLVM's `vpdpbusd` intrinsic.
+let vnniFlags: [SwiftSetting] = {
+    #if arch(x86_64)
+    let cpu = ["-target-cpu", "znver4"]
+    #else
+    let cpu: [String] = []
+    #endif
+    return [.unsafeFlags(["-parse-stdlib", "-Ounchecked"] + cpu), .unsafeFlags(["-wmo"], .when(configuration: .release))]
+}()
+
 // The router's hot path: dynamic exclusivity checks cost ~6% of its time (measured with perf) and
 // guard nothing its single-threaded state needs.
 let hotPathFlags: [SwiftSetting] = [.unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))]
@@ -53,7 +65,8 @@ let package = Package(
                 swiftSettings: hotPathFlags),
 
         // Dense and quantized kernels over OpenBLAS.
-        .target(name: "AlignersKernels", dependencies: ["CBLAS"], swiftSettings: kernelFlags),
+        .target(name: "AlignersKernels", dependencies: ["CBLAS", "AlignersVNNI"], swiftSettings: kernelFlags),
+        .target(name: "AlignersVNNI", swiftSettings: vnniFlags),
 
         // File formats, tokenizers, architectures, generation.
         .target(name: "AlignersModels", dependencies: ["AlignersKernels", "AlignersCore", .product(name: "Yams", package: "Yams")],

@@ -19,9 +19,11 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
     public let config: DecoderConfig
     public let gguf: GGUFFile
     public let pool: ComputePool
-    /// Row count from which matrix products go through sgemm on F32 weights (measured crossover with
-    /// `QuantKernels.matmulSmall` on 2 Zen 4 cores: ~12). Env override: ALIGNERS_DENSE_THRESHOLD.
-    public var denseThreshold = 12
+    /// Row count from which matrix products go through sgemm on F32 weights. Measured crossovers on
+    /// 2 Zen 4 cores: ~12 rows for the int16 kernels (`QuantKernels.matmulSmall`), above 64 for the
+    /// VNNI kernels (`QuantKernels.gemm`, whose int8 activations stop fitting in L2 beyond ~100
+    /// rows). Env override: ALIGNERS_DENSE_THRESHOLD.
+    public var denseThreshold = QuantKernels.vnni ? 128 : 12
     public var allowDenseWeights = true
     /// Segments with at least this many new tokens compute attention through sgemm.
     public var blasAttentionThreshold = 16
@@ -39,6 +41,7 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
     let invFreq: [Float]
     private let lock = NSLock()
     private let scratch = Scratch()
+    private let quantized = QuantizedActivations()
     private let threadScratch: [Scratch]
 
     public convenience init(path: String, pool: ComputePool = .shared) throws {
@@ -206,6 +209,21 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
             return
         }
         let n = pool.threads
+        if QuantKernels.vnni && specs.allSatisfy({ QuantKernels.vnniHandles($0.0.q.type) }) {
+            // Int16 activations, quantized once (on every thread when there are many rows).
+            let k = specs[0].0.q.cols
+            let qa = quantized
+            qa.reset(m: rows, k: k)
+            if rows * k >= 8192 { pool.parallelFor(rows) { qa.quantize(x, rows: $0) } } else { qa.quantize(x, rows: 0..<rows) }
+            pool.run { t in
+                for (w, out) in specs {
+                    let units = (w.q.rows + 15) / 16
+                    let lo = min(w.q.rows, units * t / n * 16), hi = min(w.q.rows, units * (t + 1) / n * 16)
+                    if lo < hi { QuantKernels.gemm(w.q, qa, y: out, ldy: w.q.rows, rows: lo..<hi) }
+                }
+            }
+            return
+        }
         pool.run { t in
             for (w, out) in specs {
                 let units = (w.q.rows + 15) / 16
