@@ -241,7 +241,7 @@ struct EvalSquadCommand: AsyncParsableCommand {
                           summary.lines, seconds, Double(summary.lines) / seconds, summary.aligned, summary.untouched,
                           summary.failed, summary.invalid))
         let (records, unreadable) = try readEvalRecords(outputURL)
-        let command = "aligners eval squad " + CommandLine.arguments.dropFirst(2).joined(separator: " ")
+        let command = "aligners eval squad " + CommandLine.arguments.dropFirst(3).joined(separator: " ")
         let results = try report.write(records: records, unreadable: unreadable, command: command)
         print("wrote \(report.out)/report.md (\(results.overall.samples) samples), results.json, scores.svg, scores.png, aligned.jsonl")
     }

@@ -31,7 +31,7 @@ public enum ScoreDistributionFigure {
     static let colors = [Chart.Color(hex: 0x7f8fa6), Chart.Color(hex: 0xe1a13a), Chart.Color(hex: 0x3c9d5d)]
 
     public static func chart(_ rows: [Row], threshold: Double = 0.5, bins: Int = 20) -> Chart {
-        let panelW = 250.0, panelH = 120.0, left = 56.0, gapX = 30.0, top = 56.0, rowGap = 74.0
+        let panelW = 250.0, panelH = 120.0, left = 56.0, gapX = 30.0, top = 56.0, rowGap = 88.0
         let width = left + 3 * panelW + 2 * gapX + 24
         let height = top + Double(rows.count) * (panelH + rowGap) + 10
         var c = Chart(width: width, height: height)
@@ -71,9 +71,9 @@ public enum ScoreDistributionFigure {
                 let values = series[ci]
                 let mean = values.isEmpty ? 0 : values.reduce(0, +) / Double(values.count)
                 let pass = values.isEmpty ? 0 : Double(values.filter { $0 >= threshold }.count) / Double(values.count)
-                c.text(columns[ci], x0, y0 - 14 + 12 + panelH + 30, size: 11, bold: true)
-                c.text(String(format: "mean %.2f, %.0f%% pass", mean, pass * 100), x0 + panelW, y0 + panelH + 30 - 2,
-                       size: 11, anchor: .end, color: .grey)
+                c.text(columns[ci], x0, y0 + panelH + 32, size: 11, bold: true)
+                c.text(String(format: "mean %.2f, %.0f%% pass", mean, pass * 100), x0, y0 + panelH + 47,
+                       size: 11, color: .grey)
             }
         }
         return c
