@@ -111,23 +111,63 @@ struct EvalInputOptions: ParsableArguments {
     }
 }
 
-/// Where an evaluation's report goes: shared by `eval report` and `eval squad`.
+/// Where an evaluation's report goes and who judges it: shared by `eval report` and `eval squad`.
 struct EvalReportOptions: ParsableArguments {
     @Option(help: "Directory for report.md, results.json and the figure (scores.svg, scores.png).") var out = "eval"
     @Option(help: "Report title.") var title = "Evaluation of the squad"
-    @Option(help: "Directory holding model packages.") var modelsDir: String?
     @OptionGroup var judge: JudgeOptions
+    @Option(help: "Judge with an OpenAI-compatible chat model at this URL instead of the trained judges (e.g. https://api.openai.com/v1).")
+    var judgeBackend: String?
+    @Option(help: "Model name sent to --judge-backend.") var judgeModel = "gpt-4o-mini"
+    @Option(help: "Environment variable holding the --judge-backend API key (default: OPENAI_API_KEY).") var judgeApiKeyEnv: String?
+    @Option(help: "File holding the --judge-backend API key.") var judgeApiKeyFile: String?
+    @Option(help: "Most --judge-backend requests in flight.") var judgeConcurrency = 8
+    @Option(name: .customLong("judge-check"), help: "Preference data (repeat per criterion) on whose test split an LLM judge's accuracy is measured first.")
+    var judgeCheck: [String] = []
+    @Option(help: "Test pairs per criterion for --judge-check.") var judgeCheckPairs = 100
 
-    func write(records: [EvalRecord], unreadable: Int, command: String) throws -> EvalResults {
-        let dir = URL(fileURLWithPath: out)
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        var judges: [String: (PairwiseJudge, JudgeCard?)] = [:]
-        for c in Set(records.map(\.meta.criterion)).sorted() {
-            do { judges[c] = try JudgeStore.load(criterion: c, explicit: judge.judgesDir) } catch {
+    func judges(for criteria: [String], modelsDir: String?, criteriaDir: String?, embedder: TextEmbedder) throws -> [String: any AnswerJudge] {
+        var out: [String: any AnswerJudge] = [:]
+        if let judgeBackend {
+            guard let url = URL(string: judgeBackend), url.scheme == "http" || url.scheme == "https", url.host != nil else {
+                throw ValidationError("--judge-backend must be an http(s) URL, got \(judgeBackend)")
+            }
+            let key = try OpenAIBackendSettings.resolveAPIKey(env: judgeApiKeyEnv, file: judgeApiKeyFile)
+            let generator = OpenAIChatGenerator(settings: OpenAIBackendSettings(
+                baseURL: url, model: judgeModel, apiKey: key, concurrency: judgeConcurrency, maxTokens: 4, temperature: 0))
+            let library = CriteriaLibrary(searchDir: criteriaDir)
+            for c in criteria {
+                var judge = ChatModelJudge(criterion: try library.load(c), generator: generator)
+                if let file = judgeCheck.first(where: { URL(fileURLWithPath: $0).deletingPathExtension().lastPathComponent == c }) {
+                    var rows = try InspectorData.load(URL(fileURLWithPath: file), split: "test")
+                    var rng = SplitMix64(seed: 11)
+                    rows.shuffle(using: &rng)
+                    try judge.measure(on: Array(rows.prefix(judgeCheckPairs)))
+                    stderrLine(String(format: "%@ LLM judge: %.3f accuracy on %d held-out pairs", c, judge.info.heldOutAccuracy, judge.info.heldOutPairs))
+                }
+                out[c] = judge
+            }
+            return out
+        }
+        for c in criteria {
+            do {
+                let (judge, card) = try JudgeStore.load(criterion: c, explicit: self.judge.judgesDir)
+                out[c] = EmbeddingJudge(judge: judge, card: card, embedder: embedder)
+            } catch {
                 stderrLine("warning: \(error) — \(c) samples get no judge win rate")
             }
         }
-        let reporter = EvalReporter(embedder: try judge.embedder(modelsDir: modelsDir), judges: judges)
+        return out
+    }
+
+    func write(records: [EvalRecord], unreadable: Int, command: String, modelsDir: String?, criteriaDir: String?) throws -> EvalResults {
+        let dir = URL(fileURLWithPath: out)
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let embedder = try judge.embedder(modelsDir: modelsDir)
+        var criteria = Set(records.map(\.meta.criterion))
+        if records.contains(where: { $0.meta.reference != nil }) { criteria.insert("helpful") }
+        let judges = try judges(for: criteria.sorted(), modelsDir: modelsDir, criteriaDir: criteriaDir, embedder: embedder)
+        let reporter = EvalReporter(embedder: embedder, judges: judges)
         let bar = ProgressBar("judging")
         let results = try reporter.evaluate(records, unreadable: unreadable) { bar.update($0, $1) }
         let figure = ScoreDistributionFigure.chart(ScoreDistributionFigure.rows(records), threshold: results.threshold)
@@ -181,11 +221,14 @@ struct EvalReportCommand: ParsableCommand {
         abstract: "Judge `aligners filter --explain` output of `eval prepare` lines: win rates, score changes, tax, references, plots.")
     @Argument(help: "The filter's output JSONL.") var aligned: String
     @OptionGroup var report: EvalReportOptions
+    @Option(help: "Directory holding model packages.") var modelsDir: String?
+    @Option(help: "Directory holding criterion files (for --judge-backend prompts).") var criteriaDir: String?
 
     func run() throws {
         let (records, unreadable) = try readEvalRecords(URL(fileURLWithPath: aligned))
         guard !records.isEmpty else { throw ValidationError("\(aligned): no evaluation lines (lines with an \"eval\" field)") }
-        _ = try report.write(records: records, unreadable: unreadable, command: "aligners eval report \(aligned) --out \(report.out)")
+        _ = try report.write(records: records, unreadable: unreadable, command: "aligners eval report " + CommandLine.arguments.dropFirst(3).joined(separator: " "),
+                         modelsDir: modelsDir, criteriaDir: criteriaDir)
         print("wrote \(report.out)/report.md, results.json, scores.svg, scores.png")
     }
 }
@@ -210,8 +253,6 @@ struct EvalSquadCommand: AsyncParsableCommand {
 
     func run() async throws {
         let logger = log.bootstrap("eval", defaultLevel: .warning)
-        var models = self.models
-        if models.modelsDir == nil { models.modelsDir = report.modelsDir }
         let dir = URL(fileURLWithPath: report.out)
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         let inputURL = dir.appendingPathComponent("inputs.jsonl"), outputURL = dir.appendingPathComponent("aligned.jsonl")
@@ -242,7 +283,8 @@ struct EvalSquadCommand: AsyncParsableCommand {
                           summary.failed, summary.invalid))
         let (records, unreadable) = try readEvalRecords(outputURL)
         let command = "aligners eval squad " + CommandLine.arguments.dropFirst(3).joined(separator: " ")
-        let results = try report.write(records: records, unreadable: unreadable, command: command)
+        let results = try report.write(records: records, unreadable: unreadable, command: command,
+                                       modelsDir: models.modelsDir, criteriaDir: models.criteriaDir)
         print("wrote \(report.out)/report.md (\(results.overall.samples) samples), results.json, scores.svg, scores.png, aligned.jsonl")
     }
 }

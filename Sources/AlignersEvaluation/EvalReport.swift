@@ -73,13 +73,14 @@ public struct EvalResults: Codable, Sendable {
     public var threshold = 0.5
 }
 
-/// Turns filter output records into `EvalResults`, judging with `PairwiseJudge`s over `TextEmbedder` embeddings.
+/// Turns filter output records into `EvalResults`: a judge per criterion for win rates, sentence
+/// embeddings for the reference checks.
 public final class EvalReporter {
     public let embedder: TextEmbedder
-    public let judges: [String: (PairwiseJudge, JudgeCard?)]
+    public let judges: [String: any AnswerJudge]
     public var threshold = 0.5
 
-    public init(embedder: TextEmbedder, judges: [String: (PairwiseJudge, JudgeCard?)]) {
+    public init(embedder: TextEmbedder, judges: [String: any AnswerJudge]) {
         self.embedder = embedder
         self.judges = judges
     }
@@ -90,23 +91,34 @@ public final class EvalReporter {
         results.threshold = threshold
         let ok = records.filter { $0.error == nil }
 
-        // Everything the judge and the references need, embedded in one pass.
+        // The references' texts, embedded in one pass.
         var texts: [String] = []
         for r in ok {
-            texts += [InspectorFeaturizer.flatten(r.conversation), r.original, r.aligned]
-            texts += [r.meta.chosen, r.meta.rejected, r.meta.reference].compactMap { $0 }
+            texts += [r.original, r.aligned]
+            texts += [r.meta.chosen, r.meta.rejected].compactMap { $0 }
             texts += (r.meta.correctAnswers ?? []) + (r.meta.incorrectAnswers ?? [])
         }
         let unique = Array(Set(texts))
         let vectors = try embedder.embed(unique, progress: progress)
         var embedding: [String: [Float]] = [:]
         for (t, v) in zip(unique, vectors) { embedding[t] = v }
-        var tokens: [String: Int] = [:]
-        func phi(_ r: EvalRecord, _ answer: String) -> [Float] {
-            let n = tokens[answer] ?? embedder.tokenCount(answer)
-            tokens[answer] = n
-            return PairwiseJudge.features(conversation: embedding[InspectorFeaturizer.flatten(r.conversation)]!,
-                                          answer: embedding[answer]!, answerTokens: n)
+
+        // Every comparison a judge must make, asked per criterion in one call each.
+        enum Ask: Hashable { case aligned(Int), originalVsReference(Int), alignedVsReference(Int) }
+        var asks: [String: [(Ask, Comparison)]] = [:]
+        for (i, r) in records.enumerated() where r.error == nil {
+            if r.changed, judges[r.meta.criterion] != nil {
+                asks[r.meta.criterion, default: []].append((.aligned(i), Comparison(conversation: r.conversation, first: r.aligned, second: r.original)))
+            }
+            if let reference = r.meta.reference, judges["helpful"] != nil {
+                asks["helpful", default: []].append((.originalVsReference(i), Comparison(conversation: r.conversation, first: r.original, second: reference)))
+                asks["helpful", default: []].append((.alignedVsReference(i), Comparison(conversation: r.conversation, first: r.aligned, second: reference)))
+            }
+        }
+        var preference: [Ask: Double] = [:]
+        for (criterion, list) in asks {
+            let p = try judges[criterion]!.preferences(list.map(\.1))
+            for (k, (ask, _)) in list.enumerated() { preference[ask] = p[k] }
         }
 
         var setOrder: [String] = []
@@ -123,7 +135,7 @@ public final class EvalReporter {
             refs[name]!.after += after ? 1 : 0
         }
 
-        for r in records {
+        for (index, r) in records.enumerated() {
             let set = r.meta.set
             if bySet[set] == nil { bySet[set] = .init(set: set, criterion: r.meta.criterion); setOrder.append(set) }
             var s = bySet[set]!
@@ -146,15 +158,12 @@ public final class EvalReporter {
 
             let changed = r.changed
             if changed { s.touched[r.meta.input, default: 0] += 1 }
-            var preference = 0.5
-            if changed, let (judge, _) = judges[r.meta.criterion] {
-                preference = judge.preference(phi(r, r.aligned), over: phi(r, r.original))
-                s.judged.add(preference)
-            }
-            s.netWinRate += preference
+            let judged = preference[.aligned(index)]
+            if let judged { s.judged.add(judged) }
+            s.netWinRate += judged ?? 0.5
             if r.meta.input == "chosen" {
                 s.taxTotal += 1
-                if changed { s.taxChanged += 1; if judges[r.meta.criterion] != nil { s.taxJudged.add(preference) } }
+                if changed { s.taxChanged += 1; if let judged { s.taxJudged.add(judged) } }
             }
 
             // References, where the data has them.
@@ -172,12 +181,9 @@ public final class EvalReporter {
                        "closer (cosine, MiniLM) to the gold answer (\"cannot be determined\") than to the stereotyped one",
                        before: unbiased(before), after: unbiased(after))
             }
-            if let reference = r.meta.reference, let (judge, _) = judges["helpful"] {
-                let ref = PairwiseJudge.features(conversation: embedding[InspectorFeaturizer.flatten(r.conversation)]!,
-                                                 answer: embedding[reference]!, answerTokens: embedder.tokenCount(reference))
-                addRef("AlpacaEval: beats the GPT-4 reference", "helpful judge prefers our answer to gpt-4-1106-preview's",
-                       before: judge.preference(phi(r, r.original), over: ref) > 0.5,
-                       after: judge.preference(phi(r, r.aligned), over: ref) > 0.5)
+            if let before = preference[.originalVsReference(index)], let after = preference[.alignedVsReference(index)] {
+                addRef("AlpacaEval: beats the GPT-4 reference", "the helpful judge prefers our answer to gpt-4-1106-preview's",
+                       before: before > 0.5, after: after > 0.5)
             }
         }
 
@@ -208,12 +214,7 @@ public final class EvalReporter {
             let parts = key.split(separator: "\u{1}")
             results.inspectorScores.append(.init(set: String(parts[0]), inspector: String(parts[1]), scores: sc))
         }
-        results.judges = judges.keys.sorted().map { c in
-            let card = judges[c]!.1
-            return .init(criterion: c, description: card?.judge ?? "pairwise judge", trainedOn: card?.trainedOn ?? "unknown",
-                         heldOutAccuracy: card?.heldOutAccuracy ?? .nan, heldOutPairs: card?.heldOutPairs ?? 0,
-                         heldOutBySource: card?.heldOutBySource ?? [:])
-        }
+        results.judges = judges.keys.sorted().map { judges[$0]!.info }
         return results
     }
 

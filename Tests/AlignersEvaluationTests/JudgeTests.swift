@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import AlignersModels
+import AlignersCore
 @testable import AlignersEvaluation
 
 @Suite struct PairwiseJudgeTests {
@@ -106,5 +107,52 @@ import AlignersModels
         #expect(messages.last == ["role": "assistant", "content": "wrong"])
         let meta = try #require(lines[1]["eval"] as? [String: Any])
         #expect(meta["input"] as? String == "chosen" && meta["correct_answers"] as? [String] == ["right"])
+    }
+}
+
+/// A stand-in chat model (tests only): names the answer that contains "GOOD", or replies nonsense.
+struct ScriptedChat: Generator {
+    var modelName: String { "scripted" }
+    var nonsense = false
+    func generate(_ conversations: [[Turn]]) throws -> [String] {
+        conversations.map { turns in
+            if nonsense { return "Both are fine." }
+            let text = turns.last!.content
+            let a = text.range(of: "Answer A:")!, b = text.range(of: "Answer B:")!
+            return text[a.upperBound..<b.lowerBound].contains("GOOD") ? "A" : "B."
+        }
+    }
+}
+
+@Suite struct ChatModelJudgeTests {
+    static let criterion = Criterion(name: "kind", description: "the answer is kind", principles: ["Be kind.", "Be brief."],
+                                     demonstrations: [], inspector: .init(head: "kind"), aligner: .init())
+
+    @Test func asksBothOrdersAndCancelsPosition() throws {
+        let judge = ChatModelJudge(criterion: Self.criterion, generator: ScriptedChat())
+        let c = Comparison(conversation: [Turn(role: "user", content: "hi")], first: "GOOD answer", second: "rude answer")
+        let p = try judge.preferences([c, Comparison(conversation: c.conversation, first: c.second, second: c.first)])
+        #expect(p == [1, 0])
+        let prompt = judge.prompt(c, swapped: true).last!.content
+        #expect(prompt.contains("1. Be kind.") && prompt.contains("Answer A:\nrude answer") && prompt.contains("user: hi"))
+    }
+
+    @Test func unreadableRepliesAreHalfAVote() throws {
+        let judge = ChatModelJudge(criterion: Self.criterion, generator: ScriptedChat(nonsense: true))
+        let p = try judge.preferences([Comparison(conversation: [], first: "GOOD", second: "bad")])
+        #expect(p == [0.5])
+        #expect(ChatModelJudge.vote(" a") == 1 && ChatModelJudge.vote("B") == 0 && ChatModelJudge.vote("Answer A is better") == 1)
+    }
+
+    @Test func measuresItsAccuracyOnPreferenceRows() throws {
+        var judge = ChatModelJudge(criterion: Self.criterion, generator: ScriptedChat())
+        let rows = try ["GOOD one", "plain"].enumerated().map { i, chosen in
+            try JSONDecoder().decode(PreferenceRow.self, from: Data(#"""
+                {"id":"r\#(i)","criterion":"kind","source":"s","split":"test","conversation":[],"prompt":"q","rejected":"meh","chosen":"\#(chosen)"}
+                """#.utf8))
+        }
+        try judge.measure(on: rows)
+        // Row 1 is won outright; on row 2 the double always says "B", so the two orders tie: half credit.
+        #expect(judge.info.heldOutAccuracy == 0.75 && judge.info.heldOutPairs == 2)
     }
 }
