@@ -8,7 +8,7 @@ import AlignersVNNI
 /// Run-time choice of the AVX-512 VNNI kernels (module `AlignersVNNI`, compiled for Zen 4).
 ///
 /// `QuantKernels.vnni` is true when /proc/cpuinfo lists every feature the znver4 target may use
-/// and `ALIGNERS_VNNI` is not `0`; otherwise the portable int16 kernels run. With VNNI, activations
+/// and `ALIGNERS_VNNI=1` is set; otherwise the portable int16 kernels run. With VNNI, activations
 /// are quantized to int16 once per matrix product (not once per thread and row range), every
 /// weight block is multiplied with `vpdpwssd`, and several activation rows share each decoded
 /// weight block (register tiles of up to 8 rows), which replaces sgemm for batched decoding.
@@ -39,8 +39,10 @@ extension QuantKernels {
         #endif
     }()
 
-    /// Whether the decoder uses the VNNI kernels (settable for tests and comparisons).
-    nonisolated(unsafe) public static var vnni: Bool = vnniSupported && String(cString: getenv("ALIGNERS_VNNI") ?? strdup("1")) != "0"
+    /// Whether the decoder uses the VNNI kernels (settable for tests and comparisons). Opt-in with
+    /// `ALIGNERS_VNNI=1`: on a loaded machine they measured slower than the int16 kernels + sgemm
+    /// (BENCHMARKS.md, Decoder), pending a quiet-machine comparison.
+    nonisolated(unsafe) public static var vnni: Bool = vnniSupported && getenv("ALIGNERS_VNNI").map { String(cString: $0) == "1" } == true
 
     /// Whether `gemm` handles this weight type.
     public static func vnniHandles(_ t: GGMLType) -> Bool { t == .q4_1 || t == .q8_0 }
