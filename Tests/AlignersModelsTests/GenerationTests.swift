@@ -112,4 +112,40 @@ struct GenerationTests {
         #expect(!out[1].isEmpty)
         #expect(g.modelName.contains("SmolLM2-135M-Instruct"))
     }
+
+    /// Prompts that share a long prefix (an aligner's principles and demonstrations) reuse its keys
+    /// and values and still decode exactly what they decode alone.
+    @Test func sharedPrefixReuseKeepsGreedyOutputs() throws {
+        let gen = try #require(SharedGenerator.engine)
+        let system = "You are a careful assistant. Follow these principles: be accurate, be kind, be brief, "
+            + "say when a question lacks the information to answer it, and never invent facts or sources."
+        let questions = ["What is the capital of France?", "Name a primary colour.", "How many legs does a spider have?"]
+        let requests = questions.map {
+            gen.request(chat: [Turn(role: "system", content: system), Turn(role: "user", content: $0)], maxNewTokens: 12)
+        }
+        // A model instance of its own: the shared engine's runs on its own thread, with its own scratch memory.
+        let model = try DecoderRegistry.load(GGUFFile(path: try #require(DecoderTestModel.url).path))
+        func run(snapshots: Int) throws -> ([[Int]], Int) {
+            let scheduler = BatchScheduler(model: model, tokenizer: gen.tokenizer, maxBatch: 8, prefillChunk: 64)
+            scheduler.prefixSnapshots = snapshots
+            let box = ResultBox()
+            for (i, r) in requests.enumerated() {
+                scheduler.add(r) { if case .done(let result) = $0 { box.set(i, result.tokens) } }
+            }
+            try scheduler.runUntilIdle()
+            return (box.sorted, scheduler.reusedPrefixTokens)
+        }
+        let (plain, none) = try run(snapshots: 0)
+        let (reused, saved) = try run(snapshots: 4)
+        #expect(none == 0)
+        // The second prompt starts prefilling in the step the first one finishes; the third starts from its snapshot.
+        #expect(saved >= 32)
+        #expect(reused == plain)
+    }
+}
+
+final class ResultBox: @unchecked Sendable {
+    private var values: [Int: [Int]] = [:]
+    func set(_ i: Int, _ v: [Int]) { values[i] = v }
+    var sorted: [[Int]] { values.keys.sorted().map { values[$0]! } }
 }

@@ -67,6 +67,7 @@ public final class BatchScheduler: @unchecked Sendable {
         var history: [Int]
         var generated: [Int] = []
         var prefilled = 0
+        var reusedPrefix = false
         var pendingToken: Int?
         var decoder = StreamingDecoder()
         var text = ""
@@ -83,6 +84,16 @@ public final class BatchScheduler: @unchecked Sendable {
             history = request.prompt
         }
     }
+
+    /// Prompts' keys and values kept after their prefill, so a later prompt that starts with the same
+    /// tokens (an aligner's principles and demonstrations, the same for every sample) copies them
+    /// instead of computing them again. At most `prefixSnapshots` are kept, least recently used first out.
+    public var prefixSnapshots = 4
+    /// Shorter common prefixes are recomputed (a copy would save too little).
+    public var minimumSharedPrefix = 32
+    /// Prompt tokens taken from snapshots instead of computed, since the scheduler started.
+    public private(set) var reusedPrefixTokens = 0
+    private var snapshots: [(tokens: [Int], cache: KVCache)] = []
 
     private var waiting: [Sequence] = []
     private var active: [Sequence] = []
@@ -137,6 +148,7 @@ public final class BatchScheduler: @unchecked Sendable {
         var segments: [DecoderSegment] = []
         var owners: [Sequence] = []
         var budget = prefillChunk
+        for s in active where s.prefilled == 0 && !s.request.prompt.isEmpty { reusePrefix(s) }
         for s in active {
             if s.prefilled < s.request.prompt.count {
                 // Prefill (possibly a chunk). At least one chunk per step so nobody starves.
@@ -169,12 +181,47 @@ public final class BatchScheduler: @unchecked Sendable {
             sweep()
             return
         }
+        for s in owners where s.generated.isEmpty && s.pendingToken == nil { snapshot(s) }
         for (i, s) in owners.enumerated() {
             let row = logits + i * V
             let t = s.sampler.sample(row, vocabulary: V, history: s.history)
             accept(s, token: t)
         }
         sweep()
+    }
+
+    /// Starts `s` from the snapshot sharing the longest prefix with its prompt (never the whole
+    /// prompt: the last token is computed, for its logits).
+    private func reusePrefix(_ s: Sequence) {
+        guard prefixSnapshots > 0 else { return }
+        let prompt = s.request.prompt
+        var best = (index: -1, length: 0)
+        for (i, snap) in snapshots.enumerated() {
+            let n = min(snap.tokens.count, prompt.count - 1)
+            var k = 0
+            while k < n && snap.tokens[k] == prompt[k] { k += 1 }
+            if k > best.length { best = (i, k) }
+        }
+        guard best.index >= 0, best.length >= minimumSharedPrefix, best.length <= s.cache.capacity else { return }
+        let snap = snapshots.remove(at: best.index)
+        snapshots.append(snap)   // most recently used last
+        s.cache.copyPrefix(from: snap.cache, count: best.length)
+        s.prefilled = best.length
+        s.reusedPrefix = true
+        reusedPrefixTokens += best.length
+    }
+
+    /// Keeps the keys and values of a prompt that has just been prefilled.
+    private func snapshot(_ s: Sequence) {
+        // A prompt that started from a snapshot would mostly duplicate it.
+        guard prefixSnapshots > 0, !s.reusedPrefix, s.request.prompt.count > minimumSharedPrefix else { return }
+        let prompt = s.request.prompt
+        // A prompt that a kept snapshot already covers adds nothing.
+        if snapshots.contains(where: { $0.tokens.count >= prompt.count && Array($0.tokens.prefix(prompt.count)) == prompt }) { return }
+        let copy = KVCache(config: model.config, capacity: prompt.count)
+        copy.copyPrefix(from: s.cache, count: prompt.count)
+        snapshots.append((prompt, copy))
+        if snapshots.count > prefixSnapshots { snapshots.removeFirst() }
     }
 
     private func accept(_ s: Sequence, token t: Int) {
@@ -246,5 +293,17 @@ public final class BatchScheduler: @unchecked Sendable {
             if s.finish != nil { finish(s) } else { keep.append(s) }
         }
         active = keep
+    }
+}
+
+extension KVCache {
+    /// Copies the first `count` positions of every layer from `other` and makes them this cache's contents.
+    func copyPrefix(from other: KVCache, count n: Int) {
+        precondition(n <= capacity && n <= other.count && other.kvDim == kvDim && other.layers == layers)
+        for layer in 0..<layers {
+            k(layer, 0).update(from: other.k(layer, 0), count: n * kvDim)
+            v(layer, 0).update(from: other.v(layer, 0), count: n * kvDim)
+        }
+        count = n
     }
 }
