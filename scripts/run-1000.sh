@@ -11,9 +11,12 @@ bin=${ALIGNERS:-.build/release/aligners}
 out=${1:-eval-1000}
 data=${DATA_DIR:-../shared/data}
 mkdir -p "$out"
-# 4 sources × 60 rows × 2 answers = 480, helpful 60 × 2 = 120, 360 AlpacaEval instructions: 960 lines.
+# 960 evaluation lines: up to 100 test rows per source, each with its misaligned and its aligned
+# answer (934 lines: TruthfulQA has 67 test rows), then AlpacaEval instructions up to 960; 40 bad lines.
 "$bin" eval prepare --data "$data/ethical.jsonl" --data "$data/factuality.jsonl" --data "$data/helpful.jsonl" \
-  --limit 60 --instructions "$data/alpaca-eval-instructions.jsonl" --instruction-limit 360 > "$out/good.jsonl"
+  --limit 100 > "$out/good.jsonl"
+"$bin" eval prepare --instructions "$data/alpaca-eval-instructions.jsonl" \
+  --instruction-limit $((960 - $(wc -l < "$out/good.jsonl"))) >> "$out/good.jsonl"
 python3 - "$out" <<'PY'
 import json, random, sys
 out = sys.argv[1]
