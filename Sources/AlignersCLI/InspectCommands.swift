@@ -95,9 +95,13 @@ struct TrainInspectorCommand: ParsableCommand {
     @Option(help: "Early-stopping patience (epochs without a better valid ROC-AUC).") var patience = 8
     @Option(help: "Source balancing: equal, sqrt, none.") var sourceBalance = "sqrt"
     @Option(help: "Random seed.") var seed: UInt64 = 20240
+    @Option(help: "Feature views: v1 (last-layer mean pools of pair, x, y, response), all-layers-mean (the same after every layer 0-6), or segment.layer.pool,… (segment pair|x|y|response, layer 0-6, pool mean|max).")
+    var views = "v1"
+    @Flag(help: "Only fill the feature cache; train nothing.") var encodeOnly = false
 
     func run() throws {
         let t0 = Date()
+        let viewList = try FeatureView.named(views)
         let url = URL(fileURLWithPath: data)
         let rows = try InspectorData.load(url, split: nil)
         let bySplit = Dictionary(grouping: rows, by: \.split)
@@ -106,13 +110,15 @@ struct TrainInspectorCommand: ParsableCommand {
         }
         let testRows = bySplit["test"] ?? []
         stderrLine("\(criterion): \(trainRows.count) train / \(validRows.count) valid / \(testRows.count) test rows")
-        let featurizer = try InspectorFeaturizer.load(modelsDir: model.modelsDir, maxLength: model.maxLength)
+        let featurizer = try InspectorFeaturizer.load(modelsDir: model.modelsDir, maxLength: model.maxLength, views: viewList)
         let tr = InspectorData.examples(trainRows), va = InspectorData.examples(validRows), te = InspectorData.examples(testRows)
         let all = tr + va + te
         let raw = try cachedFeatures(featurizer, criterion: criterion, examples: all, cacheDir: cacheDir,
                                      batchSize: model.batchSize, label: "encoding")
+        if encodeOnly { print("\(criterion): \(raw.count) feature rows of \(featurizer.recipe) cached in \(cacheDir)"); return }
         let h = featurizer.hidden
-        let feats = raw.map { InspectorHead.transform($0, hidden: h) }
+        let feats = raw.map { InspectorHead.transform($0, views: featurizer.views, hidden: h) }
+        let dim = feats.first?.count ?? 0
         let trX = Array(feats[0..<tr.count]), vaX = Array(feats[tr.count..<(tr.count + va.count)])
         let teX = Array(feats[(tr.count + va.count)...])
         stderrLine(String(format: "features ready in %.1fs (%d dims)", Date().timeIntervalSince(t0), feats.first?.count ?? 0))
@@ -140,7 +146,7 @@ struct TrainInspectorCommand: ParsableCommand {
         let date = ISO8601DateFormatter.string(from: Date(), timeZone: .gmt, formatOptions: [.withFullDate])
         let card = InspectorCard(
             criterion: criterion, encoder: InspectorFeaturizer.encoderName, featureRecipe: featurizer.recipe,
-            head: hidden > 0 ? "mlp(\(6 * h)->\(hidden) relu->1)+platt" : "logistic(\(6 * h))+platt",
+            head: hidden > 0 ? "mlp(\(dim)->\(hidden) relu->1)+platt" : "logistic(\(dim))+platt",
             options: opts, data: url.lastPathComponent,
             rows: ["train": trainRows.count, "valid": validRows.count, "test": testRows.count],
             metrics: metrics, perSource: perSource, date: date, trainingSeconds: trainSeconds, epochs: lastEpoch)
@@ -163,7 +169,9 @@ struct EvalInspectorCommand: ParsableCommand {
     func run() throws {
         let rows = try InspectorData.load(URL(fileURLWithPath: data), split: split)
         guard !rows.isEmpty else { throw ValidationError("\(data): no rows with split=\(split)") }
+        // The head on its own views: the feature recipe (and cache) that training used.
         let ins = try EncoderInspector.load(criterion: criterion, modelsDir: model.modelsDir, inspectorsDir: model.inspectorsDir)
+            .onOwnViews(modelsDir: model.modelsDir)
         let ex = InspectorData.examples(rows)
         let raw: [[Float]]
         if cacheDir == "none" {

@@ -109,8 +109,10 @@ public final class BERTEncoder: @unchecked Sendable {
     }
 
     /// Last hidden states of each sequence, packed: row `offsets[i] + t` is token `t` of sequence
-    /// `i`; `offsets` has `batch.count + 1` entries.
-    public func hiddenStates(_ batch: [BertEncoding]) throws -> (states: [Float], offsets: [Int]) {
+    /// `i`; `offsets` has `batch.count + 1` entries. `observe(layer, states)` (when given) sees the packed
+    /// hidden states after the embeddings (layer 0) and after each transformer layer (1...numHiddenLayers).
+    public func hiddenStates(_ batch: [BertEncoding],
+                             observe: ((Int, UnsafePointer<Float>) -> Void)? = nil) throws -> (states: [Float], offsets: [Int]) {
         let h = config.hiddenSize, f = config.intermediateSize
         var offsets = [0]
         for e in batch {
@@ -155,12 +157,13 @@ public final class BERTEncoder: @unchecked Sendable {
                 }
             }}}
             Dense.layerNorm(xp, rows: n, dim: h, gamma: embLNg, beta: embLNb, eps: eps)
+            observe?(0, xp)
         }
 
         // Attention work items: (sequence, head), spread over threads.
         let items = batch.indices.flatMap { i in (0..<heads).map { (i, $0) } }
 
-        for L in layers {
+        for (li, L) in layers.enumerated() {
             x.withUnsafeMutableBufferPointer { xb in
             qkv.withUnsafeMutableBufferPointer { qb in
             ctx.withUnsafeMutableBufferPointer { cb in
@@ -209,6 +212,7 @@ public final class BERTEncoder: @unchecked Sendable {
                     BLAS.sgemm(m: n, n: h, k: f, a: fp, lda: f, b: w.baseAddress!, ldb: f, transposeB: true, c: xp, ldc: h, beta: 1)
                 }
                 Self.layerNormRows(xp, rows: n, dim: h, gamma: L.ln2g, beta: L.ln2b, eps: eps, threads: threads)
+                observe?(li + 1, xp)
             }}}}
         }
         return (x, offsets)

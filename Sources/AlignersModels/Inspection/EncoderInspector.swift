@@ -68,37 +68,82 @@ public enum InspectorStore {
 ///     let inspector = try EncoderInspector.load(criterion: "ethical")            // models/ and inspectors/ found by the locators
 ///     let p = try inspector.score([Exchange(conversation: [Turn(role: "user", content: q)], response: a)])
 ///
-/// Several criteria share one encoder pass through `EncoderInspectorSet`.
+/// The head's card names its feature views (`feature_recipe`); the featurizer may compute more views
+/// (those of every head in the same directory), and the inspector takes its own from them, so all
+/// criteria share one encoder pass (see `EncoderInspectorSet` and `InspectorFeaturizer.shared`).
 public final class EncoderInspector: Inspector, @unchecked Sendable {
     public let criterion: String
     public let modelName: String
     public let featurizer: InspectorFeaturizer
     public let head: InspectorHead
+    /// The head's views, and where each sits in the featurizer's raw output.
+    public let views: [FeatureView]
+    let viewIndex: [Int]
 
-    public init(criterion: String, featurizer: InspectorFeaturizer, head: InspectorHead, date: String = "") {
+    public convenience init(criterion: String, featurizer: InspectorFeaturizer, head: InspectorHead, date: String = "",
+                            views: [FeatureView]? = nil) throws {
+        try self.init(criterion: criterion, featurizer: featurizer, head: head, views: views,
+                      modelName: "\(InspectorFeaturizer.encoderName)+\(criterion)-head" + (date.isEmpty ? "" : "@\(date)"))
+    }
+
+    init(criterion: String, featurizer: InspectorFeaturizer, head: InspectorHead, views: [FeatureView]?, modelName: String) throws {
         self.criterion = criterion
         self.featurizer = featurizer
         self.head = head
-        self.modelName = "\(InspectorFeaturizer.encoderName)+\(criterion)-head" + (date.isEmpty ? "" : "@\(date)")
+        let views = views ?? featurizer.views
+        self.views = views
+        viewIndex = try views.map { v in
+            guard let i = featurizer.views.firstIndex(of: v) else {
+                throw InspectorError("head for '\(criterion)' needs feature view \(v), which the featurizer (\(featurizer.recipe)) lacks")
+            }
+            return i
+        }
+        self.modelName = modelName
+    }
+
+    /// (max length, views) a head's metadata names; heads without a recipe are v1 at 256 tokens.
+    static func recipe(of meta: [String: String]) throws -> (maxLength: Int, views: [FeatureView]) {
+        try meta["feature_recipe"].map { try InspectorFeaturizer.parseRecipe($0) } ?? (256, FeatureView.v1())
+    }
+
+    /// Views of every head (`*.safetensors`) in `dir` with the given max length, in file-name order,
+    /// each view once, then those of `extra` not yet there: what one featurizer computes for all of
+    /// them. The order does not depend on which head asks, so every head of a directory gets the same
+    /// shared featurizer.
+    static func unionViews(in dir: URL, maxLength: Int, extra: [FeatureView]) -> [FeatureView] {
+        var out: [FeatureView] = []
+        let files = ((try? FileManager.default.contentsOfDirectory(atPath: dir.path)) ?? []).filter { $0.hasSuffix(".safetensors") }.sorted()
+        for name in files {
+            guard let f = try? SafetensorsFile(path: dir.appendingPathComponent(name).path),
+                  let (n, views) = try? recipe(of: f.metadata), n == maxLength else { continue }
+            for v in views where !out.contains(v) { out.append(v) }
+        }
+        for v in extra where !out.contains(v) { out.append(v) }
+        return out
     }
 
     /// Loads the encoder (via `ModelLocator`, `modelsDir` first) and the criterion's head (via
     /// `InspectorStore`, `inspectorsDir` first). Inspectors loaded in one process share one encoder
-    /// (`InspectorFeaturizer.shared`) and its feature memo, so scoring the same batch for several
-    /// criteria runs the encoder once.
+    /// and, when their heads sit in one directory, one featurizer (`InspectorFeaturizer.shared`) and
+    /// its feature memo, so scoring the same batch for several criteria runs the encoder once.
+    /// A given `featurizer` is used when it computes every view the head needs.
     public static func load(criterion: String, modelsDir: String? = nil, inspectorsDir: String? = nil,
                             featurizer: InspectorFeaturizer? = nil) throws -> EncoderInspector {
         let url = try InspectorStore.locate(criterion: criterion, explicit: inspectorsDir)
         let (head, meta) = try InspectorStore.loadHead(url)
-        let maxLength = meta["feature_recipe"].flatMap { r in r.split(separator: "@").last.flatMap { Int($0.split(separator: "/").first ?? "") } } ?? 256
-        let f = try featurizer ?? InspectorFeaturizer.shared(modelsDir: modelsDir, maxLength: maxLength)
-        if let recipe = meta["feature_recipe"], recipe != f.recipe {
-            throw InspectorError("\(url.path): head was trained on features '\(recipe)' but the featurizer makes '\(f.recipe)'")
+        let (maxLength, views) = try recipe(of: meta)
+        let f: InspectorFeaturizer
+        if let featurizer, featurizer.maxLength == maxLength, views.allSatisfy(featurizer.views.contains) {
+            f = featurizer
+        } else {
+            let all = unionViews(in: url.deletingLastPathComponent(), maxLength: maxLength, extra: views)
+            f = try InspectorFeaturizer.shared(modelsDir: modelsDir, maxLength: maxLength, views: all)
         }
-        guard head.inputDim == 6 * f.hidden else {
-            throw InspectorError("\(url.path): head expects \(head.inputDim) features, the encoder gives \(6 * f.hidden)")
+        let dim = InspectorHead.transformedDimension(views: views, hidden: f.hidden)
+        guard head.inputDim == dim else {
+            throw InspectorError("\(url.path): head expects \(head.inputDim) features, its recipe gives \(dim)")
         }
-        return EncoderInspector(criterion: criterion, featurizer: f, head: head, date: meta["date"] ?? "")
+        return try EncoderInspector(criterion: criterion, featurizer: f, head: head, date: meta["date"] ?? "", views: views)
     }
 
     public func score(_ batch: [Exchange]) throws -> [Double] {
@@ -106,8 +151,26 @@ public final class EncoderInspector: Inspector, @unchecked Sendable {
         return score(rawFeatures: raw)
     }
 
+    /// Scores from the featurizer's raw features (`featurizer.rawDimension` floats per exchange).
     public func score(rawFeatures raw: [[Float]]) -> [Double] {
-        head.probabilities(raw.map { InspectorHead.transform($0, hidden: featurizer.hidden) })
+        head.probabilities(raw.map { InspectorHead.transform(headRaw($0), views: views, hidden: featurizer.hidden) })
+    }
+
+    /// The same head on a featurizer that computes exactly its own views (recipe = the card's), e.g.
+    /// to share a feature cache with `aligners train inspector`.
+    public func onOwnViews(modelsDir: String? = nil) throws -> EncoderInspector {
+        if featurizer.views == views { return self }
+        let f = try InspectorFeaturizer.shared(modelsDir: modelsDir, maxLength: featurizer.maxLength, views: views)
+        return try EncoderInspector(criterion: criterion, featurizer: f, head: head, views: views, modelName: modelName)
+    }
+
+    /// The head's views out of the featurizer's raw features.
+    public func headRaw(_ raw: [Float]) -> [Float] {
+        let h = featurizer.hidden
+        if viewIndex == Array(0..<featurizer.views.count) { return raw }
+        var out = [Float](); out.reserveCapacity(views.count * h)
+        for i in viewIndex { out.append(contentsOf: raw[(i * h)..<((i + 1) * h)]) }
+        return out
     }
 }
 
@@ -131,11 +194,14 @@ public final class EncoderInspectorSet: @unchecked Sendable {
         self.featurizer = featurizer
     }
 
-    /// Scores per exchange, criterion → probability.
+    /// Scores per exchange, criterion → probability. Heads on the same feature recipe share one encoding.
     public func score(_ batch: [Exchange]) throws -> [[String: Double]] {
-        let raw = try featurizer.features(batch)
+        var raws: [ObjectIdentifier: [[Float]]] = [:]
         var out = [[String: Double]](repeating: [:], count: batch.count)
         for ins in inspectors {
+            let key = ObjectIdentifier(ins.featurizer)
+            let raw = try raws[key] ?? ins.featurizer.features(batch)
+            raws[key] = raw
             for (i, s) in ins.score(rawFeatures: raw).enumerated() { out[i][ins.criterion] = s }
         }
         return out

