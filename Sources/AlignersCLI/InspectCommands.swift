@@ -88,20 +88,47 @@ struct TrainInspectorCommand: ParsableCommand {
     @OptionGroup var model: InspectorModelOptions
     @Option(help: "Where to write the head and its card.") var out = "inspectors"
     @Option(help: "Feature cache directory (git-ignored).") var cacheDir = ".cache/inspectors"
-    @Option(help: "Hidden units of the head (0 = logistic regression).") var hidden = 256
-    @Option(help: "Adam learning rate.") var lr: Float = 2e-4
-    @Option(help: "Decoupled weight decay.") var weightDecay: Float = 5e-2
-    @Option(help: "Maximum epochs.") var epochs = 60
-    @Option(help: "Early-stopping patience (epochs without a better valid ROC-AUC).") var patience = 8
-    @Option(help: "Source balancing: equal, sqrt, none.") var sourceBalance = "sqrt"
-    @Option(help: "Random seed.") var seed: UInt64 = 20240
-    @Option(help: "Feature views: v1 (last-layer mean pools of pair, x, y, response), all-layers-mean (the same after every layer 0-6), or segment.layer.pool,… (segment pair|x|y|response, layer 0-6, pool mean|max).")
-    var views = "v1"
+    // Settings left out come from the card of the head being replaced (<out>/<criterion>.json), so
+    // `aligners train inspector --criterion C --data FILE` reproduces the committed head; without a card
+    // (or with --ignore-card) from the defaults shown.
+    @Option(help: "Hidden units of the head (0 = logistic regression). Default: the existing card's, else 256.") var hidden: Int?
+    @Option(help: "Adam learning rate. Default: the existing card's, else 2e-4.") var lr: Float?
+    @Option(help: "Decoupled weight decay. Default: the existing card's, else 0.05.") var weightDecay: Float?
+    @Option(help: "Maximum epochs. Default: the existing card's, else 60.") var epochs: Int?
+    @Option(help: "Early-stopping patience (epochs without a better valid ROC-AUC). Default: the existing card's, else 8.") var patience: Int?
+    @Option(help: "Source balancing: equal, sqrt, none. Default: the existing card's, else sqrt.") var sourceBalance: String?
+    @Option(help: "Random seed. Default: the existing card's, else 20240.") var seed: UInt64?
+    @Option(help: "Feature views: v1 (last-layer mean pools of pair, x, y, response), all-layers-mean (the same after every layer 0-6), or segment.layer.pool,… (segment pair|x|y|response, layer 0-6, pool mean|max). Default: the existing card's recipe, else v1.")
+    var views: String?
+    @Flag(help: "Do not take left-out settings from an existing card in --out.") var ignoreCard = false
     @Flag(help: "Only fill the feature cache; train nothing.") var encodeOnly = false
 
     func run() throws {
         let t0 = Date()
-        let viewList = try FeatureView.named(views)
+        let cardURL = URL(fileURLWithPath: out).appendingPathComponent("\(criterion).json")
+        let previous = ignoreCard ? nil : (try? Data(contentsOf: cardURL)).flatMap { try? JSONDecoder().decode(InspectorCard.self, from: $0) }
+        var opts = previous?.options ?? InspectorTrainer.Options()
+        if let hidden { opts.hidden = hidden }
+        if let lr { opts.learningRate = lr }
+        if let weightDecay { opts.weightDecay = weightDecay }
+        if let epochs { opts.maxEpochs = epochs }
+        if let patience { opts.patience = patience }
+        if let sourceBalance { opts.sourceBalance = sourceBalance }
+        if let seed { opts.seed = seed }
+        let viewList: [FeatureView]
+        if let views {
+            viewList = try FeatureView.named(views)
+        } else if let recipe = previous?.featureRecipe {
+            viewList = try InspectorFeaturizer.parseRecipe(recipe).views
+        } else {
+            viewList = FeatureView.v1()
+        }
+        if previous != nil {
+            stderrLine("settings not given on the command line come from \(cardURL.path) (--ignore-card to use the defaults)")
+        }
+        stderrLine(String(format: "views %@; hidden %d, lr %g, weight decay %g, epochs ≤ %d, patience %d, balance %@, seed %llu",
+                          InspectorFeaturizer.recipe(views: viewList, maxLength: model.maxLength), opts.hidden, opts.learningRate,
+                          opts.weightDecay, opts.maxEpochs, opts.patience, opts.sourceBalance, opts.seed))
         let url = URL(fileURLWithPath: data)
         let rows = try InspectorData.load(url, split: nil)
         let bySplit = Dictionary(grouping: rows, by: \.split)
@@ -123,10 +150,7 @@ struct TrainInspectorCommand: ParsableCommand {
         let teX = Array(feats[(tr.count + va.count)...])
         stderrLine(String(format: "features ready in %.1fs (%d dims)", Date().timeIntervalSince(t0), feats.first?.count ?? 0))
 
-        var opts = InspectorTrainer.Options()
-        opts.hidden = hidden; opts.learningRate = lr; opts.weightDecay = weightDecay
-        opts.maxEpochs = epochs; opts.patience = patience; opts.seed = seed; opts.sourceBalance = sourceBalance
-        let w = InspectorTrainer.weights(labels: tr.map(\.label), sources: tr.map(\.source), balance: sourceBalance)
+        let w = InspectorTrainer.weights(labels: tr.map(\.label), sources: tr.map(\.source), balance: opts.sourceBalance)
         let t1 = Date()
         var lastEpoch = 0
         let head = InspectorTrainer(options: opts).train(
@@ -146,7 +170,7 @@ struct TrainInspectorCommand: ParsableCommand {
         let date = ISO8601DateFormatter.string(from: Date(), timeZone: .gmt, formatOptions: [.withFullDate])
         let card = InspectorCard(
             criterion: criterion, encoder: InspectorFeaturizer.encoderName, featureRecipe: featurizer.recipe,
-            head: hidden > 0 ? "mlp(\(dim)->\(hidden) relu->1)+platt" : "logistic(\(dim))+platt",
+            head: opts.hidden > 0 ? "mlp(\(dim)->\(opts.hidden) relu->1)+platt" : "logistic(\(dim))+platt",
             options: opts, data: url.lastPathComponent,
             rows: ["train": trainRows.count, "valid": validRows.count, "test": testRows.count],
             metrics: metrics, perSource: perSource, date: date, trainingSeconds: trainSeconds, epochs: lastEpoch)
