@@ -6,16 +6,6 @@ import AlignersKernels
 
 // `aligners train inspector`, `aligners eval inspector`, `aligners score`, `aligners bench encoder`.
 
-struct InspectorTrainGroup: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "train", abstract: "Train models.",
-                                                    subcommands: [TrainInspectorCommand.self])
-}
-
-struct InspectorEvalGroup: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "eval", abstract: "Evaluate models.",
-                                                    subcommands: [EvalInspectorCommand.self, EncoderSpeedCommand.self])
-}
-
 struct InspectorModelOptions: ParsableArguments {
     @Option(help: "Directory holding installed model packages (default: the ModelLocator search path).")
     var modelsDir: String?
