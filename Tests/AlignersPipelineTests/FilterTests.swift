@@ -150,21 +150,24 @@ struct FilterTests {
         input += [0x7B, 0x22, 0xFF, 0xFE, 0x22, 0x7D, 10] // invalid UTF-8
         add(#"[1, 2, 3]"#)                               // not an object
         add(#"{"messages": [{"role": "assistant", "content": "x"}]}"#)
+        add(#"{"prompt": " ", "response": ""}"#)        // no question
+        add(#"{"messages": [{"role": "user"}, {"role": "assistant", "content": "y"}]}"#) // a question without text
         input += Array(repeating: 0x41, count: 10 << 20) + [10] // a 10 MB line
         input += (0..<300).map { UInt8(truncatingIfNeeded: $0 &* 37) }.filter { $0 != 10 } + [10] // binary junk
         add(#"{"prompt": "last", "response": "also fine [bad:helpful]"}"#)
         var settings = FilterSettings()
         settings.maxLineBytes = 1 << 20
         let out = try runFilter(input, settings: settings)
-        #expect(out.lines.count == 10)
-        #expect(out.summary.invalid == 8)
+        #expect(out.lines.count == 12)
+        #expect(out.summary.invalid == 10)
         #expect(out.summary.exitCode == 1)
         let errors = out.lines.map { ($0["error"] as? [String: Any])?["code"] as? String }
         #expect(errors == [nil, "invalid_input", "invalid_input", "invalid_input", "invalid_input", "invalid_input",
-                           "invalid_input", "invalid_input", "invalid_input", nil])
+                           "invalid_input", "invalid_input", "invalid_input", "invalid_input", "invalid_input", nil])
         #expect(out.lines.enumerated().dropFirst().dropLast().allSatisfy { ($0.element["line"] as? Int) == $0.offset + 1 })
-        #expect(out.lines[9]["response"] as? String == "also fine [fixed:helpful]")
-        #expect(out.raw[7].utf8.count < 4096, "the oversized line is not echoed whole")
+        #expect(out.lines[11]["response"] as? String == "also fine [fixed:helpful]")
+        #expect(out.raw[9].utf8.count < 4096, "the oversized line is not echoed whole")
+        #expect((out.lines[7]["error"] as? [String: Any])?["message"] as? String == "\"prompt\" is empty: there is no question to answer or to align an answer to")
     }
 
     @Test("a model error fails only the poisoned sample, with an error record")

@@ -69,9 +69,17 @@ public enum JSONLines {
                 envelope.conversation = turns
                 shape = .messages(key: key, responseIndex: nil)
             }
+            // The answer being aligned (or written) answers the last user turn: it must say something.
+            let question = envelope.conversation.last(where: { $0.role == "user" })
+            guard let question, !question.content.allSatisfy(\.isWhitespace) else {
+                return .failure(InputError(message: "\"\(key)\" has no user turn with text: there is no question to answer or to align an answer to"))
+            }
         } else if let prompt = object["prompt"] {
             guard let text = prompt as? String else {
                 return .failure(InputError(message: "\"prompt\" must be a string, got \(typeName(prompt))"))
+            }
+            guard !text.allSatisfy(\.isWhitespace) else {
+                return .failure(InputError(message: "\"prompt\" is empty: there is no question to answer or to align an answer to"))
             }
             var user = Aligners_V1_Turn()
             user.role = "user"
