@@ -227,7 +227,7 @@ struct EvalReportCommand: ParsableCommand {
     func run() throws {
         let (records, unreadable) = try readEvalRecords(URL(fileURLWithPath: aligned))
         guard !records.isEmpty else { throw ValidationError("\(aligned): no evaluation lines (lines with an \"eval\" field)") }
-        _ = try report.write(records: records, unreadable: unreadable, command: "aligners eval report " + CommandLine.arguments.dropFirst(3).joined(separator: " "),
+        _ = try report.write(records: records, unreadable: unreadable, command: "aligners eval report " + shellQuoted(CommandLine.arguments.dropFirst(3)),
                          modelsDir: modelsDir, criteriaDir: criteriaDir)
         print("wrote \(report.out)/report.md, results.json, scores.svg, scores.png")
     }
@@ -282,11 +282,18 @@ struct EvalSquadCommand: AsyncParsableCommand {
                           summary.lines, seconds, Double(summary.lines) / seconds, summary.aligned, summary.untouched,
                           summary.failed, summary.invalid))
         let (records, unreadable) = try readEvalRecords(outputURL)
-        let command = "aligners eval squad " + CommandLine.arguments.dropFirst(3).joined(separator: " ")
+        let command = "aligners eval squad " + shellQuoted(CommandLine.arguments.dropFirst(3))
         let results = try report.write(records: records, unreadable: unreadable, command: command,
                                        modelsDir: models.modelsDir, criteriaDir: models.criteriaDir)
         print("wrote \(report.out)/report.md (\(results.overall.samples) samples), results.json, scores.svg, scores.png, aligned.jsonl")
     }
+}
+
+/// Arguments as a shell would need them typed again.
+func shellQuoted(_ arguments: ArraySlice<String>) -> String {
+    arguments.map { a in
+        a.allSatisfy({ $0.isLetter || $0.isNumber || "-_./=,:@".contains($0) }) ? a : "'" + a.replacingOccurrences(of: "'", with: #"'\''"#) + "'"
+    }.joined(separator: " ")
 }
 
 final class Counter: @unchecked Sendable {

@@ -12,7 +12,7 @@ public enum EvalMarkdown {
         if let command { md += "Produced by:\n\n    \(command)\n\n" }
         let kinds = r.overall.inputs.keys.sorted().map { "\(r.overall.inputs[$0]!) \($0)" }.joined(separator: ", ")
         md += "\(r.overall.samples) samples (\(kinds)); \(r.overall.errors) failed"
-        md += r.unreadableLines > 0 ? ", \(r.unreadableLines) output lines unreadable.\n\n" : ".\n\n"
+        md += r.unreadableLines > 0 ? "; \(r.unreadableLines) other output lines (error records for bad input lines, or lines without an `eval` field).\n\n" : ".\n\n"
         md += "Input kinds: **rejected** = the data set's misaligned answer (the squad should fix it), "
             + "**chosen** = its aligned answer (changing it is the *alignment tax*), **generated** = the embedded "
             + "generator's answer to an instruction.\n\n"

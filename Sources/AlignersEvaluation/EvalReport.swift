@@ -199,7 +199,7 @@ public final class EvalReporter {
         let okAll = results.overall.samples - results.overall.errors
         results.overall.netWinRate = okAll > 0 ? results.sets.reduce(0) { $0 + $1.netWinRate * Double($1.samples - $1.errors) } / Double(okAll) : .nan
         results.aligners = alignerOrder.map { aligners[$0]! }
-        results.references = refOrder.map { name in
+        results.references = refOrder.sorted().map { name in
             var r = refs[name]!
             r.before /= Double(max(r.n, 1)); r.after /= Double(max(r.n, 1))
             return r
