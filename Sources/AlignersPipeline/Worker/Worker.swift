@@ -128,8 +128,9 @@ public final class Worker: @unchecked Sendable {
                 try socket.send([WireMessage.heartbeat().bytes()])
                 lastSent = now
             }
+            // The compute thread may have stamped its job after `now` was read: not stuck, and no underflow.
             let started = busySince.load(ordering: .relaxed)
-            onTick?(started == 0 || now - started < UInt64(settings.jobTimeoutMs) * 1_000_000)
+            onTick?(started == 0 || started >= now || now - started < UInt64(settings.jobTimeoutMs) * 1_000_000)
         }
     }
 
