@@ -58,13 +58,14 @@ times = dict(l.split() for l in open(f"{work}/times"))
 def stats(name):
     recs = [json.loads(l) for l in open(f"{work}/{name}.jsonl")]
     lat = sorted(r["alignment"]["latency_ms"] for r in recs if "latency_ms" in r.get("alignment", {}))
-    jobs = {}
+    jobs = {}   # steps carry their job's time divided among its samples: (criterion, share) → samples
     for r in recs:
         for s in r.get("alignment", {}).get("steps", []):
-            jobs[(s["criterion"], s["duration_ms"])] = s["duration_ms"]   # one entry per aligner job
+            key = (s["criterion"], s["duration_ms"])
+            jobs[key] = jobs.get(key, 0) + 1
     pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] / 1000 if lat else float("nan")
     ok = sum(1 for r in recs if "error" not in r)
-    return len(recs), ok, pick(0.5), pick(0.95), sum(jobs.values()) / 1000
+    return len(recs), ok, pick(0.5), pick(0.95), sum(share * n for (_, share), n in jobs.items()) / 1000
 ins = float(times["inspectors_alone"])
 print(f"{lines} lines; inspectors alone (3 heads, one encoder pass): {ins:.1f} s = {lines / ins:.1f} samples/s\n")
 print("| configuration | lines out (ok) | wall s | samples/s | p50 latency s | p95 latency s | aligner model time s | stage time ÷ wall |")
