@@ -191,3 +191,14 @@ final class NotifySocket {
         #expect(!socket.notifier.watchdogDue(lastPing: nil, now: start))
     }
 }
+
+@Suite struct WorkerWatchdogTests {
+    @Test("the watchdog tick: idle, within the job timeout, past it, and a job stamped after the clock was read")
+    func responsive() {
+        #expect(Worker.responsive(now: 5_000_000_000, busySince: 0, jobTimeoutMs: 1000))
+        #expect(Worker.responsive(now: 5_000_000_000, busySince: 4_500_000_000, jobTimeoutMs: 1000))
+        #expect(!Worker.responsive(now: 5_000_000_000, busySince: 3_000_000_000, jobTimeoutMs: 1000))
+        // The compute thread started its job after this thread read `now` (crashed with an underflow before 0412147).
+        #expect(Worker.responsive(now: 5_000_000_000, busySince: 5_000_000_001, jobTimeoutMs: 1000))
+    }
+}

@@ -128,10 +128,14 @@ public final class Worker: @unchecked Sendable {
                 try socket.send([WireMessage.heartbeat().bytes()])
                 lastSent = now
             }
-            // The compute thread may have stamped its job after `now` was read: not stuck, and no underflow.
-            let started = busySince.load(ordering: .relaxed)
-            onTick?(started == 0 || started >= now || now - started < UInt64(settings.jobTimeoutMs) * 1_000_000)
+            onTick?(Self.responsive(now: now, busySince: busySince.load(ordering: .relaxed), jobTimeoutMs: settings.jobTimeoutMs))
         }
+    }
+
+    /// Whether the compute thread is idle or within its job timeout. It may have stamped its job
+    /// after `now` was read on this thread: that is not stuck, and must not underflow.
+    static func responsive(now: UInt64, busySince started: UInt64, jobTimeoutMs: Int) -> Bool {
+        started == 0 || started >= now || now - started < UInt64(jobTimeoutMs) * 1_000_000
     }
 
     private func registration() -> [UInt8] {
