@@ -13,18 +13,8 @@ public enum QuantKernels {
     public static func matvec(_ w: QuantTensor, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, rows: Range<Int>) {
         let k = w.cols
         switch w.type {
-        case .q4_1 where useIntegerDots:
-            let nb = k / 32
-            withQuantizedActivation(x, nb: nb) { xq, dx, xs in
-                let stride = w.rowBytes
-                for r in rows { y[r] = dotQ4_1i(w.data + r * stride, xq, dx, xs, nb: nb) }
-            }
-        case .q8_0 where useIntegerDots:
-            let nb = k / 32
-            withQuantizedActivation(x, nb: nb) { xq, dx, _ in
-                let stride = w.rowBytes
-                for r in rows { y[r] = dotQ8_0i(w.data + r * stride, xq, dx, nb: nb) }
-            }
+        case .q4_1 where useIntegerDots, .q8_0 where useIntegerDots:
+            withQuantizedActivation(x, nb: k / 32) { xq, dx, xs in integerRows(w, xq, dx, xs, y: y, rows: rows, accumulate: false) }
         case .q4_1:
             let nb = k / 32
             withUnsafeTemporaryAllocation(of: Float.self, capacity: nb) { xs in
@@ -51,28 +41,46 @@ public enum QuantKernels {
         }
     }
 
-    /// Y[i, r] = W[r,:]·X[i,:] for a few input rows i < m (X: m × cols, Y: m × rows, Y indexed by
-    /// absolute row). Each weight block is decoded once and used for every input row: the batched
-    /// decode path for small batches, where sgemm would spend its time packing F32 weights.
-    public static func matmulSmall(_ w: QuantTensor, x: UnsafePointer<Float>, m: Int, y: UnsafeMutablePointer<Float>, rows: Range<Int>) {
-        let k = w.cols, n = w.rows, nb = k / 32
-        guard useIntegerDots, w.type == .q4_1 || w.type == .q8_0, m > 1 else {
-            for i in 0..<m { matvec(w, x: x + i * k, y: y + i * n, rows: rows) }
-            return
+    /// Whether the integer kernels (`Int16Activations` inputs) handle this weight type.
+    public static func integerHandles(_ t: GGMLType) -> Bool { useIntegerDots && (t == .q4_1 || t == .q8_0) }
+
+    /// y[r] = W[r,:]·a[i] for r in `rows`, or y[r] += … when `accumulate` (a residual add fused
+    /// into the product); W is Q4_1 or Q8_0 (`integerHandles`).
+    public static func matvec(_ w: QuantTensor, _ a: Int16Activations, row i: Int = 0, y: UnsafeMutablePointer<Float>,
+                              rows: Range<Int>, accumulate: Bool = false) {
+        precondition(a.k == w.cols && i < a.m)
+        let (xq, dx, xs) = a.row(i)
+        integerRows(w, xq, dx, xs, y: y, rows: rows, accumulate: accumulate)
+    }
+
+    @inline(__always)
+    static func integerRows(_ w: QuantTensor, _ xq: UnsafePointer<Int16>, _ dx: UnsafePointer<Float>, _ xs: UnsafePointer<Float>,
+                            y: UnsafeMutablePointer<Float>, rows: Range<Int>, accumulate: Bool) {
+        let nb = w.cols / 32, stride = w.rowBytes
+        switch w.type {
+        case .q4_1:
+            if accumulate { for r in rows { y[r] += dotQ4_1i(w.data + r * stride, xq, dx, xs, nb: nb) } }
+            else { for r in rows { y[r] = dotQ4_1i(w.data + r * stride, xq, dx, xs, nb: nb) } }
+        case .q8_0:
+            if accumulate { for r in rows { y[r] += dotQ8_0i(w.data + r * stride, xq, dx, nb: nb) } }
+            else { for r in rows { y[r] = dotQ8_0i(w.data + r * stride, xq, dx, nb: nb) } }
+        default:
+            fatalError("QuantKernels.matvec: the integer kernels do not handle \(w.type.name)")
         }
-        withUnsafeTemporaryAllocation(of: Int16.self, capacity: m * nb * 32) { xqb in
-        withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * m * nb) { fb in
+    }
+
+    /// Y[i, r] = W[r,:]·X[i,:] for the input rows i0..<i0+m of `a` (Y: m × ldy, indexed by absolute
+    /// row r; `accumulate` adds into Y). Each weight block is decoded once and used for every input
+    /// row: the batched decode path for small batches, where sgemm would spend its time packing F32
+    /// weights. W is Q4_1 or Q8_0 (`integerHandles`).
+    public static func matmulSmall(_ w: QuantTensor, _ a: Int16Activations, firstRow i0: Int, m: Int, y: UnsafeMutablePointer<Float>, ldy: Int,
+                                   rows: Range<Int>, accumulate: Bool = false) {
+        let nb = w.cols / 32
+        precondition(a.k == w.cols && i0 + m <= a.m)
+        let xq = a.values + i0 * w.cols, dx = a.scales + i0 * nb, xs = a.sums + i0 * nb
         withUnsafeTemporaryAllocation(of: SIMD8<Float>.self, capacity: m) { accb in
         withUnsafeTemporaryAllocation(of: Float.self, capacity: m) { maccb in
-            let xq = xqb.baseAddress!, dx = fb.baseAddress!, xs = fb.baseAddress! + m * nb
             let acc = accb.baseAddress!, macc = maccb.baseAddress!
-            for i in 0..<m {
-                withQuantizedActivation(x + i * k, nb: nb) { q, d, s in
-                    (xq + i * nb * 32).update(from: q, count: nb * 32)
-                    (dx + i * nb).update(from: d, count: nb)
-                    (xs + i * nb).update(from: s, count: nb)
-                }
-            }
             let stride = w.rowBytes
             for r in rows {
                 let row = w.data + r * stride
@@ -92,6 +100,7 @@ public enum QuantKernels {
                         }
                     }
                 } else {
+                    precondition(w.type == .q8_0, "QuantKernels.matmulSmall: the integer kernels do not handle \(w.type.name)")
                     for b in 0..<nb {
                         let blk = row + b * 34
                         let d = halfToFloat(blk.loadUnaligned(as: UInt16.self))
@@ -107,10 +116,11 @@ public enum QuantKernels {
                 for i in 0..<m {
                     let a = acc[i].lowHalf + acc[i].highHalf
                     let c = a.lowHalf + a.highHalf
-                    y[i * n + r] = c[0] + c[1] + macc[i]
+                    let v = c[0] + c[1] + macc[i]
+                    if accumulate { y[i * ldy + r] += v } else { y[i * ldy + r] = v }
                 }
             }
-        }}}}
+        }}
     }
 
     /// y = W·x using every thread of `pool`.
@@ -124,39 +134,17 @@ public enum QuantKernels {
     /// path. Set to false for the float path.
     nonisolated(unsafe) public static var useIntegerDots = true
 
+    /// Quantizes one activation row into temporary buffers (callers without an `Int16Activations`).
     @inline(__always)
     static func withQuantizedActivation<R>(_ x: UnsafePointer<Float>, nb: Int,
                                            _ body: (UnsafePointer<Int16>, UnsafePointer<Float>, UnsafePointer<Float>) -> R) -> R {
         withUnsafeTemporaryAllocation(of: Int16.self, capacity: nb * 32) { xqb in
             withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * nb) { fb in
                 let xq = xqb.baseAddress!, dx = fb.baseAddress!, xs = fb.baseAddress! + nb
-                for b in 0..<nb {
-                    let p = UnsafeRawPointer(x + b * 32)
-                    let v0 = p.loadUnaligned(as: SIMD16<Float>.self), v1 = p.loadUnaligned(fromByteOffset: 64, as: SIMD16<Float>.self)
-                    xs[b] = hsum(v0 + v1)
-                    let mx = max(hmax(abs(v0)), hmax(abs(v1)))
-                    let scale: Float = mx > 0 ? mx / 32767 : 0
-                    dx[b] = scale
-                    let inv: Float = mx > 0 ? 32767 / mx : 0
-                    let q0 = (v0 * inv).rounded(.toNearestOrEven), q1 = (v1 * inv).rounded(.toNearestOrEven)
-                    for j in 0..<16 { xq[b * 32 + j] = Int16(q0[j]); xq[b * 32 + 16 + j] = Int16(q1[j]) }
-                }
+                for b in 0..<nb { (dx[b], xs[b]) = Int16Activations.quantizeBlock(x + b * 32, into: xq + b * 32) }
                 return body(xq, dx, xs)
             }
         }
-    }
-
-    @inline(__always)
-    static func hmax(_ v: SIMD16<Float>) -> Float {
-        let a = pointwiseMax(v.lowHalf, v.highHalf)
-        let b = pointwiseMax(a.lowHalf, a.highHalf)
-        let c = pointwiseMax(b.lowHalf, b.highHalf)
-        return max(c[0], c[1])
-    }
-
-    @inline(__always)
-    static func abs(_ v: SIMD16<Float>) -> SIMD16<Float> {
-        pointwiseMax(v, -v)
     }
 
     /// Pair sums of 16 products (lowered to `vpmaddwd`).

@@ -110,6 +110,56 @@ import AlignersKernels
         }
     }
 
+    /// The decoder's integer path: activations quantized once (`Int16Activations`), then the
+    /// one-row and several-row kernels, storing and accumulating, against dequantize + dot.
+    @Test(arguments: [GGMLType.q4_1, .q8_0])
+    func int16ActivationKernelsMatchReference(type: GGMLType) throws {
+        let rows = 37, cols = 96
+        let bytes = Self.randomMatrix(type, rows: rows, cols: cols, seed: 11)
+        let ref = Self.reference(type, bytes, rows: rows, cols: cols)
+        for m in [1, 3, 16, 19] {
+            // Row 1 has an all-zero block (scale 0) and one with a single huge value.
+            var x: [Float] = (0..<(m * cols)).map { Float(sin(Double($0) * 0.41) * (1 + Double($0 % 5))) }
+            if m > 1 { for c in 0..<32 { x[cols + c] = 0 }; x[cols + 40] = 1e4 }
+            let acts = Int16Activations()
+            acts.reset(m: m, k: cols)
+            var stored = [Float](repeating: .nan, count: m * rows)
+            var added = [Float](repeating: 1, count: m * rows)
+            bytes.withUnsafeBytes { raw in
+                let t = QuantTensor(type: type, rows: rows, cols: cols, data: raw.baseAddress!, owner: nil)
+                x.withUnsafeBufferPointer { xp in acts.quantize(xp.baseAddress!, rows: 0..<m) }
+                stored.withUnsafeMutableBufferPointer { y in
+                    added.withUnsafeMutableBufferPointer { z in
+                        if m == 1 {
+                            QuantKernels.matvec(t, acts, y: y.baseAddress!, rows: 0..<20)
+                            QuantKernels.matvec(t, acts, y: y.baseAddress!, rows: 20..<rows)
+                            QuantKernels.matvec(t, acts, y: z.baseAddress!, rows: 0..<rows, accumulate: true)
+                        } else {
+                            var i0 = 0
+                            while i0 < m {
+                                let n = min(16, m - i0)
+                                QuantKernels.matmulSmall(t, acts, firstRow: i0, m: n, y: y.baseAddress! + i0 * rows, ldy: rows, rows: 0..<rows)
+                                QuantKernels.matmulSmall(t, acts, firstRow: i0, m: n, y: z.baseAddress! + i0 * rows, ldy: rows, rows: 5..<rows, accumulate: true)
+                                i0 += n
+                            }
+                        }
+                    }
+                }
+            }
+            for i in 0..<m {
+                let xmax = Double(x[(i * cols)..<((i + 1) * cols)].map { Swift.abs($0) }.max()!)
+                for r in 0..<rows {
+                    var expected: Double = 0, wsum: Double = 0
+                    for c in 0..<cols { expected += Double(ref[r * cols + c]) * Double(x[i * cols + c]); wsum += Swift.abs(Double(ref[r * cols + c])) }
+                    let tol = 1e-4 * max(1, abs(expected)) + 1e-4 * wsum * xmax
+                    #expect(abs(Double(stored[i * rows + r]) - expected) <= tol, "m \(m) row \(i) col \(r): \(stored[i * rows + r]) vs \(expected)")
+                    let base: Double = (m > 1 && r < 5) ? 1 : 1 + expected
+                    #expect(abs(Double(added[i * rows + r]) - base) <= tol, "accumulate, m \(m) row \(i) col \(r)")
+                }
+            }
+        }
+    }
+
     @Test func sgemmPathMatchesMatvec() throws {
         let rows = 128, cols = 64, m = 5
         let bytes = Self.randomMatrix(.q4_1, rows: rows, cols: cols, seed: 7)

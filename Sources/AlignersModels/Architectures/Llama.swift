@@ -42,6 +42,8 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
     private let lock = NSLock()
     private let scratch = Scratch()
     private let quantized = QuantizedActivations()
+    private let int16 = Int16Activations()
+    private let vnniScratch = Scratch()
     private let threadScratch: [Scratch]
 
     public convenience init(path: String, pool: ComputePool = .shared) throws {
@@ -176,13 +178,10 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
                 }
             }
             attention(layer: li, segments: segments, segStart: segStart, q: q, out: att)
-            project(att, rows: T, [(b.wo, h)])
-            add(x, h, count: T * d)
+            project(att, rows: T, [(b.wo, x)], accumulate: true)
             rmsNorm(x, b.ffnNorm, eps, rows: T, into: h)
-            project(h, rows: T, [(b.gate, g), (b.up, u)])
-            swiglu(g, u, count: T * ff)
-            project(g, rows: T, [(b.down, h)])
-            add(x, h, count: T * d)
+            project(h, rows: T, [(b.gate, g), (b.up, u)], swiglu: true)
+            project(g, rows: T, [(b.down, x)], accumulate: true)
         }
 
         // Final norm and logits for the segments that want them.
@@ -199,48 +198,99 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
 
     // MARK: pieces
 
-    /// out_i = W_i · x for each (W_i, out_i), over `rows` input rows (x: rows × W.cols).
-    func project(_ x: UnsafeMutablePointer<Float>, rows: Int, _ specs: [(Linear, UnsafeMutablePointer<Float>)]) {
+    /// out_i = W_i · x for each (W_i, out_i), over `rows` input rows (x: rows × W.cols, all W_i
+    /// with the same column count); `accumulate` adds into out_i instead (the residual add fused
+    /// into the product). With `swiglu`, specs are (gate, g), (up, u) and g becomes silu(g) ⊙ u,
+    /// each thread finishing the rows it computed.
+    func project(_ x: UnsafeMutablePointer<Float>, rows: Int, _ specs: [(Linear, UnsafeMutablePointer<Float>)],
+                 accumulate: Bool = false, swiglu: Bool = false) {
+        precondition(!swiglu || (specs.count == 2 && specs[0].0.q.rows == specs[1].0.q.rows && !accumulate))
+        let n = pool.threads
         if rows >= denseThreshold && allowDenseWeights {
             for (w, out) in specs {
                 let dense = w.dense(pool)
-                QuantKernels.sgemmNT(m: rows, n: w.q.rows, k: w.q.cols, x: x, w: dense, y: out, pool: pool)
+                QuantKernels.sgemmNT(m: rows, n: w.q.rows, k: w.q.cols, x: x, w: dense, y: out, beta: accumulate ? 1 : 0, pool: pool)
+            }
+            if swiglu {
+                let width = specs[0].0.q.rows, g = specs[0].1, u = specs[1].1
+                pool.parallelFor(rows) { rs in Self.swiglu(g + rs.lowerBound * width, u + rs.lowerBound * width, count: rs.count * width) }
             }
             return
         }
-        let n = pool.threads
         if QuantKernels.vnni && specs.allSatisfy({ QuantKernels.vnniHandles($0.0.q.type) }) {
-            // Int16 activations, quantized once (on every thread when there are many rows).
-            let k = specs[0].0.q.cols
-            let qa = quantized
-            qa.reset(m: rows, k: k)
-            if rows * k >= 8192 { pool.parallelFor(rows) { qa.quantize(x, rows: $0) } } else { qa.quantize(x, rows: 0..<rows) }
-            pool.run { t in
-                for (w, out) in specs {
-                    let units = (w.q.rows + 15) / 16
-                    let lo = min(w.q.rows, units * t / n * 16), hi = min(w.q.rows, units * (t + 1) / n * 16)
-                    if lo < hi { QuantKernels.gemm(w.q, qa, y: out, ldy: w.q.rows, rows: lo..<hi) }
-                }
-            }
+            projectVNNI(x, rows: rows, specs, accumulate: accumulate, swiglu: swiglu)
             return
+        }
+        let integer = specs.allSatisfy { QuantKernels.integerHandles($0.0.q.type) }
+        let acts = int16
+        if integer {
+            // Quantized once here, not once per thread and matrix.
+            acts.reset(m: rows, k: specs[0].0.q.cols)
+            if rows * acts.k >= 8192 { pool.parallelFor(rows) { acts.quantize(x, rows: $0) } } else { acts.quantize(x, rows: 0..<rows) }
         }
         pool.run { t in
+            var span = 0..<0
             for (w, out) in specs {
                 let units = (w.q.rows + 15) / 16
                 let lo = min(w.q.rows, units * t / n * 16), hi = min(w.q.rows, units * (t + 1) / n * 16)
+                span = lo..<hi
                 if lo >= hi { continue }
-                if rows == 1 {
-                    QuantKernels.matvec(w.q, x: x, y: out, rows: lo..<hi)
+                if !integer {
+                    for i in 0..<rows {
+                        if accumulate {
+                            withUnsafeTemporaryAllocation(of: Float.self, capacity: w.q.rows) { tmp in
+                                QuantKernels.matvec(w.q, x: x + i * w.q.cols, y: tmp.baseAddress!, rows: lo..<hi)
+                                for r in lo..<hi { out[i * w.q.rows + r] += tmp[r] }
+                            }
+                        } else {
+                            QuantKernels.matvec(w.q, x: x + i * w.q.cols, y: out + i * w.q.rows, rows: lo..<hi)
+                        }
+                    }
+                } else if rows == 1 {
+                    QuantKernels.matvec(w.q, acts, y: out, rows: lo..<hi, accumulate: accumulate)
                 } else {
                     // Small batches: decode each weight block once for all rows (chunks of 16).
                     var i0 = 0
                     while i0 < rows {
                         let m = min(16, rows - i0)
-                        QuantKernels.matmulSmall(w.q, x: x + i0 * w.q.cols, m: m, y: out + i0 * w.q.rows, rows: lo..<hi)
+                        QuantKernels.matmulSmall(w.q, acts, firstRow: i0, m: m, y: out + i0 * w.q.rows, ldy: w.q.rows,
+                                                 rows: lo..<hi, accumulate: accumulate)
                         i0 += m
                     }
                 }
             }
+            if swiglu && !span.isEmpty {
+                let width = specs[0].0.q.rows, g = specs[0].1, u = specs[1].1
+                for i in 0..<rows { Self.swiglu(g + i * width + span.lowerBound, u + i * width + span.lowerBound, count: span.count) }
+            }
+        }
+    }
+
+    /// The opt-in VNNI path (`ALIGNERS_VNNI=1`): int16 activations quantized once, register-tiled
+    /// gemm; accumulation and SwiGLU as separate passes.
+    private func projectVNNI(_ x: UnsafeMutablePointer<Float>, rows: Int, _ specs: [(Linear, UnsafeMutablePointer<Float>)],
+                             accumulate: Bool, swiglu: Bool) {
+        let n = pool.threads
+        let k = specs[0].0.q.cols
+        let qa = quantized
+        qa.reset(m: rows, k: k)
+        if rows * k >= 8192 { pool.parallelFor(rows) { qa.quantize(x, rows: $0) } } else { qa.quantize(x, rows: 0..<rows) }
+        let width = specs.map { $0.0.q.rows }.max()!
+        let tmp = accumulate ? vnniScratch.reserve(rows * width) : nil
+        pool.run { t in
+            for (w, out) in specs {
+                let units = (w.q.rows + 15) / 16
+                let lo = min(w.q.rows, units * t / n * 16), hi = min(w.q.rows, units * (t + 1) / n * 16)
+                if lo >= hi { continue }
+                QuantKernels.gemm(w.q, qa, y: tmp ?? out, ldy: w.q.rows, rows: lo..<hi)
+                if let tmp {
+                    for i in 0..<rows { for r in lo..<hi { out[i * w.q.rows + r] += tmp[i * w.q.rows + r] } }
+                }
+            }
+        }
+        if swiglu {
+            let g = specs[0].1, u = specs[1].1
+            pool.parallelFor(rows) { rs in Self.swiglu(g + rs.lowerBound * width, u + rs.lowerBound * width, count: rs.count * width) }
         }
     }
 
@@ -356,11 +406,7 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
         for j in 0..<n { s[j] *= inv }
     }
 
-    func add(_ x: UnsafeMutablePointer<Float>, _ y: UnsafePointer<Float>, count: Int) {
-        for i in 0..<count { x[i] += y[i] }
-    }
-
-    func swiglu(_ g: UnsafeMutablePointer<Float>, _ u: UnsafePointer<Float>, count: Int) {
+    static func swiglu(_ g: UnsafeMutablePointer<Float>, _ u: UnsafePointer<Float>, count: Int) {
         for i in 0..<count {
             let a = g[i]
             g[i] = a / (1 + exp(-a)) * u[i]
