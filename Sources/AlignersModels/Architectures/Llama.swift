@@ -20,10 +20,10 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
     public let gguf: GGUFFile
     public let pool: ComputePool
     /// Row count from which matrix products go through sgemm on F32 weights. Measured crossovers on
-    /// 2 Zen 4 cores: ~12 rows for the int16 kernels (`QuantKernels.matmulSmall`), above 64 for the
-    /// VNNI kernels (`QuantKernels.gemm`, whose int8 activations stop fitting in L2 beyond ~100
-    /// rows). Env override: ALIGNERS_DENSE_THRESHOLD.
-    public var denseThreshold = QuantKernels.vnni ? 128 : 12
+    /// 2 Zen 4 cores: ~32 rows for the int16 kernels (`QuantKernels.matmulSmall`: 300–330 tok/s at
+    /// 16–32 rows against sgemm's 240–300), above 64 for the VNNI kernels (`QuantKernels.gemm`, whose
+    /// int16 activations stop fitting in L2 beyond ~100 rows). Env override: ALIGNERS_DENSE_THRESHOLD.
+    public var denseThreshold = QuantKernels.vnni ? 128 : 32
     public var allowDenseWeights = true
     /// Segments with at least this many new tokens compute attention through sgemm.
     public var blasAttentionThreshold = 16
@@ -249,13 +249,20 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
                 } else if rows == 1 {
                     QuantKernels.matvec(w.q, acts, y: out, rows: lo..<hi, accumulate: accumulate)
                 } else {
-                    // Small batches: decode each weight block once for all rows (chunks of 16).
-                    var i0 = 0
-                    while i0 < rows {
-                        let m = min(16, rows - i0)
-                        QuantKernels.matmulSmall(w.q, acts, firstRow: i0, m: m, y: out + i0 * w.q.rows, ldy: w.q.rows,
-                                                 rows: lo..<hi, accumulate: accumulate)
-                        i0 += m
+                    // Small batches: each weight block is decoded once per 16 input rows; weight rows
+                    // go in tiles of ~16 KB so that they stay in L1 while every input chunk passes.
+                    let tile = max(4, 16384 / w.q.rowBytes)
+                    var r0 = lo
+                    while r0 < hi {
+                        let r1 = min(hi, r0 + tile)
+                        var i0 = 0
+                        while i0 < rows {
+                            let m = min(16, rows - i0)
+                            QuantKernels.matmulSmall(w.q, acts, firstRow: i0, m: m, y: out + i0 * w.q.rows, ldy: w.q.rows,
+                                                     rows: r0..<r1, accumulate: accumulate)
+                            i0 += m
+                        }
+                        r0 = r1
                     }
                 }
             }
@@ -362,37 +369,31 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
             }
         }
         if small.isEmpty { return }
-        let items = small.count * c.heads
+        // Decode rows: one work item per (row, KV head), the `group` query heads that share the KV
+        // head together, so each cached K and V row is read once for all of them (GQA).
+        let items = small.count * c.kvHeads
         let maxLen = small.map { $0.pos + 1 }.max()!
         let nt = pool.threads
         pool.run { t in
-            let scores = threadScratch[t].reserve(maxLen)
+            let scores = threadScratch[t].reserve(group * maxLen + group * hd)
+            let acc = scores + group * maxLen
             for item in (items * t / nt)..<(items * (t + 1) / nt) {
-                let (row, pos, si) = small[item / c.heads]
-                let hh = item % c.heads, kv = hh / group
+                let (row, pos, si) = small[item / c.kvHeads]
+                let kv = item % c.kvHeads
                 let cache = segments[si].cache
-                let qh = q + row * qd + hh * hd
+                let qg = q + row * qd + kv * group * hd  // heads kv·group ..< (kv+1)·group
                 let n = pos + 1
-                for j in 0..<n { scores[j] = QuantKernels.dotF32(qh, cache.k(layer, j) + kv * hd, hd) * scale }
-                softmax(scores, n)
-                let o = out + row * qd + hh * hd
-                if hd % 16 == 0 {
-                    var c0 = 0
-                    while c0 < hd {
-                        var acc = SIMD16<Float>()
-                        for j in 0..<n {
-                            acc.addProduct(SIMD16(repeating: scores[j]), UnsafeRawPointer(cache.v(layer, j) + kv * hd + c0).loadUnaligned(as: SIMD16<Float>.self))
-                        }
-                        UnsafeMutableRawPointer(o + c0).storeBytes(of: acc, as: SIMD16<Float>.self)
-                        c0 += 16
-                    }
-                } else {
-                    for e in 0..<hd { o[e] = 0 }
-                    for j in 0..<n {
-                        let vj = cache.v(layer, j) + kv * hd, w = scores[j]
-                        for e in 0..<hd { o[e] += w * vj[e] }
-                    }
+                for j in 0..<n {
+                    let kj = cache.k(layer, j) + kv * hd
+                    for g in 0..<group { scores[g * maxLen + j] = QuantKernels.dotF32(qg + g * hd, kj, hd) * scale }
                 }
+                for g in 0..<group { softmax(scores + g * maxLen, n) }
+                for e in 0..<(group * hd) { acc[e] = 0 }
+                for j in 0..<n {
+                    let vj = cache.v(layer, j) + kv * hd
+                    for g in 0..<group { QuantKernels.axpy(scores[g * maxLen + j], vj, acc + g * hd, hd) }
+                }
+                (out + row * qd + kv * group * hd).update(from: acc, count: group * hd)
             }
         }
     }

@@ -113,6 +113,8 @@ public final class BatchScheduler: @unchecked Sendable {
     public var isIdle: Bool { waiting.isEmpty && active.isEmpty }
     public var activeCount: Int { active.count }
     public var waitingCount: Int { waiting.count }
+    /// Sequences waiting or still prefilling their prompt.
+    public var prefillingCount: Int { waiting.count + active.filter { $0.prefilled < $0.request.prompt.count }.count }
 
     /// Queues a request; `onEvent` is called from `step()`.
     @discardableResult
