@@ -225,7 +225,7 @@ public enum QuantKernels {
     }
 
     /// Horizontal sum as a tree (the standard library's `sum()` is an out-of-line lane-by-lane loop).
-    @inlinable @inline(__always)
+    @inline(__always)
     public static func hsum(_ v: SIMD16<Float>) -> Float {
         let a = v.lowHalf + v.highHalf
         let b = a.lowHalf + a.highHalf
@@ -321,7 +321,7 @@ public enum QuantKernels {
         return hsum(acc)
     }
 
-    @inlinable @inline(__always)
+    @inline(__always)
     public static func dotF32(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
         var acc0 = SIMD16<Float>(), acc1 = SIMD16<Float>()
         var i = 0
@@ -338,21 +338,6 @@ public enum QuantKernels {
         var s = hsum(acc0 + acc1)
         while i < n { s += a[i] * b[i]; i += 1 }
         return s
-    }
-
-    /// y += a·x over n floats.
-    @inlinable @inline(__always)
-    public static func axpy(_ a: Float, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ n: Int) {
-        let px = UnsafeRawPointer(x), py = UnsafeMutableRawPointer(y)
-        let av = SIMD16<Float>(repeating: a)
-        var i = 0
-        while i + 16 <= n {
-            var v = py.loadUnaligned(fromByteOffset: i * 4, as: SIMD16<Float>.self)
-            v.addProduct(av, px.loadUnaligned(fromByteOffset: i * 4, as: SIMD16<Float>.self))
-            py.storeBytes(of: v, toByteOffset: i * 4, as: SIMD16<Float>.self)
-            i += 16
-        }
-        while i < n { y[i] += a * x[i]; i += 1 }
     }
 
     @inline(__always)
