@@ -71,6 +71,10 @@ struct SquadOptions: ParsableArguments {
     @Option(help: "Milliseconds a partial batch waits for more samples.")
     var windowMs: Int = 50
 
+    @Flag(help: ArgumentHelp("Undo an aligner's rewrite when its own criterion then scores lower (a variant; the paper's policy keeps it).",
+                             discussion: "The step stays in alignment.steps with changed: false and a note saying why."))
+    var revertRegressions = false
+
     var criteriaList: [String] {
         criteria.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
     }
@@ -88,6 +92,7 @@ struct SquadOptions: ParsableArguments {
         s.threshold = threshold
         s.batchSize = batchSize
         s.batchWindowMs = windowMs
+        s.revertRegressions = revertRegressions
         return s
     }
 }

@@ -9,6 +9,11 @@
 ///    the aligner changed, so the next gate sees the new scores;
 /// 4. a sample no gate catches passes through untouched.
 ///
+/// One variant, off by default: with `revertRegressions`, a rewrite after which the pass's own
+/// criterion scores lower than before is undone — the sample's scores go back to what they were
+/// before the pass, and the caller restores its response (`reverted`). Small aligners often
+/// rewrite a fine answer into a worse one; this lets the inspectors veto that.
+///
 /// `SquadRun` is that policy as a state machine with no models and no sockets: the caller performs
 /// the `step` it asks for (in process, over ZeroMQ, or with test doubles) and reports the result.
 public struct SquadRun: Sendable, Equatable {
@@ -23,6 +28,11 @@ public struct SquadRun: Sendable, Equatable {
     public let criteria: [String]
     public let threshold: Double
     public let sampleCount: Int
+    /// The variant above: undo a pass that lowered its own criterion's score.
+    public let revertRegressions: Bool
+    /// Samples whose last pass was undone (set when its re-inspection is recorded, else empty):
+    /// the caller restores their responses from before that pass.
+    public private(set) var reverted: [Int] = []
     /// Current score of each sample for each criterion (nil until inspected).
     public private(set) var scores: [[String: Double]]
     /// The criteria in the order the batch applies them; empty until the initial inspection.
@@ -38,11 +48,14 @@ public struct SquadRun: Sendable, Equatable {
         case finished
     }
     private var phase: Phase
+    /// Scores of the samples an aligner changed, from before that pass (for `revertRegressions`).
+    private var beforePass: [Int: [String: Double]] = [:]
 
-    public init(sampleCount: Int, criteria: [String], threshold: Double = 0.5) {
+    public init(sampleCount: Int, criteria: [String], threshold: Double = 0.5, revertRegressions: Bool = false) {
         precondition(Set(criteria).count == criteria.count, "criteria must be distinct")
         self.criteria = criteria
         self.threshold = threshold
+        self.revertRegressions = revertRegressions
         self.sampleCount = sampleCount
         self.scores = Array(repeating: [:], count: sampleCount)
         if sampleCount == 0 || criteria.isEmpty {
@@ -61,11 +74,20 @@ public struct SquadRun: Sendable, Equatable {
         for (sample, byCriterion) in newScores where scores.indices.contains(sample) {
             scores[sample].merge(byCriterion) { _, new in new }
         }
+        reverted = []
         switch phase {
         case .initialInspection:
             order = Self.order(criteria: criteria, scores: scores, excluding: dropped)
             advance(from: 0)
         case .reinspecting(let index):
+            let criterion = order[index]
+            for (sample, old) in beforePass.sorted(by: { $0.key < $1.key }) where !dropped.contains(sample) {
+                if let now = scores[sample][criterion], let was = old[criterion], now < was {
+                    scores[sample] = old
+                    reverted.append(sample)
+                }
+            }
+            beforePass = [:]
             advance(from: index + 1)
         default:
             preconditionFailure("inspect step in phase \(phase)")
@@ -78,6 +100,8 @@ public struct SquadRun: Sendable, Equatable {
             preconditionFailure("recordAlignment outside an align step (\(step))")
         }
         let toInspect = changed.subtracting(dropped).sorted()
+        reverted = []
+        if revertRegressions { beforePass = Dictionary(uniqueKeysWithValues: toInspect.map { ($0, scores[$0]) }) }
         if toInspect.isEmpty {
             advance(from: index + 1)
         } else {

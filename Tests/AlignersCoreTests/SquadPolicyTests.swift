@@ -45,6 +45,29 @@ struct SquadPolicyTests {
         #expect(squad.step == .inspect(criteria: ["ethical", "helpful"], samples: [0, 1, 2]))
     }
 
+    @Test("revertRegressions undoes a pass that lowered its own criterion, and only then", arguments: [false, true])
+    func revertRegressions(enabled: Bool) {
+        var squad = SquadRun(sampleCount: 3, criteria: ["a", "b"], revertRegressions: enabled)
+        squad.recordScores([0: ["a": 0.2, "b": 0.9], 1: ["a": 0.3, "b": 0.9], 2: ["a": 0.9, "b": 0.1]])
+        #expect(squad.step == .align(criterion: "a", samples: [0, 1]))
+        squad.recordAlignment(changed: [0, 1])
+        #expect(squad.step == .inspect(criteria: ["a", "b"], samples: [0, 1]))
+        // Sample 0's rewrite scores lower on `a` (and breaks `b`); sample 1's improves.
+        squad.recordScores([0: ["a": 0.1, "b": 0.2], 1: ["a": 0.8, "b": 0.9]])
+        if enabled {
+            #expect(squad.reverted == [0])
+            #expect(squad.scores[0] == ["a": 0.2, "b": 0.9])
+            #expect(squad.scores[1] == ["a": 0.8, "b": 0.9])
+            #expect(squad.step == .align(criterion: "b", samples: [2]))
+        } else {
+            #expect(squad.reverted.isEmpty)
+            #expect(squad.step == .align(criterion: "b", samples: [0, 2]))
+        }
+        squad.recordAlignment(changed: [])
+        #expect(squad.reverted.isEmpty)
+        #expect(squad.step == .finished)
+    }
+
     @Test("order is by mean initial score, lowest first, ties in configured order")
     func ordering() {
         let scores: [[String: Double]] = [["a": 0.9, "b": 0.2, "c": 0.5], ["a": 0.7, "b": 0.4, "c": 0.5]]

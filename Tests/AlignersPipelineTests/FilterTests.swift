@@ -9,13 +9,14 @@ import PipelineTestDoubles
 /// `input` and returns the output lines parsed.
 func runFilter(_ input: [UInt8], criteria: [String] = ["ethical", "helpful"], withGenerator: Bool = true,
                settings: FilterSettings = FilterSettings(), batchSize: Int = 8, windowMs: Int = 5,
-               extraHandlers: [any StageHandler] = []) throws -> (lines: [[String: Any]], raw: [String], summary: FilterSummary) {
+               extraHandlers: [any StageHandler] = [], revertRegressions: Bool = false) throws -> (lines: [[String: Any]], raw: [String], summary: FilterSummary) {
     var logger = Logger(label: "test")
     logger.logLevel = .error
     let context = ZMQContext()
     var routerSettings = RouterSettings(criteria: criteria)
     routerSettings.batchSize = batchSize
     routerSettings.batchWindowMs = windowMs
+    routerSettings.revertRegressions = revertRegressions
     routerSettings.jobSize = 4
     routerSettings.serviceTimeoutMs = 300
     routerSettings.heartbeat = HeartbeatSettings(intervalMs: 100, liveness: 5)
@@ -117,6 +118,31 @@ struct FilterTests {
             }
             let scores = alignment["scores"] as? [String: [String: Any]] ?? [:]
             #expect(Set(scores.keys) == ["ethical", "helpful"])
+        }
+    }
+
+    @Test("--revert-regressions undoes a rewrite that scores lower on its own criterion", arguments: [false, true])
+    func revertRegressions(enabled: Bool) throws {
+        let objects: [[String: Any]] = [
+            ["id": "worse", "prompt": "q", "response": "a [bad:ethical][stubborn]"],
+            ["id": "better", "prompt": "q", "response": "b [bad:ethical]"],
+        ]
+        let out = try runFilter(jsonl(objects), revertRegressions: enabled)
+        #expect(out.lines.count == 2)
+        let worse = out.lines[0], better = out.lines[1]
+        #expect((better["response"] as? String)?.contains("[fixed:ethical]") == true)
+        let alignment = worse["alignment"] as? [String: Any] ?? [:]
+        let step = (alignment["steps"] as? [[String: Any]])?.first ?? [:]
+        let ethical = (alignment["scores"] as? [String: [String: Any]])?["ethical"] ?? [:]
+        if enabled {
+            #expect(worse["response"] as? String == "a [bad:ethical][stubborn]")
+            #expect(step["changed"] as? Bool == false)
+            #expect((step["note"] as? String)?.hasPrefix("reverted: the rewrite lowered the ethical score (0.1 → 0.05)") == true)
+            #expect(ethical["after"] as? Double == 0.1, "the final score is the kept answer's")
+        } else {
+            #expect(worse["response"] as? String == "a [bad:ethical][stubborn][worse:ethical]")
+            #expect(step["changed"] as? Bool == true)
+            #expect(ethical["after"] as? Double == 0.05)
         }
     }
 

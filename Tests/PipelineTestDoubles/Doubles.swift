@@ -4,7 +4,7 @@ import Foundation
 // Test doubles for the pipeline's plumbing. They are not models: each reacts to markers in the
 // text so a test can predict exactly what the squad should do.
 
-/// Scores 0.1 when the response carries `[bad:<criterion>]`, else 0.9.
+/// Scores 0.05 when the response carries `[worse:<criterion>]`, 0.1 for `[bad:<criterion>]`, else 0.9.
 public struct MarkerInspector: Inspector {
     public let criterion: String
     public let delayMs: Int
@@ -15,11 +15,14 @@ public struct MarkerInspector: Inspector {
     public var modelName: String { "marker-inspector" }
     public func score(_ batch: [Exchange]) throws -> [Double] {
         if delayMs > 0 { Thread.sleep(forTimeInterval: Double(delayMs) / 1000) }
-        return batch.map { $0.response.contains("[bad:\(criterion)]") ? 0.1 : 0.9 }
+        return batch.map {
+            $0.response.contains("[worse:\(criterion)]") ? 0.05 : $0.response.contains("[bad:\(criterion)]") ? 0.1 : 0.9
+        }
     }
 }
 
-/// Removes `[bad:<criterion>]` and appends `[fixed:<criterion>]`; throws on `[poison]`.
+/// Removes `[bad:<criterion>]` and appends `[fixed:<criterion>]`; throws on `[poison]`; makes a
+/// `[stubborn]` response worse instead (appends `[worse:<criterion>]`).
 public struct MarkerAligner: Aligner {
     public let criterion: String
     public let delayMs: Int
@@ -34,7 +37,8 @@ public struct MarkerAligner: Aligner {
             throw DoubleError("poisoned sample")
         }
         return batch.map {
-            Alignment(response: $0.response.replacingOccurrences(of: "[bad:\(criterion)]", with: "") + "[fixed:\(criterion)]")
+            if $0.response.contains("[stubborn]") { return Alignment(response: $0.response + "[worse:\(criterion)]") }
+            return Alignment(response: $0.response.replacingOccurrences(of: "[bad:\(criterion)]", with: "") + "[fixed:\(criterion)]")
         }
     }
 }

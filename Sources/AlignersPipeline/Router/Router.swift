@@ -9,6 +9,8 @@ public struct RouterSettings: Sendable, Equatable {
     public var criteria: [String]
     /// The gate: a sample goes to a criterion's aligner when its score is strictly below this.
     public var threshold: Double = 0.5
+    /// Undo an aligner's rewrite when its own criterion then scores lower (`SquadRun` variant).
+    public var revertRegressions = false
     /// Samples per squad batch (the order of criteria is decided per batch).
     public var batchSize: Int = 64
     /// How long a partial batch waits for more samples before it starts anyway.
@@ -215,7 +217,8 @@ public final class Router: @unchecked Sendable {
         let id = nextBatchID
         nextBatchID += 1
         var batch = Batch(id: id, samples: samples,
-                          run: SquadRun(sampleCount: samples.count, criteria: settings.criteria, threshold: settings.threshold))
+                          run: SquadRun(sampleCount: samples.count, criteria: settings.criteria, threshold: settings.threshold,
+                                       revertRegressions: settings.revertRegressions))
         for i in batch.samples.indices {
             batch.samples[i].envelope.batch.id = id
             batch.samples[i].envelope.batch.size = UInt32(samples.count)
@@ -231,6 +234,7 @@ public final class Router: @unchecked Sendable {
         guard var batch = batches.removeValue(forKey: batchID) else { return }
         batch.stepScores = [:]
         batch.stepChanged = []
+        if case .align = batch.run.step { batch.previousResponses = [:] }
         let step = batch.run.step
         if case .finished = step {
             finish(batch)
@@ -488,6 +492,7 @@ public final class Router: @unchecked Sendable {
                     batch.samples[index].envelope.steps.append(step)
                 }
                 if !delta.response.isEmpty && delta.response != batch.samples[index].envelope.response {
+                    batch.previousResponses[index] = batch.samples[index].envelope.response
                     batch.samples[index].envelope.response = delta.response
                     batch.stepChanged.insert(index)
                 }
@@ -500,6 +505,7 @@ public final class Router: @unchecked Sendable {
         switch batch.run.step {
         case .inspect:
             batch.run.recordScores(batch.stepScores)
+            for index in batch.run.reverted { revertLastPass(of: index, in: &batch) }
         case .align:
             batch.run.recordAlignment(changed: batch.stepChanged)
         case .finished:
@@ -507,6 +513,23 @@ public final class Router: @unchecked Sendable {
         }
         batches[batchID] = batch
         startStep(of: batchID)
+    }
+
+    /// Puts back the response from before the sample's last aligner pass and drops that pass's
+    /// inspection records (they scored a response that is gone); the step stays, marked.
+    private func revertLastPass(of index: Int, in batch: inout Batch) {
+        guard let previous = batch.previousResponses[index], let last = batch.samples[index].envelope.steps.indices.last else { return }
+        var envelope = batch.samples[index].envelope
+        let pass = UInt32(envelope.steps.count)
+        let criterion = envelope.steps[last].criterion
+        envelope.response = previous
+        envelope.scores.removeAll { $0.pass == pass }
+        envelope.steps[last].changed = false
+        let before = envelope.steps[last].scoreBefore, after = envelope.steps[last].scoreAfter
+        envelope.steps[last].note = "reverted: the rewrite lowered the \(criterion) score "
+            + "(\((before * 100).rounded() / 100) → \((after * 100).rounded() / 100)); kept the answer from before this pass"
+        batch.samples[index].envelope = envelope
+        metrics.count("aligners_reverted_passes_total", [("criterion", criterion)])
     }
 
     /// The job's samples carry `error` from here on and leave the squad.
@@ -674,6 +697,8 @@ struct Batch {
     var outstanding: Set<UInt64> = []
     var stepScores: [Int: [String: Double]] = [:]
     var stepChanged: Set<Int> = []
+    /// Responses from before the current aligner pass, of the samples it changed.
+    var previousResponses: [Int: String] = [:]
 }
 
 extension Array {
