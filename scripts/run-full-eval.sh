@@ -9,6 +9,7 @@
 #
 #   scripts/run-full-eval.sh [OUT_DIR]      (default: eval-full; needs make release and ../shared/data)
 #   SHARDS=3 scripts/run-full-eval.sh       (stop after 3 more shards)
+#   PARTIAL=1 scripts/run-full-eval.sh      (no new shards: report on the finished ones, in OUT_DIR/partial)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${ALIGNERS:-.build/release/aligners}
@@ -30,6 +31,13 @@ shards=("$out"/shards/*.in.jsonl)
 todo=0
 for s in "${shards[@]}"; do [ -f "${s%.in.jsonl}.out.jsonl" ] || todo=$((todo + 1)); done
 echo "$(wc -l < "$out/input.jsonl") lines in ${#shards[@]} shards, $todo to go" >&2
+if [ -n "${PARTIAL:-}" ]; then
+  mkdir -p "$out/partial"
+  cat "$out"/shards/*.out.jsonl > "$out/partial/aligned.jsonl"
+  n=$(ls "$out"/shards/*.out.jsonl | wc -l)
+  exec "$bin" eval report "$out/partial/aligned.jsonl" --out "$out/partial" \
+    --title "The whole test splits and AlpacaEval: first $n of ${#shards[@]} shards"
+fi
 
 if [ "$todo" -gt 0 ]; then
   pids=()
