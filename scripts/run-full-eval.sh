@@ -23,7 +23,10 @@ mkdir -p "$out/shards" "$out/logs"
 
 if [ ! -f "$out/input.jsonl" ]; then
   { "$bin" eval prepare --data "$data/ethical.jsonl" --data "$data/factuality.jsonl" --data "$data/helpful.jsonl"
-    "$bin" eval prepare --instructions "$data/alpaca-eval-instructions.jsonl"; } > "$out/input.tmp"
+    "$bin" eval prepare --instructions "$data/alpaca-eval-instructions.jsonl"; } |
+    # Shuffled (fixed seed) so that any prefix of the shards, and so a partial report, covers every set.
+    python3 -c 'import random, sys; l = sys.stdin.buffer.readlines(); random.Random(5218).shuffle(l); sys.stdout.buffer.writelines(l)' \
+    > "$out/input.tmp"
   split -l 100 -d -a 3 --additional-suffix=.in.jsonl "$out/input.tmp" "$out/shards/"
   mv "$out/input.tmp" "$out/input.jsonl"
 fi
