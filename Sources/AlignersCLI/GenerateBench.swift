@@ -19,7 +19,7 @@ struct GenerateBenchCommand: ParsableCommand {
     @Option(help: "Prompt tokens per sequence in the batched tests (the aligners' prompts are ~1,000).") var batchPromptTokens = 24
     @Option(help: "Repetitions (best is reported).") var repeats = 3
     @Flag(help: "Print one JSON object instead of a table.") var json = false
-    @Flag(help: "Only time the single-thread matrix-vector kernels (GFLOP/s per CPU-second).") var kernels = false
+    @Flag(help: "Only time the kernels, one thread: matrix-vector, and 64-row products by VNNI gemm and sgemm (GFLOP/s per CPU-second).") var kernels = false
     @Flag(help: "With --kernels: the float (dequantize-FMA) kernels instead of the integer ones.") var floatKernels = false
 
     func run() throws {
@@ -31,6 +31,12 @@ struct GenerateBenchCommand: ParsableCommand {
 
         if kernels {
             QuantKernels.useIntegerDots = !floatKernels
+            // Thread CPU time, not wall time: on a shared machine the thread is not always running.
+            func cpuNow() -> Double {
+                var ts = timespec()
+                clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)
+                return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+            }
             for (name, t) in [("q4_1_1536x576", try gen.gguf.tensor("blk.0.ffn_gate.weight")),
                               ("q4_1_576x1536", try gen.gguf.tensor("blk.0.ffn_down.weight")),
                               ("q8_0_49152x576", try gen.gguf.tensor("token_embd.weight"))] {
@@ -38,12 +44,6 @@ struct GenerateBenchCommand: ParsableCommand {
                 var y = [Float](repeating: 0, count: t.rows)
                 let reps = max(20, 200_000_000 / (t.rows * t.cols))
                 var bestK = 0.0
-                // Thread CPU time, not wall time: on a shared machine the thread is not always running.
-                func cpuNow() -> Double {
-                    var ts = timespec()
-                    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)
-                    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
-                }
                 for _ in 0..<3 {
                     let t0 = cpuNow()
                     x.withUnsafeBufferPointer { xp in
@@ -55,7 +55,44 @@ struct GenerateBenchCommand: ParsableCommand {
                 }
                 results[name + "_gflops"] = bestK
             }
-            for (k, v) in results.sorted(by: { $0.key < $1.key }) { print(String(format: "%-22@ %10.1f", k as NSString, v)) }
+            // The batched products at 64 rows, one thread: VNNI gemm on interleaved weights against
+            // sgemm on F32 copies (the two batched paths), same matrices.
+            let one = ComputePool(threads: 1)
+            let m = 64
+            for (name, t) in [("q4_1_1536x576", try gen.gguf.tensor("blk.0.ffn_gate.weight")),
+                              ("q4_1_576x1536", try gen.gguf.tensor("blk.0.ffn_down.weight"))] {
+                let x = (0..<(m * t.cols)).map { Float(sin(Double($0) * 0.1)) }
+                var y = [Float](repeating: 0, count: m * t.rows)
+                let reps = max(5, 2_000_000_000 / (m * t.rows * t.cols))
+                let dense = QuantKernels.dequantize(t, pool: one)
+                defer { dense.deallocate() }
+                let acts = Int16Activations()
+                var paths: [(String, () -> Void)] = [("sgemm", {
+                    x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { yp in
+                        QuantKernels.sgemmNT(m: m, n: t.rows, k: t.cols, x: xp.baseAddress!, w: dense, y: yp.baseAddress!, pool: one)
+                    } }
+                })]
+                if QuantKernels.vnniSupported && QuantKernels.interleavable(t) {
+                    let w = InterleavedWeights(t, pool: one)
+                    paths.append(("vnni_gemm", {
+                        x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { yp in
+                            acts.reset(m: m, k: t.cols)
+                            acts.quantize(xp.baseAddress!, rows: 0..<m)
+                            QuantKernels.gemm(w, acts, y: yp.baseAddress!, ldy: t.rows, groups: 0..<t.rows / 16, accumulate: false)
+                        } }
+                    }))
+                }
+                for (path, body) in paths {
+                    var bestK = 0.0
+                    for _ in 0..<3 {
+                        let t0 = cpuNow()
+                        for _ in 0..<reps { body() }
+                        bestK = max(bestK, 2.0 * Double(m * t.rows * t.cols * reps) / (cpuNow() - t0) / 1e9)
+                    }
+                    results["\(name)_m\(m)_\(path)_gflops"] = bestK
+                }
+            }
+            for (k, v) in results.sorted(by: { $0.key < $1.key }) { print(k.padding(toLength: 36, withPad: " ", startingAt: 0) + String(format: "%8.1f", v)) }
             return
         }
 
@@ -67,7 +104,7 @@ struct GenerateBenchCommand: ParsableCommand {
         var logits = [Float](repeating: 0, count: cfg.vocabulary * 64)
 
         // Prompt processing.
-        llama.prepareDenseWeights()
+        llama.prepareBatchedWeights()
         var best = 0.0
         for _ in 0..<repeats {
             let cache = KVCache(config: cfg, capacity: promptTokens + 1)

@@ -1,5 +1,5 @@
 /// Activation rows quantized to int16 per 32-element block for the integer kernels
-/// (`QuantKernels.matvec(_:_:…)`, `matmulSmall`): per block, the values scaled by 32767/max|x|,
+/// (`QuantKernels.matvec(_:_:…)`, `matmulSmall`, the VNNI `gemm`): per block, the values scaled by 32767/max|x|,
 /// the scale max|x|/32767 (relative error ~1e-5) and the block's float sum (for Q4_1's minimum).
 ///
 /// A matrix product quantizes its input once, before the threads split the weight rows: the

@@ -7,11 +7,11 @@ import AlignersVNNI
 
 /// Run-time choice of the AVX-512 VNNI kernels (module `AlignersVNNI`, compiled for Zen 4).
 ///
-/// `QuantKernels.vnni` is true when /proc/cpuinfo lists every feature the znver4 target may use
-/// and `ALIGNERS_VNNI=1` is set; otherwise the portable int16 kernels run. With VNNI, activations
-/// are quantized to int16 once per matrix product (not once per thread and row range), every
-/// weight block is multiplied with `vpdpwssd`, and several activation rows share each decoded
-/// weight block (register tiles of up to 8 rows), which replaces sgemm for batched decoding.
+/// `QuantKernels.vnniSupported` is true when /proc/cpuinfo lists every feature the znver4 target
+/// may use. Then batched products (prompts, batched decoding) run `QuantKernels.gemm` on
+/// `InterleavedWeights` with int16 activations, at twice the multiply rate of F32 sgemm; elsewhere
+/// they run sgemm on F32 copies. Small products (decode) keep the portable int16 kernels, which
+/// read the quantized blocks directly (a quarter of the bytes).
 extension QuantKernels {
     /// Feature flags (as /proc/cpuinfo spells them) that code compiled with `-target-cpu znver4` may use.
     static let znver4Flags = ["avx2", "fma", "f16c", "bmi1", "bmi2", "avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl",
@@ -39,66 +39,72 @@ extension QuantKernels {
         #endif
     }()
 
-    /// Whether the decoder uses the VNNI kernels (settable for tests and comparisons). Opt-in with
-    /// `ALIGNERS_VNNI=1`: on a loaded machine they measured slower than the int16 kernels + sgemm
-    /// (BENCHMARKS.md, Decoder), pending a quiet-machine comparison.
-    nonisolated(unsafe) public static var vnni: Bool = vnniSupported && getenv("ALIGNERS_VNNI").map { String(cString: $0) == "1" } == true
+    /// Whether batched products use the interleaved VNNI kernels: by default wherever the CPU
+    /// has them; `ALIGNERS_VNNI=0` turns them off (sgemm on F32 copies instead), for comparisons.
+    nonisolated(unsafe) public static var vnni: Bool = vnniSupported && getenv("ALIGNERS_VNNI").map { String(cString: $0) != "0" } ?? true
 
-    /// Whether `gemm` handles this weight type.
-    public static func vnniHandles(_ t: GGMLType) -> Bool { t == .q4_1 || t == .q8_0 }
+    /// Whether `InterleavedWeights` can hold this matrix.
+    public static func interleavable(_ q: QuantTensor) -> Bool {
+        (q.type == .q4_1 || q.type == .q8_0) && q.rows % 16 == 0 && q.cols % 32 == 0
+    }
 
-    /// Y[i, r] = W[r,:]·X[i,:] for r in `rows`, every row i of `a`; Y[i, r] at y[i·ldy + r].
-    public static func gemm(_ w: QuantTensor, _ a: QuantizedActivations, y: UnsafeMutablePointer<Float>, ldy: Int, rows: Range<Int>) {
+    /// Y[i, r] = W[r,:]·X[i,:] for the rows of the 16-row groups `groups` and every row i of `a`;
+    /// Y[i, r] at y[i·ldy + r]; `accumulate` adds to y instead.
+    public static func gemm(_ w: InterleavedWeights, _ a: Int16Activations, y: UnsafeMutablePointer<Float>, ldy: Int,
+                            groups: Range<Int>, accumulate: Bool) {
         #if arch(x86_64)
-        precondition(a.k == w.cols)
-        switch w.type {
-        case .q4_1:
-            VNNI.gemmQ4_1(w.data, rowBytes: w.rowBytes, nb: w.cols / 32, rows: rows, a.acts(), y, ldy: ldy)
-        case .q8_0:
-            VNNI.gemmQ8_0(w.data, rowBytes: w.rowBytes, nb: w.cols / 32, rows: rows, a.acts(), y, ldy: ldy)
-        default:
-            fatalError("QuantKernels.gemm: unsupported type \(w.type.name)")
-        }
+        precondition(a.k == w.cols && groups.upperBound <= w.rows / 16)
+        VNNI.gemm(w.data, q4_1: w.q4_1, nb: w.cols / 32, groups: groups, m: a.m, x: a.values, scales: a.scales, sums: a.sums,
+                  y: y, ldy: ldy, accumulate: accumulate)
         #else
-        fatalError("QuantKernels.gemm: VNNI kernels need x86-64")
+        fatalError("QuantKernels.gemm: the VNNI kernels need x86-64")
         #endif
     }
 }
 
-/// Int16-quantized activation rows for `QuantKernels.gemm` (buffers reused between calls).
-public final class QuantizedActivations: @unchecked Sendable {
-    public private(set) var m = 0
-    public private(set) var k = 0
-    private var capacity = 0
-    private var q: UnsafeMutableRawPointer?
-    private var scales: UnsafeMutablePointer<Float>?
-    private var sums: UnsafeMutablePointer<Float>?
+/// A Q4_1 or Q8_0 matrix rearranged for `QuantKernels.gemm`: rows in groups of 16, and per group
+/// and 32-column block the 16 scales (and minimums), then the block's columns in pairs, each pair
+/// of the 16 rows as one 64-byte vector of int16 (layout in AlignersVNNI/VNNI.swift). The values
+/// are the blocks' own integers, so nothing is lost; it takes 2.1–2.25 bytes per weight (~300 MB
+/// for SmolLM2-135M, against 540 MB for F32 copies).
+public final class InterleavedWeights: @unchecked Sendable {
+    public let rows: Int
+    public let cols: Int
+    public let q4_1: Bool
+    let data: UnsafeMutableRawPointer
 
-    public init() {}
-    deinit { q?.deallocate(); scales?.deallocate(); sums?.deallocate() }
-
-    /// Sizes the buffers for m rows of k elements (k a multiple of 32).
-    public func reset(m: Int, k: Int) {
-        precondition(k % 32 == 0, "QuantizedActivations: k must be a multiple of 32")
-        self.m = m; self.k = k
-        let need = m * k * 2
-        if need > capacity {
-            q?.deallocate(); scales?.deallocate(); sums?.deallocate()
-            capacity = max(need, capacity * 3 / 2)
-            q = .allocate(byteCount: capacity, alignment: 64)
-            scales = .allocate(capacity: capacity / 4)
-            sums = .allocate(capacity: capacity / 4)
+    public init(_ q: QuantTensor, pool: ComputePool) {
+        precondition(QuantKernels.interleavable(q), "InterleavedWeights: \(q.type.name) \(q.rows)×\(q.cols) cannot be interleaved")
+        rows = q.rows; cols = q.cols; q4_1 = q.type == .q4_1
+        let nb = q.cols / 32, bb = q4_1 ? 1152 : 1088, srcBlock = q.type.byteCount(elements: 32)
+        let isQ4_1 = q4_1
+        let data = UnsafeMutableRawPointer.allocate(byteCount: rows / 16 * nb * bb, alignment: 64)
+        pool.parallelFor(rows / 16) { groups in
+            for g in groups {
+                for b in 0..<nb {
+                    let dst = data + (g * nb + b) * bb
+                    let scales = dst.assumingMemoryBound(to: Float.self)
+                    let pairs = (dst + (isQ4_1 ? 128 : 64)).assumingMemoryBound(to: Int16.self)
+                    for l in 0..<16 {
+                        let src = q.row(g * 16 + l) + b * srcBlock
+                        scales[l] = halfToFloat(src.loadUnaligned(as: UInt16.self))
+                        if isQ4_1 { scales[16 + l] = halfToFloat(src.loadUnaligned(fromByteOffset: 2, as: UInt16.self)) }
+                        for e in 0..<32 {
+                            let v: Int16
+                            if isQ4_1 {
+                                let byte = src.load(fromByteOffset: 4 + e % 16, as: UInt8.self)
+                                v = Int16(e < 16 ? byte & 15 : byte >> 4)
+                            } else {
+                                v = Int16(src.load(fromByteOffset: 2 + e, as: Int8.self))
+                            }
+                            pairs[(e / 2) * 32 + l * 2 + e % 2] = v
+                        }
+                    }
+                }
+            }
         }
+        self.data = data
     }
 
-    /// Quantizes rows `rows` of x (m × k floats); call `reset` first. Rows may be split over threads.
-    public func quantize(_ x: UnsafePointer<Float>, rows: Range<Int>) {
-        #if arch(x86_64)
-        VNNI.quantize(x, k: k, rows: rows, q: q!, scales: scales!, sums: sums!)
-        #endif
-    }
-
-    #if arch(x86_64)
-    func acts() -> Acts { Acts(m: m, nb: k / 32, q: q!, scales: scales!, sums: sums!) }
-    #endif
+    deinit { data.deallocate() }
 }

@@ -3,203 +3,619 @@
 import Swift
 
 @inline(__always)
-func tileQ4_1x8(_ row: UnsafeRawPointer, nb: Int, _ a: Acts, _ i0: Int, _ y: UnsafeMutablePointer<Float>, ldy: Int) {
-    let rs = nb * 64
-    let xq = a.q + i0 * rs, xd = a.scales + i0 * rs, xs = a.sums + i0 * rs
-    var a0 = VF.zero, c0 = VF.zero
-    var a1 = VF.zero, c1 = VF.zero
-    var a2 = VF.zero, c2 = VF.zero
-    var a3 = VF.zero, c3 = VF.zero
-    var a4 = VF.zero, c4 = VF.zero
-    var a5 = VF.zero, c5 = VF.zero
-    var a6 = VF.zero, c6 = VF.zero
-    var a7 = VF.zero, c7 = VF.zero
+func tileQ4_1x4x2(_ w: UnsafeRawPointer, groupBytes: Int, nb: Int, _ x: UnsafeRawPointer, _ xs: UnsafePointer<Float>,
+                     _ xm: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, ldy: Int, accumulate: Bool) {
+    let rowBytes = nb * 64
+    let bb = 1152
+    var f00 = VF.zero, f01 = VF.zero, f10 = VF.zero, f11 = VF.zero, f20 = VF.zero, f21 = VF.zero, f30 = VF.zero, f31 = VF.zero
     for b in 0..<nb {
-        let b0 = row + b * 20
-        let w = unpack16Q4_1(b0)
-        let dw = VF(half(b0, 0)), mw = VF(half(b0, 2))
-        do { let o = 0 * rs + b * 64; a0 = VF.fma(VI.zero.dpwssd(w, loadVI(xq + o)).float, dw * loadVF(xd + o), a0); c0 = VF.fma(mw, loadVF(xs + o), c0) }
-        do { let o = 1 * rs + b * 64; a1 = VF.fma(VI.zero.dpwssd(w, loadVI(xq + o)).float, dw * loadVF(xd + o), a1); c1 = VF.fma(mw, loadVF(xs + o), c1) }
-        do { let o = 2 * rs + b * 64; a2 = VF.fma(VI.zero.dpwssd(w, loadVI(xq + o)).float, dw * loadVF(xd + o), a2); c2 = VF.fma(mw, loadVF(xs + o), c2) }
-        do { let o = 3 * rs + b * 64; a3 = VF.fma(VI.zero.dpwssd(w, loadVI(xq + o)).float, dw * loadVF(xd + o), a3); c3 = VF.fma(mw, loadVF(xs + o), c3) }
-        do { let o = 4 * rs + b * 64; a4 = VF.fma(VI.zero.dpwssd(w, loadVI(xq + o)).float, dw * loadVF(xd + o), a4); c4 = VF.fma(mw, loadVF(xs + o), c4) }
-        do { let o = 5 * rs + b * 64; a5 = VF.fma(VI.zero.dpwssd(w, loadVI(xq + o)).float, dw * loadVF(xd + o), a5); c5 = VF.fma(mw, loadVF(xs + o), c5) }
-        do { let o = 6 * rs + b * 64; a6 = VF.fma(VI.zero.dpwssd(w, loadVI(xq + o)).float, dw * loadVF(xd + o), a6); c6 = VF.fma(mw, loadVF(xs + o), c6) }
-        do { let o = 7 * rs + b * 64; a7 = VF.fma(VI.zero.dpwssd(w, loadVI(xq + o)).float, dw * loadVF(xd + o), a7); c7 = VF.fma(mw, loadVF(xs + o), c7) }
+        let w0 = w + 0 * groupBytes + b * bb
+        let w1 = w + 1 * groupBytes + b * bb
+        var s00 = VI.zero, s01 = VI.zero, s10 = VI.zero, s11 = VI.zero, s20 = VI.zero, s21 = VI.zero, s30 = VI.zero, s31 = VI.zero
+        for j in 0..<16 {
+            let v0 = loadVI(w0 + 128 + j * 64)
+            let v1 = loadVI(w1 + 128 + j * 64)
+            let a0 = broadcastVI(x + 0 * rowBytes + b * 64 + j * 4)
+            s00 = s00.dpwssd(v0, a0)
+            s01 = s01.dpwssd(v1, a0)
+            let a1 = broadcastVI(x + 1 * rowBytes + b * 64 + j * 4)
+            s10 = s10.dpwssd(v0, a1)
+            s11 = s11.dpwssd(v1, a1)
+            let a2 = broadcastVI(x + 2 * rowBytes + b * 64 + j * 4)
+            s20 = s20.dpwssd(v0, a2)
+            s21 = s21.dpwssd(v1, a2)
+            let a3 = broadcastVI(x + 3 * rowBytes + b * 64 + j * 4)
+            s30 = s30.dpwssd(v0, a3)
+            s31 = s31.dpwssd(v1, a3)
+        }
+        let d0 = loadVF(w0), m0 = loadVF(w0 + 64)
+        let d1 = loadVF(w1), m1 = loadVF(w1 + 64)
+        let e0 = VF(xs[0 * nb + b]), t0 = VF(xm[0 * nb + b])
+        f00 = VF.fma(s00.float, d0 * e0, f00)
+        f00 = VF.fma(m0, t0, f00)
+        f01 = VF.fma(s01.float, d1 * e0, f01)
+        f01 = VF.fma(m1, t0, f01)
+        let e1 = VF(xs[1 * nb + b]), t1 = VF(xm[1 * nb + b])
+        f10 = VF.fma(s10.float, d0 * e1, f10)
+        f10 = VF.fma(m0, t1, f10)
+        f11 = VF.fma(s11.float, d1 * e1, f11)
+        f11 = VF.fma(m1, t1, f11)
+        let e2 = VF(xs[2 * nb + b]), t2 = VF(xm[2 * nb + b])
+        f20 = VF.fma(s20.float, d0 * e2, f20)
+        f20 = VF.fma(m0, t2, f20)
+        f21 = VF.fma(s21.float, d1 * e2, f21)
+        f21 = VF.fma(m1, t2, f21)
+        let e3 = VF(xs[3 * nb + b]), t3 = VF(xm[3 * nb + b])
+        f30 = VF.fma(s30.float, d0 * e3, f30)
+        f30 = VF.fma(m0, t3, f30)
+        f31 = VF.fma(s31.float, d1 * e3, f31)
+        f31 = VF.fma(m1, t3, f31)
     }
-    y[0 * ldy] = hsum(a0 + c0)
-    y[1 * ldy] = hsum(a1 + c1)
-    y[2 * ldy] = hsum(a2 + c2)
-    y[3 * ldy] = hsum(a3 + c3)
-    y[4 * ldy] = hsum(a4 + c4)
-    y[5 * ldy] = hsum(a5 + c5)
-    y[6 * ldy] = hsum(a6 + c6)
-    y[7 * ldy] = hsum(a7 + c7)
+    store(f00, y + 0 * ldy + 0, accumulate: accumulate)
+    store(f01, y + 0 * ldy + 16, accumulate: accumulate)
+    store(f10, y + 1 * ldy + 0, accumulate: accumulate)
+    store(f11, y + 1 * ldy + 16, accumulate: accumulate)
+    store(f20, y + 2 * ldy + 0, accumulate: accumulate)
+    store(f21, y + 2 * ldy + 16, accumulate: accumulate)
+    store(f30, y + 3 * ldy + 0, accumulate: accumulate)
+    store(f31, y + 3 * ldy + 16, accumulate: accumulate)
 }
 
 @inline(__always)
-func tileQ4_1x4(_ row: UnsafeRawPointer, nb: Int, _ a: Acts, _ i0: Int, _ y: UnsafeMutablePointer<Float>, ldy: Int) {
-    let rs = nb * 64
-    let xq = a.q + i0 * rs, xd = a.scales + i0 * rs, xs = a.sums + i0 * rs
-    var a0 = VF.zero, c0 = VF.zero
-    var a1 = VF.zero, c1 = VF.zero
-    var a2 = VF.zero, c2 = VF.zero
-    var a3 = VF.zero, c3 = VF.zero
+func tileQ4_1x4x1(_ w: UnsafeRawPointer, groupBytes: Int, nb: Int, _ x: UnsafeRawPointer, _ xs: UnsafePointer<Float>,
+                     _ xm: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, ldy: Int, accumulate: Bool) {
+    let rowBytes = nb * 64
+    let bb = 1152
+    var f00 = VF.zero, f10 = VF.zero, f20 = VF.zero, f30 = VF.zero
     for b in 0..<nb {
-        let b0 = row + b * 20
-        let w = unpack16Q4_1(b0)
-        let dw = VF(half(b0, 0)), mw = VF(half(b0, 2))
-        do { let o = 0 * rs + b * 64; a0 = VF.fma(VI.zero.dpwssd(w, loadVI(xq + o)).float, dw * loadVF(xd + o), a0); c0 = VF.fma(mw, loadVF(xs + o), c0) }
-        do { let o = 1 * rs + b * 64; a1 = VF.fma(VI.zero.dpwssd(w, loadVI(xq + o)).float, dw * loadVF(xd + o), a1); c1 = VF.fma(mw, loadVF(xs + o), c1) }
-        do { let o = 2 * rs + b * 64; a2 = VF.fma(VI.zero.dpwssd(w, loadVI(xq + o)).float, dw * loadVF(xd + o), a2); c2 = VF.fma(mw, loadVF(xs + o), c2) }
-        do { let o = 3 * rs + b * 64; a3 = VF.fma(VI.zero.dpwssd(w, loadVI(xq + o)).float, dw * loadVF(xd + o), a3); c3 = VF.fma(mw, loadVF(xs + o), c3) }
+        let w0 = w + 0 * groupBytes + b * bb
+        var s00 = VI.zero, s10 = VI.zero, s20 = VI.zero, s30 = VI.zero
+        for j in 0..<16 {
+            let v0 = loadVI(w0 + 128 + j * 64)
+            let a0 = broadcastVI(x + 0 * rowBytes + b * 64 + j * 4)
+            s00 = s00.dpwssd(v0, a0)
+            let a1 = broadcastVI(x + 1 * rowBytes + b * 64 + j * 4)
+            s10 = s10.dpwssd(v0, a1)
+            let a2 = broadcastVI(x + 2 * rowBytes + b * 64 + j * 4)
+            s20 = s20.dpwssd(v0, a2)
+            let a3 = broadcastVI(x + 3 * rowBytes + b * 64 + j * 4)
+            s30 = s30.dpwssd(v0, a3)
+        }
+        let d0 = loadVF(w0), m0 = loadVF(w0 + 64)
+        let e0 = VF(xs[0 * nb + b]), t0 = VF(xm[0 * nb + b])
+        f00 = VF.fma(s00.float, d0 * e0, f00)
+        f00 = VF.fma(m0, t0, f00)
+        let e1 = VF(xs[1 * nb + b]), t1 = VF(xm[1 * nb + b])
+        f10 = VF.fma(s10.float, d0 * e1, f10)
+        f10 = VF.fma(m0, t1, f10)
+        let e2 = VF(xs[2 * nb + b]), t2 = VF(xm[2 * nb + b])
+        f20 = VF.fma(s20.float, d0 * e2, f20)
+        f20 = VF.fma(m0, t2, f20)
+        let e3 = VF(xs[3 * nb + b]), t3 = VF(xm[3 * nb + b])
+        f30 = VF.fma(s30.float, d0 * e3, f30)
+        f30 = VF.fma(m0, t3, f30)
     }
-    y[0 * ldy] = hsum(a0 + c0)
-    y[1 * ldy] = hsum(a1 + c1)
-    y[2 * ldy] = hsum(a2 + c2)
-    y[3 * ldy] = hsum(a3 + c3)
+    store(f00, y + 0 * ldy + 0, accumulate: accumulate)
+    store(f10, y + 1 * ldy + 0, accumulate: accumulate)
+    store(f20, y + 2 * ldy + 0, accumulate: accumulate)
+    store(f30, y + 3 * ldy + 0, accumulate: accumulate)
 }
 
 @inline(__always)
-func tileQ4_1x2(_ row: UnsafeRawPointer, nb: Int, _ a: Acts, _ i0: Int, _ y: UnsafeMutablePointer<Float>, ldy: Int) {
-    let rs = nb * 64
-    let xq = a.q + i0 * rs, xd = a.scales + i0 * rs, xs = a.sums + i0 * rs
-    var a0 = VF.zero, c0 = VF.zero
-    var a1 = VF.zero, c1 = VF.zero
+func tileQ4_1x3x2(_ w: UnsafeRawPointer, groupBytes: Int, nb: Int, _ x: UnsafeRawPointer, _ xs: UnsafePointer<Float>,
+                     _ xm: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, ldy: Int, accumulate: Bool) {
+    let rowBytes = nb * 64
+    let bb = 1152
+    var f00 = VF.zero, f01 = VF.zero, f10 = VF.zero, f11 = VF.zero, f20 = VF.zero, f21 = VF.zero
     for b in 0..<nb {
-        let b0 = row + b * 20
-        let w = unpack16Q4_1(b0)
-        let dw = VF(half(b0, 0)), mw = VF(half(b0, 2))
-        do { let o = 0 * rs + b * 64; a0 = VF.fma(VI.zero.dpwssd(w, loadVI(xq + o)).float, dw * loadVF(xd + o), a0); c0 = VF.fma(mw, loadVF(xs + o), c0) }
-        do { let o = 1 * rs + b * 64; a1 = VF.fma(VI.zero.dpwssd(w, loadVI(xq + o)).float, dw * loadVF(xd + o), a1); c1 = VF.fma(mw, loadVF(xs + o), c1) }
+        let w0 = w + 0 * groupBytes + b * bb
+        let w1 = w + 1 * groupBytes + b * bb
+        var s00 = VI.zero, s01 = VI.zero, s10 = VI.zero, s11 = VI.zero, s20 = VI.zero, s21 = VI.zero
+        for j in 0..<16 {
+            let v0 = loadVI(w0 + 128 + j * 64)
+            let v1 = loadVI(w1 + 128 + j * 64)
+            let a0 = broadcastVI(x + 0 * rowBytes + b * 64 + j * 4)
+            s00 = s00.dpwssd(v0, a0)
+            s01 = s01.dpwssd(v1, a0)
+            let a1 = broadcastVI(x + 1 * rowBytes + b * 64 + j * 4)
+            s10 = s10.dpwssd(v0, a1)
+            s11 = s11.dpwssd(v1, a1)
+            let a2 = broadcastVI(x + 2 * rowBytes + b * 64 + j * 4)
+            s20 = s20.dpwssd(v0, a2)
+            s21 = s21.dpwssd(v1, a2)
+        }
+        let d0 = loadVF(w0), m0 = loadVF(w0 + 64)
+        let d1 = loadVF(w1), m1 = loadVF(w1 + 64)
+        let e0 = VF(xs[0 * nb + b]), t0 = VF(xm[0 * nb + b])
+        f00 = VF.fma(s00.float, d0 * e0, f00)
+        f00 = VF.fma(m0, t0, f00)
+        f01 = VF.fma(s01.float, d1 * e0, f01)
+        f01 = VF.fma(m1, t0, f01)
+        let e1 = VF(xs[1 * nb + b]), t1 = VF(xm[1 * nb + b])
+        f10 = VF.fma(s10.float, d0 * e1, f10)
+        f10 = VF.fma(m0, t1, f10)
+        f11 = VF.fma(s11.float, d1 * e1, f11)
+        f11 = VF.fma(m1, t1, f11)
+        let e2 = VF(xs[2 * nb + b]), t2 = VF(xm[2 * nb + b])
+        f20 = VF.fma(s20.float, d0 * e2, f20)
+        f20 = VF.fma(m0, t2, f20)
+        f21 = VF.fma(s21.float, d1 * e2, f21)
+        f21 = VF.fma(m1, t2, f21)
     }
-    y[0 * ldy] = hsum(a0 + c0)
-    y[1 * ldy] = hsum(a1 + c1)
+    store(f00, y + 0 * ldy + 0, accumulate: accumulate)
+    store(f01, y + 0 * ldy + 16, accumulate: accumulate)
+    store(f10, y + 1 * ldy + 0, accumulate: accumulate)
+    store(f11, y + 1 * ldy + 16, accumulate: accumulate)
+    store(f20, y + 2 * ldy + 0, accumulate: accumulate)
+    store(f21, y + 2 * ldy + 16, accumulate: accumulate)
 }
 
 @inline(__always)
-func tileQ4_1x1(_ row: UnsafeRawPointer, nb: Int, _ a: Acts, _ i0: Int, _ y: UnsafeMutablePointer<Float>, ldy: Int) {
-    let rs = nb * 64
-    let xq = a.q + i0 * rs, xd = a.scales + i0 * rs, xs = a.sums + i0 * rs
-    var a0 = VF.zero, c0 = VF.zero
+func tileQ4_1x3x1(_ w: UnsafeRawPointer, groupBytes: Int, nb: Int, _ x: UnsafeRawPointer, _ xs: UnsafePointer<Float>,
+                     _ xm: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, ldy: Int, accumulate: Bool) {
+    let rowBytes = nb * 64
+    let bb = 1152
+    var f00 = VF.zero, f10 = VF.zero, f20 = VF.zero
     for b in 0..<nb {
-        let b0 = row + b * 20
-        let w = unpack16Q4_1(b0)
-        let dw = VF(half(b0, 0)), mw = VF(half(b0, 2))
-        do { let o = 0 * rs + b * 64; a0 = VF.fma(VI.zero.dpwssd(w, loadVI(xq + o)).float, dw * loadVF(xd + o), a0); c0 = VF.fma(mw, loadVF(xs + o), c0) }
+        let w0 = w + 0 * groupBytes + b * bb
+        var s00 = VI.zero, s10 = VI.zero, s20 = VI.zero
+        for j in 0..<16 {
+            let v0 = loadVI(w0 + 128 + j * 64)
+            let a0 = broadcastVI(x + 0 * rowBytes + b * 64 + j * 4)
+            s00 = s00.dpwssd(v0, a0)
+            let a1 = broadcastVI(x + 1 * rowBytes + b * 64 + j * 4)
+            s10 = s10.dpwssd(v0, a1)
+            let a2 = broadcastVI(x + 2 * rowBytes + b * 64 + j * 4)
+            s20 = s20.dpwssd(v0, a2)
+        }
+        let d0 = loadVF(w0), m0 = loadVF(w0 + 64)
+        let e0 = VF(xs[0 * nb + b]), t0 = VF(xm[0 * nb + b])
+        f00 = VF.fma(s00.float, d0 * e0, f00)
+        f00 = VF.fma(m0, t0, f00)
+        let e1 = VF(xs[1 * nb + b]), t1 = VF(xm[1 * nb + b])
+        f10 = VF.fma(s10.float, d0 * e1, f10)
+        f10 = VF.fma(m0, t1, f10)
+        let e2 = VF(xs[2 * nb + b]), t2 = VF(xm[2 * nb + b])
+        f20 = VF.fma(s20.float, d0 * e2, f20)
+        f20 = VF.fma(m0, t2, f20)
     }
-    y[0 * ldy] = hsum(a0 + c0)
+    store(f00, y + 0 * ldy + 0, accumulate: accumulate)
+    store(f10, y + 1 * ldy + 0, accumulate: accumulate)
+    store(f20, y + 2 * ldy + 0, accumulate: accumulate)
 }
 
 @inline(__always)
-/// Activation rows i0 ..< i0 + count against one weight row.
-func spanQ4_1(_ row: UnsafeRawPointer, nb: Int, _ a: Acts, _ i0: Int, _ count: Int, _ y: UnsafeMutablePointer<Float>, ldy: Int) {
-    var i = i0
-    let end = i0 + count
-    while i + 8 <= end { tileQ4_1x8(row, nb: nb, a, i, y + i * ldy, ldy: ldy); i += 8 }
-    if i + 4 <= end { tileQ4_1x4(row, nb: nb, a, i, y + i * ldy, ldy: ldy); i += 4 }
-    if i + 2 <= end { tileQ4_1x2(row, nb: nb, a, i, y + i * ldy, ldy: ldy); i += 2 }
-    if i < end { tileQ4_1x1(row, nb: nb, a, i, y + i * ldy, ldy: ldy) }
-}
-
-@inline(__always)
-func tileQ8_0x8(_ row: UnsafeRawPointer, nb: Int, _ a: Acts, _ i0: Int, _ y: UnsafeMutablePointer<Float>, ldy: Int) {
-    let rs = nb * 64
-    let xq = a.q + i0 * rs, xd = a.scales + i0 * rs, xs = a.sums + i0 * rs
-    var a0 = VF.zero
-    var a1 = VF.zero
-    var a2 = VF.zero
-    var a3 = VF.zero
-    var a4 = VF.zero
-    var a5 = VF.zero
-    var a6 = VF.zero
-    var a7 = VF.zero
+func tileQ4_1x2x2(_ w: UnsafeRawPointer, groupBytes: Int, nb: Int, _ x: UnsafeRawPointer, _ xs: UnsafePointer<Float>,
+                     _ xm: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, ldy: Int, accumulate: Bool) {
+    let rowBytes = nb * 64
+    let bb = 1152
+    var f00 = VF.zero, f01 = VF.zero, f10 = VF.zero, f11 = VF.zero
     for b in 0..<nb {
-        let b0 = row + b * 34
-        let w = load16Q8_0(b0)
-        let dw = VF(half(b0, 0))
-        do { let o = 0 * rs + b * 64; a0 = VF.fma(VI.zero.dpwssd(w, loadVI(xq + o)).float, dw * loadVF(xd + o), a0) }
-        do { let o = 1 * rs + b * 64; a1 = VF.fma(VI.zero.dpwssd(w, loadVI(xq + o)).float, dw * loadVF(xd + o), a1) }
-        do { let o = 2 * rs + b * 64; a2 = VF.fma(VI.zero.dpwssd(w, loadVI(xq + o)).float, dw * loadVF(xd + o), a2) }
-        do { let o = 3 * rs + b * 64; a3 = VF.fma(VI.zero.dpwssd(w, loadVI(xq + o)).float, dw * loadVF(xd + o), a3) }
-        do { let o = 4 * rs + b * 64; a4 = VF.fma(VI.zero.dpwssd(w, loadVI(xq + o)).float, dw * loadVF(xd + o), a4) }
-        do { let o = 5 * rs + b * 64; a5 = VF.fma(VI.zero.dpwssd(w, loadVI(xq + o)).float, dw * loadVF(xd + o), a5) }
-        do { let o = 6 * rs + b * 64; a6 = VF.fma(VI.zero.dpwssd(w, loadVI(xq + o)).float, dw * loadVF(xd + o), a6) }
-        do { let o = 7 * rs + b * 64; a7 = VF.fma(VI.zero.dpwssd(w, loadVI(xq + o)).float, dw * loadVF(xd + o), a7) }
+        let w0 = w + 0 * groupBytes + b * bb
+        let w1 = w + 1 * groupBytes + b * bb
+        var s00 = VI.zero, s01 = VI.zero, s10 = VI.zero, s11 = VI.zero
+        for j in 0..<16 {
+            let v0 = loadVI(w0 + 128 + j * 64)
+            let v1 = loadVI(w1 + 128 + j * 64)
+            let a0 = broadcastVI(x + 0 * rowBytes + b * 64 + j * 4)
+            s00 = s00.dpwssd(v0, a0)
+            s01 = s01.dpwssd(v1, a0)
+            let a1 = broadcastVI(x + 1 * rowBytes + b * 64 + j * 4)
+            s10 = s10.dpwssd(v0, a1)
+            s11 = s11.dpwssd(v1, a1)
+        }
+        let d0 = loadVF(w0), m0 = loadVF(w0 + 64)
+        let d1 = loadVF(w1), m1 = loadVF(w1 + 64)
+        let e0 = VF(xs[0 * nb + b]), t0 = VF(xm[0 * nb + b])
+        f00 = VF.fma(s00.float, d0 * e0, f00)
+        f00 = VF.fma(m0, t0, f00)
+        f01 = VF.fma(s01.float, d1 * e0, f01)
+        f01 = VF.fma(m1, t0, f01)
+        let e1 = VF(xs[1 * nb + b]), t1 = VF(xm[1 * nb + b])
+        f10 = VF.fma(s10.float, d0 * e1, f10)
+        f10 = VF.fma(m0, t1, f10)
+        f11 = VF.fma(s11.float, d1 * e1, f11)
+        f11 = VF.fma(m1, t1, f11)
     }
-    y[0 * ldy] = hsum(a0)
-    y[1 * ldy] = hsum(a1)
-    y[2 * ldy] = hsum(a2)
-    y[3 * ldy] = hsum(a3)
-    y[4 * ldy] = hsum(a4)
-    y[5 * ldy] = hsum(a5)
-    y[6 * ldy] = hsum(a6)
-    y[7 * ldy] = hsum(a7)
+    store(f00, y + 0 * ldy + 0, accumulate: accumulate)
+    store(f01, y + 0 * ldy + 16, accumulate: accumulate)
+    store(f10, y + 1 * ldy + 0, accumulate: accumulate)
+    store(f11, y + 1 * ldy + 16, accumulate: accumulate)
 }
 
 @inline(__always)
-func tileQ8_0x4(_ row: UnsafeRawPointer, nb: Int, _ a: Acts, _ i0: Int, _ y: UnsafeMutablePointer<Float>, ldy: Int) {
-    let rs = nb * 64
-    let xq = a.q + i0 * rs, xd = a.scales + i0 * rs, xs = a.sums + i0 * rs
-    var a0 = VF.zero
-    var a1 = VF.zero
-    var a2 = VF.zero
-    var a3 = VF.zero
+func tileQ4_1x2x1(_ w: UnsafeRawPointer, groupBytes: Int, nb: Int, _ x: UnsafeRawPointer, _ xs: UnsafePointer<Float>,
+                     _ xm: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, ldy: Int, accumulate: Bool) {
+    let rowBytes = nb * 64
+    let bb = 1152
+    var f00 = VF.zero, f10 = VF.zero
     for b in 0..<nb {
-        let b0 = row + b * 34
-        let w = load16Q8_0(b0)
-        let dw = VF(half(b0, 0))
-        do { let o = 0 * rs + b * 64; a0 = VF.fma(VI.zero.dpwssd(w, loadVI(xq + o)).float, dw * loadVF(xd + o), a0) }
-        do { let o = 1 * rs + b * 64; a1 = VF.fma(VI.zero.dpwssd(w, loadVI(xq + o)).float, dw * loadVF(xd + o), a1) }
-        do { let o = 2 * rs + b * 64; a2 = VF.fma(VI.zero.dpwssd(w, loadVI(xq + o)).float, dw * loadVF(xd + o), a2) }
-        do { let o = 3 * rs + b * 64; a3 = VF.fma(VI.zero.dpwssd(w, loadVI(xq + o)).float, dw * loadVF(xd + o), a3) }
+        let w0 = w + 0 * groupBytes + b * bb
+        var s00 = VI.zero, s10 = VI.zero
+        for j in 0..<16 {
+            let v0 = loadVI(w0 + 128 + j * 64)
+            let a0 = broadcastVI(x + 0 * rowBytes + b * 64 + j * 4)
+            s00 = s00.dpwssd(v0, a0)
+            let a1 = broadcastVI(x + 1 * rowBytes + b * 64 + j * 4)
+            s10 = s10.dpwssd(v0, a1)
+        }
+        let d0 = loadVF(w0), m0 = loadVF(w0 + 64)
+        let e0 = VF(xs[0 * nb + b]), t0 = VF(xm[0 * nb + b])
+        f00 = VF.fma(s00.float, d0 * e0, f00)
+        f00 = VF.fma(m0, t0, f00)
+        let e1 = VF(xs[1 * nb + b]), t1 = VF(xm[1 * nb + b])
+        f10 = VF.fma(s10.float, d0 * e1, f10)
+        f10 = VF.fma(m0, t1, f10)
     }
-    y[0 * ldy] = hsum(a0)
-    y[1 * ldy] = hsum(a1)
-    y[2 * ldy] = hsum(a2)
-    y[3 * ldy] = hsum(a3)
+    store(f00, y + 0 * ldy + 0, accumulate: accumulate)
+    store(f10, y + 1 * ldy + 0, accumulate: accumulate)
 }
 
 @inline(__always)
-func tileQ8_0x2(_ row: UnsafeRawPointer, nb: Int, _ a: Acts, _ i0: Int, _ y: UnsafeMutablePointer<Float>, ldy: Int) {
-    let rs = nb * 64
-    let xq = a.q + i0 * rs, xd = a.scales + i0 * rs, xs = a.sums + i0 * rs
-    var a0 = VF.zero
-    var a1 = VF.zero
+func tileQ4_1x1x2(_ w: UnsafeRawPointer, groupBytes: Int, nb: Int, _ x: UnsafeRawPointer, _ xs: UnsafePointer<Float>,
+                     _ xm: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, ldy: Int, accumulate: Bool) {
+    let rowBytes = nb * 64
+    let bb = 1152
+    var f00 = VF.zero, f01 = VF.zero
     for b in 0..<nb {
-        let b0 = row + b * 34
-        let w = load16Q8_0(b0)
-        let dw = VF(half(b0, 0))
-        do { let o = 0 * rs + b * 64; a0 = VF.fma(VI.zero.dpwssd(w, loadVI(xq + o)).float, dw * loadVF(xd + o), a0) }
-        do { let o = 1 * rs + b * 64; a1 = VF.fma(VI.zero.dpwssd(w, loadVI(xq + o)).float, dw * loadVF(xd + o), a1) }
+        let w0 = w + 0 * groupBytes + b * bb
+        let w1 = w + 1 * groupBytes + b * bb
+        var s00 = VI.zero, s01 = VI.zero
+        for j in 0..<16 {
+            let v0 = loadVI(w0 + 128 + j * 64)
+            let v1 = loadVI(w1 + 128 + j * 64)
+            let a0 = broadcastVI(x + 0 * rowBytes + b * 64 + j * 4)
+            s00 = s00.dpwssd(v0, a0)
+            s01 = s01.dpwssd(v1, a0)
+        }
+        let d0 = loadVF(w0), m0 = loadVF(w0 + 64)
+        let d1 = loadVF(w1), m1 = loadVF(w1 + 64)
+        let e0 = VF(xs[0 * nb + b]), t0 = VF(xm[0 * nb + b])
+        f00 = VF.fma(s00.float, d0 * e0, f00)
+        f00 = VF.fma(m0, t0, f00)
+        f01 = VF.fma(s01.float, d1 * e0, f01)
+        f01 = VF.fma(m1, t0, f01)
     }
-    y[0 * ldy] = hsum(a0)
-    y[1 * ldy] = hsum(a1)
+    store(f00, y + 0 * ldy + 0, accumulate: accumulate)
+    store(f01, y + 0 * ldy + 16, accumulate: accumulate)
 }
 
 @inline(__always)
-func tileQ8_0x1(_ row: UnsafeRawPointer, nb: Int, _ a: Acts, _ i0: Int, _ y: UnsafeMutablePointer<Float>, ldy: Int) {
-    let rs = nb * 64
-    let xq = a.q + i0 * rs, xd = a.scales + i0 * rs, xs = a.sums + i0 * rs
-    var a0 = VF.zero
+func tileQ4_1x1x1(_ w: UnsafeRawPointer, groupBytes: Int, nb: Int, _ x: UnsafeRawPointer, _ xs: UnsafePointer<Float>,
+                     _ xm: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, ldy: Int, accumulate: Bool) {
+    let rowBytes = nb * 64
+    let bb = 1152
+    var f00 = VF.zero
     for b in 0..<nb {
-        let b0 = row + b * 34
-        let w = load16Q8_0(b0)
-        let dw = VF(half(b0, 0))
-        do { let o = 0 * rs + b * 64; a0 = VF.fma(VI.zero.dpwssd(w, loadVI(xq + o)).float, dw * loadVF(xd + o), a0) }
+        let w0 = w + 0 * groupBytes + b * bb
+        var s00 = VI.zero
+        for j in 0..<16 {
+            let v0 = loadVI(w0 + 128 + j * 64)
+            let a0 = broadcastVI(x + 0 * rowBytes + b * 64 + j * 4)
+            s00 = s00.dpwssd(v0, a0)
+        }
+        let d0 = loadVF(w0), m0 = loadVF(w0 + 64)
+        let e0 = VF(xs[0 * nb + b]), t0 = VF(xm[0 * nb + b])
+        f00 = VF.fma(s00.float, d0 * e0, f00)
+        f00 = VF.fma(m0, t0, f00)
     }
-    y[0 * ldy] = hsum(a0)
+    store(f00, y + 0 * ldy + 0, accumulate: accumulate)
+}
+
+/// Activation rows 0 ..< m (row stride nb·64 bytes in x, nb in xs/xm) against C groups.
+@inline(__always)
+func rowsQ4_1(_ C: Int, _ w: UnsafeRawPointer, groupBytes: Int, nb: Int, m: Int, _ x: UnsafeRawPointer, _ xs: UnsafePointer<Float>,
+              _ xm: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, ldy: Int, accumulate: Bool) {
+    var i = 0
+    while i < m {
+        let R = Swift.min(4, m - i)
+        let xi = x + i * nb * 64, si = xs + i * nb, mi = xm + i * nb, yi = y + i * ldy
+        switch (R, C) {
+        case (4, 2): tileQ4_1x4x2(w, groupBytes: groupBytes, nb: nb, xi, si, mi, yi, ldy: ldy, accumulate: accumulate)
+        case (4, 1): tileQ4_1x4x1(w, groupBytes: groupBytes, nb: nb, xi, si, mi, yi, ldy: ldy, accumulate: accumulate)
+        case (3, 2): tileQ4_1x3x2(w, groupBytes: groupBytes, nb: nb, xi, si, mi, yi, ldy: ldy, accumulate: accumulate)
+        case (3, 1): tileQ4_1x3x1(w, groupBytes: groupBytes, nb: nb, xi, si, mi, yi, ldy: ldy, accumulate: accumulate)
+        case (2, 2): tileQ4_1x2x2(w, groupBytes: groupBytes, nb: nb, xi, si, mi, yi, ldy: ldy, accumulate: accumulate)
+        case (2, 1): tileQ4_1x2x1(w, groupBytes: groupBytes, nb: nb, xi, si, mi, yi, ldy: ldy, accumulate: accumulate)
+        case (1, 2): tileQ4_1x1x2(w, groupBytes: groupBytes, nb: nb, xi, si, mi, yi, ldy: ldy, accumulate: accumulate)
+        case (1, 1): tileQ4_1x1x1(w, groupBytes: groupBytes, nb: nb, xi, si, mi, yi, ldy: ldy, accumulate: accumulate)
+        default: fatalError("unreachable")
+        }
+        i += R
+    }
 }
 
 @inline(__always)
-/// Activation rows i0 ..< i0 + count against one weight row.
-func spanQ8_0(_ row: UnsafeRawPointer, nb: Int, _ a: Acts, _ i0: Int, _ count: Int, _ y: UnsafeMutablePointer<Float>, ldy: Int) {
-    var i = i0
-    let end = i0 + count
-    while i + 8 <= end { tileQ8_0x8(row, nb: nb, a, i, y + i * ldy, ldy: ldy); i += 8 }
-    if i + 4 <= end { tileQ8_0x4(row, nb: nb, a, i, y + i * ldy, ldy: ldy); i += 4 }
-    if i + 2 <= end { tileQ8_0x2(row, nb: nb, a, i, y + i * ldy, ldy: ldy); i += 2 }
-    if i < end { tileQ8_0x1(row, nb: nb, a, i, y + i * ldy, ldy: ldy) }
+func tileQ8_0x4x2(_ w: UnsafeRawPointer, groupBytes: Int, nb: Int, _ x: UnsafeRawPointer, _ xs: UnsafePointer<Float>,
+                     _ xm: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, ldy: Int, accumulate: Bool) {
+    let rowBytes = nb * 64
+    let bb = 1088
+    var f00 = VF.zero, f01 = VF.zero, f10 = VF.zero, f11 = VF.zero, f20 = VF.zero, f21 = VF.zero, f30 = VF.zero, f31 = VF.zero
+    for b in 0..<nb {
+        let w0 = w + 0 * groupBytes + b * bb
+        let w1 = w + 1 * groupBytes + b * bb
+        var s00 = VI.zero, s01 = VI.zero, s10 = VI.zero, s11 = VI.zero, s20 = VI.zero, s21 = VI.zero, s30 = VI.zero, s31 = VI.zero
+        for j in 0..<16 {
+            let v0 = loadVI(w0 + 64 + j * 64)
+            let v1 = loadVI(w1 + 64 + j * 64)
+            let a0 = broadcastVI(x + 0 * rowBytes + b * 64 + j * 4)
+            s00 = s00.dpwssd(v0, a0)
+            s01 = s01.dpwssd(v1, a0)
+            let a1 = broadcastVI(x + 1 * rowBytes + b * 64 + j * 4)
+            s10 = s10.dpwssd(v0, a1)
+            s11 = s11.dpwssd(v1, a1)
+            let a2 = broadcastVI(x + 2 * rowBytes + b * 64 + j * 4)
+            s20 = s20.dpwssd(v0, a2)
+            s21 = s21.dpwssd(v1, a2)
+            let a3 = broadcastVI(x + 3 * rowBytes + b * 64 + j * 4)
+            s30 = s30.dpwssd(v0, a3)
+            s31 = s31.dpwssd(v1, a3)
+        }
+        let d0 = loadVF(w0)
+        let d1 = loadVF(w1)
+        let e0 = VF(xs[0 * nb + b])
+        f00 = VF.fma(s00.float, d0 * e0, f00)
+        f01 = VF.fma(s01.float, d1 * e0, f01)
+        let e1 = VF(xs[1 * nb + b])
+        f10 = VF.fma(s10.float, d0 * e1, f10)
+        f11 = VF.fma(s11.float, d1 * e1, f11)
+        let e2 = VF(xs[2 * nb + b])
+        f20 = VF.fma(s20.float, d0 * e2, f20)
+        f21 = VF.fma(s21.float, d1 * e2, f21)
+        let e3 = VF(xs[3 * nb + b])
+        f30 = VF.fma(s30.float, d0 * e3, f30)
+        f31 = VF.fma(s31.float, d1 * e3, f31)
+    }
+    store(f00, y + 0 * ldy + 0, accumulate: accumulate)
+    store(f01, y + 0 * ldy + 16, accumulate: accumulate)
+    store(f10, y + 1 * ldy + 0, accumulate: accumulate)
+    store(f11, y + 1 * ldy + 16, accumulate: accumulate)
+    store(f20, y + 2 * ldy + 0, accumulate: accumulate)
+    store(f21, y + 2 * ldy + 16, accumulate: accumulate)
+    store(f30, y + 3 * ldy + 0, accumulate: accumulate)
+    store(f31, y + 3 * ldy + 16, accumulate: accumulate)
+}
+
+@inline(__always)
+func tileQ8_0x4x1(_ w: UnsafeRawPointer, groupBytes: Int, nb: Int, _ x: UnsafeRawPointer, _ xs: UnsafePointer<Float>,
+                     _ xm: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, ldy: Int, accumulate: Bool) {
+    let rowBytes = nb * 64
+    let bb = 1088
+    var f00 = VF.zero, f10 = VF.zero, f20 = VF.zero, f30 = VF.zero
+    for b in 0..<nb {
+        let w0 = w + 0 * groupBytes + b * bb
+        var s00 = VI.zero, s10 = VI.zero, s20 = VI.zero, s30 = VI.zero
+        for j in 0..<16 {
+            let v0 = loadVI(w0 + 64 + j * 64)
+            let a0 = broadcastVI(x + 0 * rowBytes + b * 64 + j * 4)
+            s00 = s00.dpwssd(v0, a0)
+            let a1 = broadcastVI(x + 1 * rowBytes + b * 64 + j * 4)
+            s10 = s10.dpwssd(v0, a1)
+            let a2 = broadcastVI(x + 2 * rowBytes + b * 64 + j * 4)
+            s20 = s20.dpwssd(v0, a2)
+            let a3 = broadcastVI(x + 3 * rowBytes + b * 64 + j * 4)
+            s30 = s30.dpwssd(v0, a3)
+        }
+        let d0 = loadVF(w0)
+        let e0 = VF(xs[0 * nb + b])
+        f00 = VF.fma(s00.float, d0 * e0, f00)
+        let e1 = VF(xs[1 * nb + b])
+        f10 = VF.fma(s10.float, d0 * e1, f10)
+        let e2 = VF(xs[2 * nb + b])
+        f20 = VF.fma(s20.float, d0 * e2, f20)
+        let e3 = VF(xs[3 * nb + b])
+        f30 = VF.fma(s30.float, d0 * e3, f30)
+    }
+    store(f00, y + 0 * ldy + 0, accumulate: accumulate)
+    store(f10, y + 1 * ldy + 0, accumulate: accumulate)
+    store(f20, y + 2 * ldy + 0, accumulate: accumulate)
+    store(f30, y + 3 * ldy + 0, accumulate: accumulate)
+}
+
+@inline(__always)
+func tileQ8_0x3x2(_ w: UnsafeRawPointer, groupBytes: Int, nb: Int, _ x: UnsafeRawPointer, _ xs: UnsafePointer<Float>,
+                     _ xm: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, ldy: Int, accumulate: Bool) {
+    let rowBytes = nb * 64
+    let bb = 1088
+    var f00 = VF.zero, f01 = VF.zero, f10 = VF.zero, f11 = VF.zero, f20 = VF.zero, f21 = VF.zero
+    for b in 0..<nb {
+        let w0 = w + 0 * groupBytes + b * bb
+        let w1 = w + 1 * groupBytes + b * bb
+        var s00 = VI.zero, s01 = VI.zero, s10 = VI.zero, s11 = VI.zero, s20 = VI.zero, s21 = VI.zero
+        for j in 0..<16 {
+            let v0 = loadVI(w0 + 64 + j * 64)
+            let v1 = loadVI(w1 + 64 + j * 64)
+            let a0 = broadcastVI(x + 0 * rowBytes + b * 64 + j * 4)
+            s00 = s00.dpwssd(v0, a0)
+            s01 = s01.dpwssd(v1, a0)
+            let a1 = broadcastVI(x + 1 * rowBytes + b * 64 + j * 4)
+            s10 = s10.dpwssd(v0, a1)
+            s11 = s11.dpwssd(v1, a1)
+            let a2 = broadcastVI(x + 2 * rowBytes + b * 64 + j * 4)
+            s20 = s20.dpwssd(v0, a2)
+            s21 = s21.dpwssd(v1, a2)
+        }
+        let d0 = loadVF(w0)
+        let d1 = loadVF(w1)
+        let e0 = VF(xs[0 * nb + b])
+        f00 = VF.fma(s00.float, d0 * e0, f00)
+        f01 = VF.fma(s01.float, d1 * e0, f01)
+        let e1 = VF(xs[1 * nb + b])
+        f10 = VF.fma(s10.float, d0 * e1, f10)
+        f11 = VF.fma(s11.float, d1 * e1, f11)
+        let e2 = VF(xs[2 * nb + b])
+        f20 = VF.fma(s20.float, d0 * e2, f20)
+        f21 = VF.fma(s21.float, d1 * e2, f21)
+    }
+    store(f00, y + 0 * ldy + 0, accumulate: accumulate)
+    store(f01, y + 0 * ldy + 16, accumulate: accumulate)
+    store(f10, y + 1 * ldy + 0, accumulate: accumulate)
+    store(f11, y + 1 * ldy + 16, accumulate: accumulate)
+    store(f20, y + 2 * ldy + 0, accumulate: accumulate)
+    store(f21, y + 2 * ldy + 16, accumulate: accumulate)
+}
+
+@inline(__always)
+func tileQ8_0x3x1(_ w: UnsafeRawPointer, groupBytes: Int, nb: Int, _ x: UnsafeRawPointer, _ xs: UnsafePointer<Float>,
+                     _ xm: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, ldy: Int, accumulate: Bool) {
+    let rowBytes = nb * 64
+    let bb = 1088
+    var f00 = VF.zero, f10 = VF.zero, f20 = VF.zero
+    for b in 0..<nb {
+        let w0 = w + 0 * groupBytes + b * bb
+        var s00 = VI.zero, s10 = VI.zero, s20 = VI.zero
+        for j in 0..<16 {
+            let v0 = loadVI(w0 + 64 + j * 64)
+            let a0 = broadcastVI(x + 0 * rowBytes + b * 64 + j * 4)
+            s00 = s00.dpwssd(v0, a0)
+            let a1 = broadcastVI(x + 1 * rowBytes + b * 64 + j * 4)
+            s10 = s10.dpwssd(v0, a1)
+            let a2 = broadcastVI(x + 2 * rowBytes + b * 64 + j * 4)
+            s20 = s20.dpwssd(v0, a2)
+        }
+        let d0 = loadVF(w0)
+        let e0 = VF(xs[0 * nb + b])
+        f00 = VF.fma(s00.float, d0 * e0, f00)
+        let e1 = VF(xs[1 * nb + b])
+        f10 = VF.fma(s10.float, d0 * e1, f10)
+        let e2 = VF(xs[2 * nb + b])
+        f20 = VF.fma(s20.float, d0 * e2, f20)
+    }
+    store(f00, y + 0 * ldy + 0, accumulate: accumulate)
+    store(f10, y + 1 * ldy + 0, accumulate: accumulate)
+    store(f20, y + 2 * ldy + 0, accumulate: accumulate)
+}
+
+@inline(__always)
+func tileQ8_0x2x2(_ w: UnsafeRawPointer, groupBytes: Int, nb: Int, _ x: UnsafeRawPointer, _ xs: UnsafePointer<Float>,
+                     _ xm: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, ldy: Int, accumulate: Bool) {
+    let rowBytes = nb * 64
+    let bb = 1088
+    var f00 = VF.zero, f01 = VF.zero, f10 = VF.zero, f11 = VF.zero
+    for b in 0..<nb {
+        let w0 = w + 0 * groupBytes + b * bb
+        let w1 = w + 1 * groupBytes + b * bb
+        var s00 = VI.zero, s01 = VI.zero, s10 = VI.zero, s11 = VI.zero
+        for j in 0..<16 {
+            let v0 = loadVI(w0 + 64 + j * 64)
+            let v1 = loadVI(w1 + 64 + j * 64)
+            let a0 = broadcastVI(x + 0 * rowBytes + b * 64 + j * 4)
+            s00 = s00.dpwssd(v0, a0)
+            s01 = s01.dpwssd(v1, a0)
+            let a1 = broadcastVI(x + 1 * rowBytes + b * 64 + j * 4)
+            s10 = s10.dpwssd(v0, a1)
+            s11 = s11.dpwssd(v1, a1)
+        }
+        let d0 = loadVF(w0)
+        let d1 = loadVF(w1)
+        let e0 = VF(xs[0 * nb + b])
+        f00 = VF.fma(s00.float, d0 * e0, f00)
+        f01 = VF.fma(s01.float, d1 * e0, f01)
+        let e1 = VF(xs[1 * nb + b])
+        f10 = VF.fma(s10.float, d0 * e1, f10)
+        f11 = VF.fma(s11.float, d1 * e1, f11)
+    }
+    store(f00, y + 0 * ldy + 0, accumulate: accumulate)
+    store(f01, y + 0 * ldy + 16, accumulate: accumulate)
+    store(f10, y + 1 * ldy + 0, accumulate: accumulate)
+    store(f11, y + 1 * ldy + 16, accumulate: accumulate)
+}
+
+@inline(__always)
+func tileQ8_0x2x1(_ w: UnsafeRawPointer, groupBytes: Int, nb: Int, _ x: UnsafeRawPointer, _ xs: UnsafePointer<Float>,
+                     _ xm: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, ldy: Int, accumulate: Bool) {
+    let rowBytes = nb * 64
+    let bb = 1088
+    var f00 = VF.zero, f10 = VF.zero
+    for b in 0..<nb {
+        let w0 = w + 0 * groupBytes + b * bb
+        var s00 = VI.zero, s10 = VI.zero
+        for j in 0..<16 {
+            let v0 = loadVI(w0 + 64 + j * 64)
+            let a0 = broadcastVI(x + 0 * rowBytes + b * 64 + j * 4)
+            s00 = s00.dpwssd(v0, a0)
+            let a1 = broadcastVI(x + 1 * rowBytes + b * 64 + j * 4)
+            s10 = s10.dpwssd(v0, a1)
+        }
+        let d0 = loadVF(w0)
+        let e0 = VF(xs[0 * nb + b])
+        f00 = VF.fma(s00.float, d0 * e0, f00)
+        let e1 = VF(xs[1 * nb + b])
+        f10 = VF.fma(s10.float, d0 * e1, f10)
+    }
+    store(f00, y + 0 * ldy + 0, accumulate: accumulate)
+    store(f10, y + 1 * ldy + 0, accumulate: accumulate)
+}
+
+@inline(__always)
+func tileQ8_0x1x2(_ w: UnsafeRawPointer, groupBytes: Int, nb: Int, _ x: UnsafeRawPointer, _ xs: UnsafePointer<Float>,
+                     _ xm: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, ldy: Int, accumulate: Bool) {
+    let rowBytes = nb * 64
+    let bb = 1088
+    var f00 = VF.zero, f01 = VF.zero
+    for b in 0..<nb {
+        let w0 = w + 0 * groupBytes + b * bb
+        let w1 = w + 1 * groupBytes + b * bb
+        var s00 = VI.zero, s01 = VI.zero
+        for j in 0..<16 {
+            let v0 = loadVI(w0 + 64 + j * 64)
+            let v1 = loadVI(w1 + 64 + j * 64)
+            let a0 = broadcastVI(x + 0 * rowBytes + b * 64 + j * 4)
+            s00 = s00.dpwssd(v0, a0)
+            s01 = s01.dpwssd(v1, a0)
+        }
+        let d0 = loadVF(w0)
+        let d1 = loadVF(w1)
+        let e0 = VF(xs[0 * nb + b])
+        f00 = VF.fma(s00.float, d0 * e0, f00)
+        f01 = VF.fma(s01.float, d1 * e0, f01)
+    }
+    store(f00, y + 0 * ldy + 0, accumulate: accumulate)
+    store(f01, y + 0 * ldy + 16, accumulate: accumulate)
+}
+
+@inline(__always)
+func tileQ8_0x1x1(_ w: UnsafeRawPointer, groupBytes: Int, nb: Int, _ x: UnsafeRawPointer, _ xs: UnsafePointer<Float>,
+                     _ xm: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, ldy: Int, accumulate: Bool) {
+    let rowBytes = nb * 64
+    let bb = 1088
+    var f00 = VF.zero
+    for b in 0..<nb {
+        let w0 = w + 0 * groupBytes + b * bb
+        var s00 = VI.zero
+        for j in 0..<16 {
+            let v0 = loadVI(w0 + 64 + j * 64)
+            let a0 = broadcastVI(x + 0 * rowBytes + b * 64 + j * 4)
+            s00 = s00.dpwssd(v0, a0)
+        }
+        let d0 = loadVF(w0)
+        let e0 = VF(xs[0 * nb + b])
+        f00 = VF.fma(s00.float, d0 * e0, f00)
+    }
+    store(f00, y + 0 * ldy + 0, accumulate: accumulate)
+}
+
+/// Activation rows 0 ..< m (row stride nb·64 bytes in x, nb in xs/xm) against C groups.
+@inline(__always)
+func rowsQ8_0(_ C: Int, _ w: UnsafeRawPointer, groupBytes: Int, nb: Int, m: Int, _ x: UnsafeRawPointer, _ xs: UnsafePointer<Float>,
+              _ xm: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, ldy: Int, accumulate: Bool) {
+    var i = 0
+    while i < m {
+        let R = Swift.min(4, m - i)
+        let xi = x + i * nb * 64, si = xs + i * nb, mi = xm + i * nb, yi = y + i * ldy
+        switch (R, C) {
+        case (4, 2): tileQ8_0x4x2(w, groupBytes: groupBytes, nb: nb, xi, si, mi, yi, ldy: ldy, accumulate: accumulate)
+        case (4, 1): tileQ8_0x4x1(w, groupBytes: groupBytes, nb: nb, xi, si, mi, yi, ldy: ldy, accumulate: accumulate)
+        case (3, 2): tileQ8_0x3x2(w, groupBytes: groupBytes, nb: nb, xi, si, mi, yi, ldy: ldy, accumulate: accumulate)
+        case (3, 1): tileQ8_0x3x1(w, groupBytes: groupBytes, nb: nb, xi, si, mi, yi, ldy: ldy, accumulate: accumulate)
+        case (2, 2): tileQ8_0x2x2(w, groupBytes: groupBytes, nb: nb, xi, si, mi, yi, ldy: ldy, accumulate: accumulate)
+        case (2, 1): tileQ8_0x2x1(w, groupBytes: groupBytes, nb: nb, xi, si, mi, yi, ldy: ldy, accumulate: accumulate)
+        case (1, 2): tileQ8_0x1x2(w, groupBytes: groupBytes, nb: nb, xi, si, mi, yi, ldy: ldy, accumulate: accumulate)
+        case (1, 1): tileQ8_0x1x1(w, groupBytes: groupBytes, nb: nb, xi, si, mi, yi, ldy: ldy, accumulate: accumulate)
+        default: fatalError("unreachable")
+        }
+        i += R
+    }
 }
 
 #endif

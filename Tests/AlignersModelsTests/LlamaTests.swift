@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import AlignersModels
+import AlignersKernels
 
 @Suite(.enabled(if: DecoderTestModel.available, DecoderTestModel.skipMessage), .serialized)
 struct LlamaTests {
@@ -15,12 +16,15 @@ struct LlamaTests {
         return out
     }
 
-    @Test(arguments: [1, 4, 1000])
-    func logitsMatchReference(denseThreshold: Int) throws {
+    /// Every product path: batched from 1 or 4 rows (VNNI gemm where the CPU has it, else sgemm),
+    /// sgemm even where it has, and the small-product kernels even for prompts (1000).
+    @Test(arguments: [(1, true), (4, true), (1, false), (1000, true)])
+    func logitsMatchReference(batchThreshold: Int, vnni: Bool) throws {
         let model = try #require(DecoderTestModel.model)
-        let saved = model.denseThreshold
-        model.denseThreshold = denseThreshold  // 1000: the quantized kernels even for prompts
-        defer { model.denseThreshold = saved }
+        let saved = (model.batchThreshold, QuantKernels.vnni)
+        model.batchThreshold = batchThreshold
+        QuantKernels.vnni = vnni && QuantKernels.vnniSupported
+        defer { (model.batchThreshold, QuantKernels.vnni) = saved }
         let j = try Self.fixture()
         let tol = Float((j["tolerance_abs"] as! NSNumber).doubleValue)
         for c in j["logits"] as! [[String: Any]] {

@@ -76,35 +76,42 @@ import AlignersKernels
         }
     }
 
-    /// The VNNI kernels (register tiles of 8/4/2/1 activation rows) against dequantize + dot in
-    /// double precision, on random blocks; skipped where the CPU lacks the znver4 features.
+    /// The interleaved VNNI gemm (register tiles of 1–4 activation rows × 1–2 groups of 16
+    /// weight rows, storing and accumulating) against dequantize + dot in double precision, on
+    /// random blocks; skipped where the CPU lacks the znver4 features.
     @Test(.enabled(if: QuantKernels.vnniSupported, "CPU without AVX-512 VNNI"), arguments: [GGMLType.q4_1, .q8_0])
     func vnniGemmMatchesReference(type: GGMLType) throws {
-        let rows = 37, cols = 96
+        let rows = 80, cols = 96
         let bytes = Self.randomMatrix(type, rows: rows, cols: cols, seed: 9)
         let ref = Self.reference(type, bytes, rows: rows, cols: cols)
-        for m in [1, 2, 3, 5, 8, 13, 20] {
+        for m in [1, 2, 3, 5, 8, 13, 70] {
             let x: [Float] = (0..<(m * cols)).map { Float(sin(Double($0) * 0.37) * (1 + Double($0 % 7))) }
-            var y = [Float](repeating: .nan, count: m * rows)
-            let qa = QuantizedActivations()
-            qa.reset(m: m, k: cols)
-            bytes.withUnsafeBytes { raw in
-                let t = QuantTensor(type: type, rows: rows, cols: cols, data: raw.baseAddress!, owner: nil)
-                x.withUnsafeBufferPointer { xp in
-                    qa.quantize(xp.baseAddress!, rows: 0..<m)
-                    y.withUnsafeMutableBufferPointer {
-                        QuantKernels.gemm(t, qa, y: $0.baseAddress!, ldy: rows, rows: 0..<20)
-                        QuantKernels.gemm(t, qa, y: $0.baseAddress!, ldy: rows, rows: 20..<rows)
+            let base: [Float] = (0..<(m * rows)).map { Float($0 % 5) - 2 }
+            for accumulate in [false, true] {
+                var y = accumulate ? base : [Float](repeating: .nan, count: m * rows)
+                let acts = Int16Activations()
+                acts.reset(m: m, k: cols)
+                bytes.withUnsafeBytes { raw in
+                    let t = QuantTensor(type: type, rows: rows, cols: cols, data: raw.baseAddress!, owner: nil)
+                    let w = InterleavedWeights(t, pool: .shared)
+                    x.withUnsafeBufferPointer { xp in
+                        acts.quantize(xp.baseAddress!, rows: 0..<m)
+                        y.withUnsafeMutableBufferPointer {
+                            // Three group ranges: a pair, a single group, then the last two.
+                            QuantKernels.gemm(w, acts, y: $0.baseAddress!, ldy: rows, groups: 0..<2, accumulate: accumulate)
+                            QuantKernels.gemm(w, acts, y: $0.baseAddress!, ldy: rows, groups: 2..<3, accumulate: accumulate)
+                            QuantKernels.gemm(w, acts, y: $0.baseAddress!, ldy: rows, groups: 3..<5, accumulate: accumulate)
+                        }
                     }
                 }
-            }
-            for i in 0..<m {
-                let xmax = Double(x[(i * cols)..<((i + 1) * cols)].map { Swift.abs($0) }.max()!)
-                for r in 0..<rows {
-                    var expected: Double = 0, wsum: Double = 0
-                    for c in 0..<cols { expected += Double(ref[r * cols + c]) * Double(x[i * cols + c]); wsum += Swift.abs(Double(ref[r * cols + c])) }
-                    #expect(abs(Double(y[i * rows + r]) - expected) <= 1e-4 * max(1, abs(expected)) + 1e-4 * wsum * xmax,
-                            "m \(m) row \(i) col \(r): \(y[i * rows + r]) vs \(expected)")
+                for i in 0..<m {
+                    let xmax = Double(x[(i * cols)..<((i + 1) * cols)].map { Swift.abs($0) }.max()!)
+                    for r in 0..<rows {
+                        var expected: Double = accumulate ? Double(base[i * rows + r]) : 0, wsum: Double = 0
+                        for c in 0..<cols { expected += Double(ref[r * cols + c]) * Double(x[i * cols + c]); wsum += Swift.abs(Double(ref[r * cols + c])) }
+                        #expect(abs(Double(y[i * rows + r]) - expected) <= 1e-4 * max(1, abs(expected)) + 1e-4 * wsum * xmax,
+                                "m \(m) row \(i) col \(r) accumulate \(accumulate): \(y[i * rows + r]) vs \(expected)")
+                    }
                 }
             }
         }

@@ -11,19 +11,21 @@ import CBLAS
 /// RoPE rotates adjacent pairs (x[2i], x[2i+1]) by pos·base^(-2i/d): the GGUF converter permutes
 /// the Q and K rows of Hugging Face checkpoints so that this "normal" rotation is the right one.
 ///
-/// Matrix products: fewer than `denseThreshold` rows (decode) use the fused dequantize-dot
-/// kernels on the quantized weights, split over the compute pool's threads; more rows (prompts,
-/// batched decoding) use OpenBLAS sgemm on F32 copies of the weights, made on first use
-/// (≈ 4 bytes per parameter: ~540 MB for SmolLM2-135M) unless `allowDenseWeights` is false.
+/// Matrix products: fewer than `batchThreshold` rows (decode) use the fused dequantize-dot
+/// kernels on the quantized weights, split over the compute pool's threads. More rows (prompts,
+/// batched decoding) use, where the CPU has AVX-512 VNNI, the interleaved int16 kernels
+/// (`QuantKernels.gemm`, weights rearranged on first use: ~2.2 bytes per parameter), and
+/// elsewhere OpenBLAS sgemm on F32 copies of the weights (≈ 4 bytes per parameter: ~540 MB for
+/// SmolLM2-135M) unless `allowDenseWeights` is false.
 public final class LlamaModel: CausalLM, @unchecked Sendable {
     public let config: DecoderConfig
     public let gguf: GGUFFile
     public let pool: ComputePool
-    /// Row count from which matrix products go through sgemm on F32 weights. Measured crossovers on
-    /// 2 Zen 4 cores: ~32 rows for the int16 kernels (`QuantKernels.matmulSmall`: 300–330 tok/s at
-    /// 16–32 rows against sgemm's 240–300), above 64 for the VNNI kernels (`QuantKernels.gemm`, whose
-    /// int16 activations stop fitting in L2 beyond ~100 rows). Env override: ALIGNERS_DENSE_THRESHOLD.
-    public var denseThreshold = QuantKernels.vnni ? 128 : 32
+    /// Row count from which matrix products take the batched path (VNNI gemm or sgemm). Measured
+    /// crossovers on 2 Zen 4 cores: ~32 rows between the int16 kernels (`QuantKernels.matmulSmall`:
+    /// 300–330 tok/s at 16–32 rows) and sgemm (240–300); VNNI_THRESHOLD_NOTE.
+    /// Env override: ALIGNERS_BATCH_THRESHOLD.
+    public var batchThreshold = QuantKernels.vnni ? 8 : 32
     public var allowDenseWeights = true
     /// Segments with at least this many new tokens compute attention through sgemm.
     public var blasAttentionThreshold = 16
@@ -41,9 +43,7 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
     let invFreq: [Float]
     private let lock = NSLock()
     private let scratch = Scratch()
-    private let quantized = QuantizedActivations()
     private let int16 = Int16Activations()
-    private let vnniScratch = Scratch()
     private let threadScratch: [Scratch]
 
     public convenience init(path: String, pool: ComputePool = .shared) throws {
@@ -54,7 +54,7 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
         self.gguf = gguf
         self.pool = pool
         threadScratch = (0..<pool.threads).map { _ in Scratch() }
-        if let v = ProcessInfo.processInfo.environment["ALIGNERS_DENSE_THRESHOLD"], let t = Int(v), t > 0 { denseThreshold = t }
+        if let v = ProcessInfo.processInfo.environment["ALIGNERS_BATCH_THRESHOLD"], let t = Int(v), t > 0 { batchThreshold = t }
         var c = try DecoderConfig(gguf: gguf)
         func vector(_ name: String, _ n: Int) throws -> [Float] {
             let t = try gguf.tensor(name)
@@ -110,10 +110,11 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
         blocks.reduce(0) { $0 + [$1.wq, $1.wk, $1.wv, $1.wo, $1.gate, $1.up, $1.down].reduce(0) { $0 + $1.q.byteCount } } + output.q.byteCount
     }
 
-    /// Makes the F32 weight copies the batched path uses now rather than on first use.
-    public func prepareDenseWeights() {
-        for b in blocks { for l in [b.wq, b.wk, b.wv, b.wo, b.gate, b.up, b.down] { _ = l.dense(pool) } }
-        _ = output.dense(pool)
+    /// Makes the weight copies the batched path uses (interleaved or F32) now rather than on first use.
+    public func prepareBatchedWeights() {
+        for l in blocks.flatMap({ [$0.wq, $0.wk, $0.wv, $0.wo, $0.gate, $0.up, $0.down] }) + [output] {
+            if QuantKernels.vnni && QuantKernels.interleavable(l.q) { _ = l.interleaved(pool) } else if allowDenseWeights { _ = l.dense(pool) }
+        }
     }
 
     // MARK: forward
@@ -206,7 +207,9 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
                  accumulate: Bool = false, swiglu: Bool = false) {
         precondition(!swiglu || (specs.count == 2 && specs[0].0.q.rows == specs[1].0.q.rows && !accumulate))
         let n = pool.threads
-        if rows >= denseThreshold && allowDenseWeights {
+        let batched = rows >= batchThreshold
+        let interleaved = batched && QuantKernels.vnni && specs.allSatisfy { QuantKernels.interleavable($0.0.q) }
+        if batched && !interleaved && allowDenseWeights {
             for (w, out) in specs {
                 let dense = w.dense(pool)
                 QuantKernels.sgemmNT(m: rows, n: w.q.rows, k: w.q.cols, x: x, w: dense, y: out, beta: accumulate ? 1 : 0, pool: pool)
@@ -217,25 +220,24 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
             }
             return
         }
-        if QuantKernels.vnni && specs.allSatisfy({ QuantKernels.vnniHandles($0.0.q.type) }) {
-            projectVNNI(x, rows: rows, specs, accumulate: accumulate, swiglu: swiglu)
-            return
-        }
         let integer = specs.allSatisfy { QuantKernels.integerHandles($0.0.q.type) }
         let acts = int16
-        if integer {
+        if integer || interleaved {
             // Quantized once here, not once per thread and matrix.
             acts.reset(m: rows, k: specs[0].0.q.cols)
             if rows * acts.k >= 8192 { pool.parallelFor(rows) { acts.quantize(x, rows: $0) } } else { acts.quantize(x, rows: 0..<rows) }
         }
+        let weights = interleaved ? specs.map { $0.0.interleaved(pool) } : []
         pool.run { t in
             var span = 0..<0
-            for (w, out) in specs {
+            for (si, (w, out)) in specs.enumerated() {
                 let units = (w.q.rows + 15) / 16
                 let lo = min(w.q.rows, units * t / n * 16), hi = min(w.q.rows, units * (t + 1) / n * 16)
                 span = lo..<hi
                 if lo >= hi { continue }
-                if !integer {
+                if interleaved {
+                    QuantKernels.gemm(weights[si], acts, y: out, ldy: w.q.rows, groups: lo / 16..<hi / 16, accumulate: accumulate)
+                } else if !integer {
                     for i in 0..<rows {
                         if accumulate {
                             withUnsafeTemporaryAllocation(of: Float.self, capacity: w.q.rows) { tmp in
@@ -270,34 +272,6 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
                 let width = specs[0].0.q.rows, g = specs[0].1, u = specs[1].1
                 for i in 0..<rows { VectorMath.swiglu(g + i * width + span.lowerBound, u + i * width + span.lowerBound, count: span.count) }
             }
-        }
-    }
-
-    /// The opt-in VNNI path (`ALIGNERS_VNNI=1`): int16 activations quantized once, register-tiled
-    /// gemm; accumulation and SwiGLU as separate passes.
-    private func projectVNNI(_ x: UnsafeMutablePointer<Float>, rows: Int, _ specs: [(Linear, UnsafeMutablePointer<Float>)],
-                             accumulate: Bool, swiglu: Bool) {
-        let n = pool.threads
-        let k = specs[0].0.q.cols
-        let qa = quantized
-        qa.reset(m: rows, k: k)
-        if rows * k >= 8192 { pool.parallelFor(rows) { qa.quantize(x, rows: $0) } } else { qa.quantize(x, rows: 0..<rows) }
-        let width = specs.map { $0.0.q.rows }.max()!
-        let tmp = accumulate ? vnniScratch.reserve(rows * width) : nil
-        pool.run { t in
-            for (w, out) in specs {
-                let units = (w.q.rows + 15) / 16
-                let lo = min(w.q.rows, units * t / n * 16), hi = min(w.q.rows, units * (t + 1) / n * 16)
-                if lo >= hi { continue }
-                QuantKernels.gemm(w.q, qa, y: tmp ?? out, ldy: w.q.rows, rows: lo..<hi)
-                if let tmp {
-                    for i in 0..<rows { for r in lo..<hi { out[i * w.q.rows + r] += tmp[i * w.q.rows + r] } }
-                }
-            }
-        }
-        if swiglu {
-            let g = specs[0].1, u = specs[1].1
-            pool.parallelFor(rows) { rs in VectorMath.swiglu(g + rs.lowerBound * width, u + rs.lowerBound * width, count: rs.count * width) }
         }
     }
 
@@ -409,10 +383,12 @@ final class Scratch: @unchecked Sendable {
     }
 }
 
-/// A weight matrix: quantized in place, plus an F32 copy made on first batched use.
+/// A weight matrix: quantized in place, plus a copy for the batched path made on first use
+/// (interleaved for the VNNI kernels, or F32 for sgemm).
 final class Linear: @unchecked Sendable {
     let q: QuantTensor
     private var denseWeights: UnsafeMutablePointer<Float>?
+    private var interleavedWeights: InterleavedWeights?
     private let lock = NSLock()
     init(_ q: QuantTensor) { self.q = q }
     deinit { denseWeights?.deallocate() }
@@ -423,6 +399,14 @@ final class Linear: @unchecked Sendable {
         let d = QuantKernels.dequantize(q, pool: pool)
         denseWeights = d
         return d
+    }
+
+    func interleaved(_ pool: ComputePool) -> InterleavedWeights {
+        lock.lock(); defer { lock.unlock() }
+        if let w = interleavedWeights { return w }
+        let w = InterleavedWeights(q, pool: pool)
+        interleavedWeights = w
+        return w
     }
 }
 
