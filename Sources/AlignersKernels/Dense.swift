@@ -2,31 +2,9 @@ import Foundation
 import CBLAS
 
 /// Dense float kernels for encoder models: row-wise LayerNorm, erf GELU, softmax, all in place,
-/// vectorised with SIMD16 (the module builds with -Ounchecked).
+/// vectorised with SIMD16 (the module builds with -Ounchecked); exp and softmax are `VectorMath`'s.
 public enum Dense {
     public typealias V = SIMD16<Float>
-
-    /// e^x, vectorised: range reduction x = n·ln2 + r, |r| ≤ ln2/2, degree-6 Taylor for e^r
-    /// (relative error ~2e-7), 2^n assembled in the exponent bits. Inputs clamp to [-87, 88].
-    @inline(__always)
-    public static func exp(_ x: V) -> V {
-        var xc = x.replacing(with: -87.0, where: x .< -87.0)
-        xc = xc.replacing(with: 88.0, where: xc .> 88.0)
-        // Round-to-nearest of x·log2(e) with the 1.5·2^23 trick: no float→int conversion needed.
-        let magic: Float = 12582912
-        let t = xc * 1.442695040888963 + magic
-        let n = t - magic
-        let ni = unsafeBitCast(t, to: SIMD16<Int32>.self) &- 0x4B40_0000
-        let r = xc - n * 0.693145751953125 - n * 1.428606765330187e-06
-        var p = V(repeating: 1.0 / 720.0)
-        p = p * r + 1.0 / 120.0
-        p = p * r + 1.0 / 24.0
-        p = p * r + 1.0 / 6.0
-        p = p * r + 0.5
-        p = p * r + 1.0
-        p = p * r + 1.0
-        return p * unsafeBitCast((ni &+ 127) &<< 23, to: V.self)
-    }
 
     /// erf(x), Abramowitz & Stegun 7.1.26 (absolute error ≤ 1.5e-7).
     @inline(__always)
@@ -39,7 +17,7 @@ public enum Dense {
         p = p * t - 0.284496736
         p = p * t + 0.254829592
         p = p * t
-        let y = 1.0 - p * exp(-ax * ax)
+        let y = 1.0 - p * VectorMath.exp(-ax * ax)
         return y.replacing(with: -y, where: x .< 0)
     }
 
@@ -68,30 +46,7 @@ public enum Dense {
 
     /// Softmax of each of `rows` rows of `cols` floats (row stride `ld`), in place.
     public static func softmaxRows(_ x: UnsafeMutablePointer<Float>, rows: Int, cols: Int, ld: Int) {
-        for r in 0..<rows {
-            let row = x + r &* ld
-            var m = -Float.infinity
-            for c in 0..<cols { m = Swift.max(m, row[c]) }
-            let raw = UnsafeMutableRawPointer(row)
-            var c = 0
-            var acc = V()
-            let mv = V(repeating: m)
-            while c &+ 16 <= cols {
-                let e = exp(raw.loadUnaligned(fromByteOffset: c &* 4, as: V.self) - mv)
-                raw.storeBytes(of: e, toByteOffset: c &* 4, as: V.self)
-                acc += e
-                c &+= 16
-            }
-            var s = acc.sum()
-            if c < cols {
-                var v = V(repeating: -100)
-                for k in 0..<(cols &- c) { v[k] = row[c &+ k] - m }
-                let e = exp(v)
-                for k in 0..<(cols &- c) { row[c &+ k] = e[k]; s += e[k] }
-            }
-            let inv = 1 / s
-            for c in 0..<cols { row[c] *= inv }
-        }
+        for r in 0..<rows { VectorMath.softmax(x + r &* ld, cols) }
     }
 
     /// LayerNorm of each row of `dim` floats (contiguous rows), in place: (x - μ)/√(σ² + eps)·γ + β.

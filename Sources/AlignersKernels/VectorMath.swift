@@ -1,5 +1,5 @@
-/// Vectorised exp, softmax and SwiGLU for the decoder. The C library's `expf` is one call per
-/// element; softmax over long contexts made it a fifth of batched decode time.
+/// Vectorised exp, softmax and SwiGLU for the decoder and the encoder. The C library's `expf` is
+/// one call per element; softmax over long contexts made it a fifth of batched decode time.
 public enum VectorMath {
     /// e^x lane by lane, relative error ≤ 2e-7 (Cephes' single-precision polynomial); x is clamped
     /// to [-87, 88], so the result is finite and at least e^-87 (≈ 1.6e-38). Not `@inlinable`:
