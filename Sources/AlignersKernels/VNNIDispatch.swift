@@ -41,7 +41,7 @@ extension QuantKernels {
 
     /// Whether batched products use the interleaved VNNI kernels: by default wherever the CPU
     /// has them; `ALIGNERS_VNNI=0` turns them off (sgemm on F32 copies instead), for comparisons.
-    nonisolated(unsafe) public static var vnni: Bool = vnniSupported && getenv("ALIGNERS_VNNI").map { String(cString: $0) != "0" } ?? true
+    public static let vnni: Bool = vnniSupported && getenv("ALIGNERS_VNNI").map { String(cString: $0) != "0" } ?? true
 
     /// Whether `InterleavedWeights` can hold this matrix.
     public static func interleavable(_ q: QuantTensor) -> Bool {

@@ -21,10 +21,10 @@ struct LlamaTests {
     @Test(arguments: [(1, true), (4, true), (1, false), (1000, true)])
     func logitsMatchReference(batchThreshold: Int, vnni: Bool) throws {
         let model = try #require(DecoderTestModel.model)
-        let saved = (model.batchThreshold, QuantKernels.vnni)
+        let saved = (model.batchThreshold, model.useVNNI)
         model.batchThreshold = batchThreshold
-        QuantKernels.vnni = vnni && QuantKernels.vnniSupported
-        defer { (model.batchThreshold, QuantKernels.vnni) = saved }
+        model.useVNNI = vnni && QuantKernels.vnni
+        defer { (model.batchThreshold, model.useVNNI) = saved }
         let j = try Self.fixture()
         let tol = Float((j["tolerance_abs"] as! NSNumber).doubleValue)
         for c in j["logits"] as! [[String: Any]] {
@@ -74,6 +74,54 @@ struct LlamaTests {
             try out.withUnsafeMutableBufferPointer { o in
                 try model.forward([DecoderSegment(cache: caches[0], tokens: [1, 2, 3, 4, 5])], logits: o.baseAddress!)
             }
+        }
+    }
+
+    /// Caches that read a shared prompt prefix in place (`KVCache.share`) give the logits of caches
+    /// that computed it: a prefill after the prefix, then batched decode steps in which the rows
+    /// sharing the snapshot form one chunk (beside a row that shares nothing). Float products
+    /// throughout (sgemm): with int16 activations a 1e-7 difference in attention can flip a
+    /// quantization step and move logits by ~1e-2, which would hide a real error.
+    @Test func sharedPrefixEqualsComputedPrefix() throws {
+        let model = try #require(DecoderTestModel.model)
+        let saved = (model.batchThreshold, model.useVNNI)
+        (model.batchThreshold, model.useVNNI) = (1, false)
+        defer { (model.batchThreshold, model.useVNNI) = saved }
+        let V = model.config.vocabulary
+        let prefix = Array(200..<260), suffixes = [Array(300..<320), Array(400..<425), Array(500..<517)]
+        let snapshot = KVCache(config: model.config, capacity: prefix.count)
+        var out = [Float](repeating: 0, count: 4 * V)
+        try out.withUnsafeMutableBufferPointer { o in
+            try model.forward([DecoderSegment(cache: snapshot, tokens: prefix, wantsLogits: false)], logits: o.baseAddress!)
+        }
+        func run(sharing: Bool) throws -> [[Float]] {
+            let caches = suffixes.map { _ in KVCache(config: model.config, capacity: 96) }
+            let loner = KVCache(config: model.config, capacity: 80)
+            var steps: [[Float]] = []
+            try out.withUnsafeMutableBufferPointer { o in
+                for (cache, suffix) in zip(caches, suffixes) {
+                    if sharing {
+                        cache.share(snapshot, count: prefix.count)
+                        try model.forward([DecoderSegment(cache: cache, tokens: suffix)], logits: o.baseAddress!)
+                    } else {
+                        try model.forward([DecoderSegment(cache: cache, tokens: prefix + suffix)], logits: o.baseAddress!)
+                    }
+                    steps.append(Array(o.prefix(V)))
+                }
+                try model.forward([DecoderSegment(cache: loner, tokens: Array(600..<630))], logits: o.baseAddress!)
+                for step in 0..<3 {
+                    let segs = (caches + [loner]).enumerated().map { DecoderSegment(cache: $1, tokens: [700 + 10 * step + $0]) }
+                    try model.forward(segs, logits: o.baseAddress!)
+                    steps.append(Array(o.prefix(4 * V)))
+                }
+            }
+            return steps
+        }
+        let computed = try run(sharing: false), shared = try run(sharing: true)
+        #expect(computed.count == shared.count)
+        for (a, b) in zip(computed, shared) {
+            let worst = zip(a, b).map { abs($0 - $1) }.max()!
+            #expect(worst < 3e-4, "largest logit difference \(worst)")
         }
     }
 }

@@ -59,11 +59,18 @@ public struct DecoderSegment {
 
 /// Keys and values of one sequence for every layer, sized up front (F32,
 /// `layers × capacity × kvDim` each). Appending past `capacity` is an error, never a reallocation.
+///
+/// The first `sharedCount` positions may live in another cache (`shared`, a prompt snapshot that
+/// many sequences start from) instead of this one: they are read there, never copied, so
+/// sequences sharing a prompt prefix hold it once and attention reads it once for all of them.
 public final class KVCache: @unchecked Sendable {
     public let layers: Int
     public let capacity: Int
     public let kvDim: Int
     public internal(set) var count = 0
+    /// Where positions `0 ..< sharedCount` are (nil: here).
+    public private(set) var shared: KVCache?
+    public private(set) var sharedCount = 0
     let keys: UnsafeMutablePointer<Float>
     let values: UnsafeMutablePointer<Float>
 
@@ -80,10 +87,23 @@ public final class KVCache: @unchecked Sendable {
     /// Bytes held.
     public var byteCount: Int { 2 * layers * capacity * kvDim * 4 }
     /// Forgets everything (keeps the memory).
-    public func reset() { count = 0 }
+    public func reset() { count = 0; shared = nil; sharedCount = 0 }
     /// Drops tokens after the first `n` (e.g. to reuse a shared prompt prefix).
-    public func truncate(to n: Int) { count = min(count, max(0, n)) }
+    public func truncate(to n: Int) {
+        count = min(count, max(0, n))
+        if count < sharedCount { sharedCount = count }
+        if sharedCount == 0 { shared = nil }
+    }
 
+    /// Makes the first `n` positions of `other` (which holds its own) this cache's contents, read in place.
+    public func share(_ other: KVCache, count n: Int) {
+        precondition(other.shared == nil && n <= other.count && n <= capacity && other.kvDim == kvDim && other.layers == layers)
+        shared = n > 0 ? other : nil
+        sharedCount = n
+        count = n
+    }
+
+    /// Storage of position `pos` in this cache (positions below `sharedCount` are in `shared`).
     @inline(__always) func k(_ layer: Int, _ pos: Int) -> UnsafeMutablePointer<Float> { keys + (layer * capacity + pos) * kvDim }
     @inline(__always) func v(_ layer: Int, _ pos: Int) -> UnsafeMutablePointer<Float> { values + (layer * capacity + pos) * kvDim }
 }

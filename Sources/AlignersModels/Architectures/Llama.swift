@@ -26,6 +26,8 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
     /// 300–330 tok/s at 16–32 rows) and sgemm (240–300); VNNI_THRESHOLD_NOTE.
     /// Env override: ALIGNERS_BATCH_THRESHOLD.
     public var batchThreshold = QuantKernels.vnni ? 8 : 32
+    /// Whether batched products use the VNNI gemm (where `QuantKernels.vnni` allows it) or sgemm.
+    public var useVNNI = QuantKernels.vnni
     public var allowDenseWeights = true
     /// Segments with at least this many new tokens compute attention through sgemm.
     public var blasAttentionThreshold = 16
@@ -113,7 +115,7 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
     /// Makes the weight copies the batched path uses (interleaved or F32) now rather than on first use.
     public func prepareBatchedWeights() {
         for l in blocks.flatMap({ [$0.wq, $0.wk, $0.wv, $0.wo, $0.gate, $0.up, $0.down] }) + [output] {
-            if QuantKernels.vnni && QuantKernels.interleavable(l.q) { _ = l.interleaved(pool) } else if allowDenseWeights { _ = l.dense(pool) }
+            if useVNNI && QuantKernels.vnni && QuantKernels.interleavable(l.q) { _ = l.interleaved(pool) } else if allowDenseWeights { _ = l.dense(pool) }
         }
     }
 
@@ -208,7 +210,7 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
         precondition(!swiglu || (specs.count == 2 && specs[0].0.q.rows == specs[1].0.q.rows && !accumulate))
         let n = pool.threads
         let batched = rows >= batchThreshold
-        let interleaved = batched && QuantKernels.vnni && specs.allSatisfy { QuantKernels.interleavable($0.0.q) }
+        let interleaved = batched && useVNNI && QuantKernels.vnni && specs.allSatisfy { QuantKernels.interleavable($0.0.q) }
         if batched && !interleaved && allowDenseWeights {
             for (w, out) in specs {
                 let dense = w.dense(pool)
@@ -314,27 +316,30 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
         let c = config
         let hd = c.headDim, qd = c.qDim, kvd = c.kvDim, group = c.heads / c.kvHeads
         let scale = 1 / Float(hd).squareRoot()
-        // Long segments (prompts): two sgemms per head.
+        // Long segments (prompts): two sgemms per head, each split where the cache's shared
+        // prefix ends (positions below P are read from the shared snapshot).
         var small: [(row: Int, pos: Int, seg: Int)] = []
         for (si, s) in segments.enumerated() {
             let n = s.tokens.count
             if n >= blasAttentionThreshold {
                 let p0 = s.cache.count, L = p0 + n, r0 = segStart[si]
-                let cache = s.cache
+                let cache = s.cache, P = cache.sharedCount, shared = cache.shared
                 pool.run { t in
                     let scores = threadScratch[t].reserve(n * L)
                     var hh = t
                     while hh < c.heads {
                         let kv = hh / group
-                        let qh = q + r0 * qd + hh * hd
-                        cblas_sgemmNT(n, L, hd, scale, qh, qd, cache.k(layer, 0) + kv * hd, kvd, scores, L)
+                        let qh = q + r0 * qd + hh * hd, oh = out + r0 * qd + hh * hd
+                        if let shared { cblas_sgemmNT(n, P, hd, scale, qh, qd, shared.k(layer, 0) + kv * hd, kvd, scores, L) }
+                        cblas_sgemmNT(n, L - P, hd, scale, qh, qd, cache.k(layer, P) + kv * hd, kvd, scores + P, L)
                         for i in 0..<n {
                             let srow = scores + i * L
                             let valid = p0 + i + 1
                             VectorMath.softmax(srow, valid)
                             for j in valid..<L { srow[j] = 0 }
                         }
-                        cblas_sgemmNN(n, hd, L, scores, L, cache.v(layer, 0) + kv * hd, kvd, out + r0 * qd + hh * hd, qd)
+                        if let shared { cblas_sgemmNN(n, hd, P, scores, L, shared.v(layer, 0) + kv * hd, kvd, oh, qd) }
+                        cblas_sgemmNN(n, hd, L - P, scores + P, L, cache.v(layer, P) + kv * hd, kvd, oh, qd, beta: P > 0 ? 1 : 0)
                         hh += pool.threads
                     }
                 }
@@ -343,25 +348,60 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
             }
         }
         if small.isEmpty { return }
-        // Decode rows: one work item per (row, KV head), the `group` query heads that share the KV
-        // head together, so each cached K and V row is read once for all of them (GQA).
-        let items = small.count * c.kvHeads
-        let maxLen = small.map { $0.pos + 1 }.max()!
+        // Decode rows, in chunks: rows whose caches share the same snapshot prefix (an aligner's
+        // batch: every sample starts with the same principles and demonstrations) go together, up
+        // to 32, so the prefix's keys and values are read once per chunk, not once per row; other
+        // rows are chunks of one. Per (chunk, KV head), the `group` query heads of every row are
+        // one matrix A (GQA: each cached row is read once for all of them):
+        //   scores = A·K_sharedᵀ (one sgemm) beside each row's own A_r·K_ownᵀ, softmax per row,
+        //   out = S_shared·V_shared (one sgemm) + each row's S_own·V_own.
+        var chunks: [[Int]] = []   // indices into `small`
+        var open: [ObjectIdentifier: Int] = [:]   // snapshot+length → chunk being filled
+        for (i, r) in small.enumerated() {
+            let cache = segments[r.seg].cache
+            guard let shared = cache.shared else { chunks.append([i]); continue }
+            let key = ObjectIdentifier(shared)
+            if let ci = open[key], chunks[ci].count < 32, segments[small[chunks[ci][0]].seg].cache.sharedCount == cache.sharedCount {
+                chunks[ci].append(i)
+            } else {
+                open[key] = chunks.count
+                chunks.append([i])
+            }
+        }
+        let items = chunks.count * c.kvHeads
         let nt = pool.threads
+        let maxLen = small.map { $0.pos + 1 }.max()!
+        // Heavier items (big chunks) first, dealt round-robin, so the threads finish together.
+        let order = (0..<items).sorted { chunks[$0 / c.kvHeads].count > chunks[$1 / c.kvHeads].count }
         pool.run { t in
-            let scores = threadScratch[t].reserve(group * maxLen)
-            for item in (items * t / nt)..<(items * (t + 1) / nt) {
-                let (row, pos, si) = small[item / c.kvHeads]
-                let kv = item % c.kvHeads
-                let cache = segments[si].cache
-                let qg = q + row * qd + kv * group * hd  // heads kv·group ..< (kv+1)·group
-                let n = pos + 1
-                // Scores for the group's heads in one small sgemm, softmax, then one more sgemm
-                // for the weighted values (vectorised without horizontal sums: 10–20% faster
-                // batched decode at 800-token contexts than dot products per cached row).
-                cblas_sgemmNT(group, n, hd, scale, qg, hd, cache.k(layer, 0) + kv * hd, kvd, scores, maxLen)
-                for g in 0..<group { VectorMath.softmax(scores + g * maxLen, n) }
-                cblas_sgemmNN(group, hd, n, scores, maxLen, cache.v(layer, 0) + kv * hd, kvd, out + row * qd + kv * group * hd, hd)
+            let rowsMax = 32 * group
+            let scratch = threadScratch[t].reserve(rowsMax * (maxLen + 2 * hd))
+            let a = scratch, o = scratch + rowsMax * hd, scores = scratch + 2 * rowsMax * hd
+            var w = t
+            while w < items {
+                let item = order[w]
+                w += nt
+                let chunk = chunks[item / c.kvHeads], kv = item % c.kvHeads
+                let first = segments[small[chunk[0]].seg].cache
+                let shared = first.shared, P = first.sharedCount
+                let m = chunk.count * group
+                for (j, i) in chunk.enumerated() {
+                    (a + j * group * hd).update(from: q + small[i].row * qd + kv * group * hd, count: group * hd)
+                }
+                if let shared { cblas_sgemmNT(m, P, hd, scale, a, hd, shared.k(layer, 0) + kv * hd, kvd, scores, maxLen) }
+                for (j, i) in chunk.enumerated() {
+                    let cache = segments[small[i].seg].cache, n = small[i].pos + 1
+                    let sj = scores + j * group * maxLen
+                    cblas_sgemmNT(group, n - P, hd, scale, a + j * group * hd, hd, cache.k(layer, P) + kv * hd, kvd, sj + P, maxLen)
+                    for g in 0..<group { VectorMath.softmax(sj + g * maxLen, n) }
+                }
+                if let shared { cblas_sgemmNN(m, hd, P, scores, maxLen, shared.v(layer, 0) + kv * hd, kvd, o, hd) }
+                for (j, i) in chunk.enumerated() {
+                    let cache = segments[small[i].seg].cache, n = small[i].pos + 1
+                    cblas_sgemmNN(group, hd, n - P, scores + j * group * maxLen + P, maxLen, cache.v(layer, P) + kv * hd, kvd,
+                                  o + j * group * hd, hd, beta: P > 0 ? 1 : 0)
+                    (out + small[i].row * qd + kv * group * hd).update(from: o + j * group * hd, count: group * hd)
+                }
             }
         }
     }
@@ -418,9 +458,9 @@ func cblas_sgemmNT(_ m: Int, _ n: Int, _ k: Int, _ alpha: Float, _ a: UnsafePoin
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), 0, c, Int32(ldc))
 }
 
-/// C[m×n] = A[m×k] · B[k×n].
+/// C[m×n] = A[m×k] · B[k×n] + beta · C.
 @inline(__always)
 func cblas_sgemmNN(_ m: Int, _ n: Int, _ k: Int, _ a: UnsafePointer<Float>, _ lda: Int,
-                   _ b: UnsafePointer<Float>, _ ldb: Int, _ c: UnsafeMutablePointer<Float>, _ ldc: Int) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k), 1, a, Int32(lda), b, Int32(ldb), 0, c, Int32(ldc))
+                   _ b: UnsafePointer<Float>, _ ldb: Int, _ c: UnsafeMutablePointer<Float>, _ ldc: Int, beta: Float = 0) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k), 1, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
 }

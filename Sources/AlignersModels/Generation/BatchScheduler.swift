@@ -89,8 +89,8 @@ public final class BatchScheduler: @unchecked Sendable {
     }
 
     /// Prompts' keys and values kept after their prefill, so a later prompt that starts with the same
-    /// tokens (an aligner's principles and demonstrations, the same for every sample) copies them
-    /// instead of computing them again. At most `prefixSnapshots` are kept, least recently used first out.
+    /// tokens (an aligner's principles and demonstrations, the same for every sample) reads them in
+    /// place (`KVCache.share`) instead of computing them again. At most `prefixSnapshots` are kept, least recently used first out.
     public var prefixSnapshots = 4
     /// Shorter common prefixes are recomputed (a copy would save too little).
     public var minimumSharedPrefix = 32
@@ -218,7 +218,7 @@ public final class BatchScheduler: @unchecked Sendable {
         guard best.index >= 0, best.length >= minimumSharedPrefix, best.length <= s.cache.capacity else { return }
         let snap = snapshots.remove(at: best.index)
         snapshots.append(snap)   // most recently used last
-        s.cache.copyPrefix(from: snap.cache, count: best.length)
+        s.cache.share(snap.cache, count: best.length)
         s.prefilled = best.length
         s.reusedPrefix = true
         reusedPrefixTokens += best.length
@@ -226,7 +226,7 @@ public final class BatchScheduler: @unchecked Sendable {
 
     /// Keeps the keys and values of a prompt that has just been prefilled.
     private func snapshot(_ s: Sequence) {
-        // A prompt that started from a snapshot would mostly duplicate it.
+        // A prompt that started from a snapshot would mostly duplicate it (and does not hold it).
         guard prefixSnapshots > 0, !s.reusedPrefix, s.request.prompt.count > minimumSharedPrefix else { return }
         let prompt = s.request.prompt
         // A prompt that a kept snapshot already covers adds nothing.
@@ -305,6 +305,7 @@ public final class BatchScheduler: @unchecked Sendable {
         for s in active {
             if s.finish != nil {
                 finish(s)
+                s.cache.reset()  // also lets go of a shared snapshot
                 spareCaches.append(s.cache)
                 s.cache = nil
             } else {
@@ -319,9 +320,7 @@ public final class BatchScheduler: @unchecked Sendable {
     private func takeCache(_ capacity: Int) -> KVCache {
         if let i = spareCaches.indices.filter({ spareCaches[$0].capacity >= capacity })
             .min(by: { spareCaches[$0].capacity < spareCaches[$1].capacity }) {
-            let c = spareCaches.remove(at: i)
-            c.reset()
-            return c
+            return spareCaches.remove(at: i)
         }
         if active.count + spareCaches.count >= maxBatch, !spareCaches.isEmpty { spareCaches.removeFirst() }
         return KVCache(config: model.config, capacity: min(model.config.contextLength, (capacity + 255) / 256 * 256))
@@ -329,9 +328,10 @@ public final class BatchScheduler: @unchecked Sendable {
 }
 
 extension KVCache {
-    /// Copies the first `count` positions of every layer from `other` and makes them this cache's contents.
+    /// Copies the first `count` positions of every layer from `other` (which holds its own) and
+    /// makes them this cache's contents.
     func copyPrefix(from other: KVCache, count n: Int) {
-        precondition(n <= capacity && n <= other.count && other.kvDim == kvDim && other.layers == layers)
+        precondition(n <= capacity && n <= other.count && other.shared == nil && other.kvDim == kvDim && other.layers == layers)
         for layer in 0..<layers {
             k(layer, 0).update(from: other.k(layer, 0), count: n * kvDim)
             v(layer, 0).update(from: other.v(layer, 0), count: n * kvDim)
