@@ -25,7 +25,7 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
     /// crossovers on 2 Zen 4 cores: ~32 rows between the int16 kernels (`QuantKernels.matmulSmall`:
     /// 300–330 tok/s at 16–32 rows) and sgemm (240–300); VNNI_THRESHOLD_NOTE.
     /// Env override: ALIGNERS_BATCH_THRESHOLD.
-    public var batchThreshold = QuantKernels.vnni ? 8 : 32
+    public var batchThreshold = QuantKernels.vnni ? 2 : 32
     /// Whether batched products use the VNNI gemm (where `QuantKernels.vnni` allows it) or sgemm.
     public var useVNNI = QuantKernels.vnni
     public var allowDenseWeights = true
