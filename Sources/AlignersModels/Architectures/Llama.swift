@@ -22,9 +22,9 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
     public let gguf: GGUFFile
     public let pool: ComputePool
     /// Row count from which matrix products take the batched path (VNNI gemm or sgemm). Measured
-    /// crossovers on 2 Zen 4 cores: ~32 rows between the int16 kernels (`QuantKernels.matmulSmall`:
-    /// 300–330 tok/s at 16–32 rows) and sgemm (240–300); VNNI_THRESHOLD_NOTE.
-    /// Env override: ALIGNERS_BATCH_THRESHOLD.
+    /// crossovers on 2 Zen 4 cores: the VNNI gemm beats the int16 kernels (`QuantKernels.matmulSmall`)
+    /// from 2 rows (188–196 against 159–180 tok/s at batch 2); sgemm beats them from ~32 rows
+    /// (240–300 against 300–330 tok/s at 16–32). Env override: ALIGNERS_BATCH_THRESHOLD.
     public var batchThreshold = QuantKernels.vnni ? 2 : 32
     /// Whether batched products use the VNNI gemm (where `QuantKernels.vnni` allows it) or sgemm.
     public var useVNNI = QuantKernels.vnni
