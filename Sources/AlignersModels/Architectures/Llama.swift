@@ -115,7 +115,7 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
     /// Makes the weight copies the batched path uses (interleaved or F32) now rather than on first use.
     public func prepareBatchedWeights() {
         for l in blocks.flatMap({ [$0.wq, $0.wk, $0.wv, $0.wo, $0.gate, $0.up, $0.down] }) + [output] {
-            if useVNNI && QuantKernels.vnni && QuantKernels.interleavable(l.q) { _ = l.interleaved(pool) } else if allowDenseWeights { _ = l.dense(pool) }
+            if takesVNNI(l) { _ = l.interleaved(pool) } else if allowDenseWeights { _ = l.dense(pool) }
         }
     }
 
@@ -201,6 +201,9 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
 
     // MARK: pieces
 
+    /// Whether this matrix's batched products run on the VNNI gemm (else sgemm on F32 copies).
+    func takesVNNI(_ l: Linear) -> Bool { useVNNI && QuantKernels.vnni && QuantKernels.interleavable(l.q) }
+
     /// out_i = W_i · x for each (W_i, out_i), over `rows` input rows (x: rows × W.cols, all W_i
     /// with the same column count); `accumulate` adds into out_i instead (the residual add fused
     /// into the product). With `swiglu`, specs are (gate, g), (up, u) and g becomes silu(g) ⊙ u,
@@ -210,7 +213,7 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
         precondition(!swiglu || (specs.count == 2 && specs[0].0.q.rows == specs[1].0.q.rows && !accumulate))
         let n = pool.threads
         let batched = rows >= batchThreshold
-        let interleaved = batched && useVNNI && QuantKernels.vnni && specs.allSatisfy { QuantKernels.interleavable($0.0.q) }
+        let interleaved = batched && specs.allSatisfy { takesVNNI($0.0) }
         if batched && !interleaved && allowDenseWeights {
             for (w, out) in specs {
                 let dense = w.dense(pool)
