@@ -72,6 +72,11 @@ let package = Package(
         .target(name: "AlignersModels", dependencies: ["AlignersKernels", "AlignersCore", .product(name: "Yams", package: "Yams")],
                 swiftSettings: kernelFlags),
 
+        // LoRA training of the decoder: backward passes, optimiser, data, checkpoints (beside the
+        // inference engine in AlignersModels, which serves what it trains).
+        .target(name: "AlignersTraining", dependencies: ["AlignersModels", "AlignersKernels", "AlignersCore"],
+                swiftSettings: kernelFlags),
+
         // Judges, reference checks, reports and charts for `aligners eval`.
         .target(name: "AlignersEvaluation", dependencies: ["AlignersModels", "AlignersKernels", "AlignersCore"]),
 
@@ -89,7 +94,7 @@ let package = Package(
 
         // The `aligners` executable: parses arguments and wires modules.
         .executableTarget(name: "AlignersCLI", dependencies: [
-            "AlignersCore", "AlignersPipeline", "AlignersModels", "AlignersEvaluation",
+            "AlignersCore", "AlignersPipeline", "AlignersModels", "AlignersEvaluation", "AlignersTraining",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Yams", package: "Yams"),
             .product(name: "Logging", package: "swift-log"),
@@ -103,6 +108,8 @@ let package = Package(
         .testTarget(name: "AlignersCoreTests", dependencies: ["AlignersCore"]),
         .testTarget(name: "AlignersEvaluationTests", dependencies: ["AlignersEvaluation", "AlignersModels"]),
         .testTarget(name: "AlignersModelsTests", dependencies: ["AlignersModels", "AlignersKernels"],
+                    resources: [.copy("Fixtures")]),
+        .testTarget(name: "AlignersTrainingTests", dependencies: ["AlignersTraining", "AlignersModels", "AlignersKernels"],
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "AlignersPipelineTests",
                     dependencies: ["AlignersPipeline", "AlignersCore", "AlignersSchema", "PipelineTestDoubles"]),

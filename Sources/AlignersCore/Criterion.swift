@@ -72,6 +72,9 @@ public struct Criterion: Sendable, Hashable {
         /// `default` (the default decoder) or a GGUF path: absolute, relative to the criterion
         /// file, or relative to a models directory (`ModelLocator`).
         public var model: String
+        /// Trained aligners: a PEFT LoRA adapter directory (`adapter_config.json` +
+        /// `adapter_model.safetensors`) served over `model`; absolute or relative to the criterion file.
+        public var adapter: String?
         /// How many demonstrations the prompted aligner puts in its prompt (the first ones; at most
         /// this many, always including a fine one when the file has one).
         public var demonstrationsInPrompt: Int
@@ -79,9 +82,10 @@ public struct Criterion: Sendable, Hashable {
         /// Prompted aligners: demonstrations show a critique before the correction (the paper's
         /// corrector format). Off by default: a 135M decoder answers better without.
         public var critique: Bool
-        public init(kind: Kind = .prompted, model: String = "default", demonstrationsInPrompt: Int = 3, maxNewTokens: Int? = nil,
-                    critique: Bool = false) {
+        public init(kind: Kind = .prompted, model: String = "default", adapter: String? = nil, demonstrationsInPrompt: Int = 3,
+                    maxNewTokens: Int? = nil, critique: Bool = false) {
             self.critique = critique
+            self.adapter = adapter
             self.kind = kind
             self.model = model
             self.demonstrationsInPrompt = demonstrationsInPrompt
@@ -209,19 +213,22 @@ extension Criterion {
 
         var aligner = AlignerSpec()
         if let alNode = top["aligner"] {
-            let al = try v.mapping(alNode, "aligner", allowed: ["kind", "model", "demonstrations_in_prompt", "max_new_tokens", "critique"])
+            let al = try v.mapping(alNode, "aligner", allowed: ["kind", "model", "adapter", "demonstrations_in_prompt", "max_new_tokens", "critique"])
             let kindText = try v.string(v.require(al, "kind", in: "aligner", line: alNode.line), "aligner.kind")
             guard let kind = AlignerSpec.Kind(rawValue: kindText) else {
                 throw v.error("aligner.kind", "'\(kindText)' is not a kind of aligner; use one of: \(AlignerSpec.Kind.allCases.map(\.rawValue).joined(separator: ", "))", al["kind"]!.line)
             }
             aligner.kind = kind
-            if let m = al["model"] {
-                aligner.model = try v.string(m, "aligner.model")
-            } else if kind == .trained {
-                throw v.error("aligner.model", "is missing; a trained aligner needs the path of its GGUF model", alNode.line)
+            if let m = al["model"] { aligner.model = try v.string(m, "aligner.model") }
+            if let a = al["adapter"] {
+                guard kind == .trained else {
+                    throw v.error("aligner.adapter", "is only for `kind: trained` (a prompted aligner runs the plain model)", a.line)
+                }
+                aligner.adapter = try v.string(a, "aligner.adapter")
             }
-            if kind == .trained && aligner.model == "default" {
-                throw v.error("aligner.model", "is 'default', but a trained aligner needs the path of its own GGUF model", al["model"]!.line)
+            if kind == .trained && aligner.model == "default" && aligner.adapter == nil {
+                throw v.error("aligner.model", "is the default decoder, but a trained aligner needs its own GGUF model or an `adapter`",
+                              (al["model"] ?? alNode).line)
             }
             if let n = al["demonstrations_in_prompt"] {
                 aligner.demonstrationsInPrompt = try v.int(n, "aligner.demonstrations_in_prompt", range: 0...demonstrations.count)

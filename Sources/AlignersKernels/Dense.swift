@@ -94,3 +94,33 @@ extension BLAS {
                     Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
     }
 }
+
+extension BLAS {
+    /// `gemm` split over the pool's threads, each calling single-threaded OpenBLAS on its slice: over
+    /// C's columns when there are enough of them, else over its rows (the split needs no copy for
+    /// either transpose). Keep OpenBLAS at one thread (`setThreads(1)`) when using it.
+    public static func gemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int,
+                            a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                            c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float = 1, beta: Float = 0, pool: ComputePool) {
+        if m == 0 || n == 0 { return }
+        let work = m * n * max(k, 1)
+        if pool.threads == 1 || work < 1 << 16 {
+            gemm(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb,
+                 c: c, ldc: ldc, alpha: alpha, beta: beta)
+            return
+        }
+        if n >= 64 * pool.threads || n >= m {
+            pool.parallelFor(n, granule: n >= 64 * pool.threads ? 16 : 1) { cols in
+                let bs = transposeB ? b + cols.lowerBound * ldb : b + cols.lowerBound
+                gemm(transposeA: transposeA, transposeB: transposeB, m: m, n: cols.count, k: k, a: a, lda: lda, b: bs, ldb: ldb,
+                     c: c + cols.lowerBound, ldc: ldc, alpha: alpha, beta: beta)
+            }
+        } else {
+            pool.parallelFor(m, granule: 4) { rows in
+                let as_ = transposeA ? a + rows.lowerBound : a + rows.lowerBound * lda
+                gemm(transposeA: transposeA, transposeB: transposeB, m: rows.count, n: n, k: k, a: as_, lda: lda, b: b, ldb: ldb,
+                     c: c + rows.lowerBound * ldc, ldc: ldc, alpha: alpha, beta: beta)
+            }
+        }
+    }
+}

@@ -1,3 +1,5 @@
+import Foundation
+
 /// Vectorised exp, softmax and SwiGLU for the decoder and the encoder. The C library's `expf` is
 /// one call per element; softmax over long contexts made it a fifth of batched decode time.
 public enum VectorMath {
@@ -31,9 +33,10 @@ public enum VectorMath {
                       c(v[8]), c(v[9]), c(v[10]), c(v[11]), c(v[12]), c(v[13]), c(v[14]), c(v[15]))
     }
 
-    /// s[0..<n] ← softmax(s[0..<n]).
-    public static func softmax(_ s: UnsafeMutablePointer<Float>, _ n: Int) {
-        guard n > 0 else { return }
+    /// s[0..<n] ← softmax(s[0..<n]); returns log Σ e^s (the log-partition, for cross-entropy).
+    @discardableResult
+    public static func softmax(_ s: UnsafeMutablePointer<Float>, _ n: Int) -> Float {
+        guard n > 0 else { return -.infinity }
         var m = -Float.infinity
         for j in 0..<n { m = Swift.max(m, s[j]) }
         let raw = UnsafeMutableRawPointer(s)
@@ -55,6 +58,24 @@ public enum VectorMath {
         }
         let inv = 1 / sum
         for i in 0..<n { s[i] *= inv }
+        return m + Foundation.log(sum)
+    }
+
+    /// out[i] ← 1 / (1 + e^-x[i]).
+    public static func sigmoid(_ x: UnsafePointer<Float>, count: Int, into out: UnsafeMutablePointer<Float>) {
+        let xr = UnsafeRawPointer(x), or = UnsafeMutableRawPointer(out)
+        var i = 0
+        while i + 16 <= count {
+            let a = xr.loadUnaligned(fromByteOffset: i * 4, as: SIMD16<Float>.self)
+            or.storeBytes(of: 1 / (1 + exp(-a)), toByteOffset: i * 4, as: SIMD16<Float>.self)
+            i += 16
+        }
+        if i < count {
+            var a = SIMD16<Float>()
+            for k in 0..<(count - i) { a[k] = x[i + k] }
+            let r = 1 / (1 + exp(-a))
+            for k in 0..<(count - i) { out[i + k] = r[k] }
+        }
     }
 
     /// g[i] ← silu(g[i]) · u[i] = g / (1 + e^-g) · u.

@@ -10,8 +10,12 @@ public struct CompletionRequest: Sendable {
     public var maxNewTokens: Int
     public var stop: [String]
     public var sampling: SamplingParameters
-    public init(prompt: String, maxNewTokens: Int, stop: [String] = [], sampling: SamplingParameters = .greedy) {
+    /// A LoRA adapter over the engine's model (engines that cannot serve one fail the request).
+    public var adapter: LoRAAdapter?
+    public init(prompt: String, maxNewTokens: Int, stop: [String] = [], sampling: SamplingParameters = .greedy,
+                adapter: LoRAAdapter? = nil) {
         self.prompt = prompt
+        self.adapter = adapter
         self.maxNewTokens = maxNewTokens
         self.stop = stop
         self.sampling = sampling
@@ -56,7 +60,11 @@ extension TextGenerator: CompletionEngine {
     public func tokenCount(_ text: String) -> Int { tokenizer.encode(text, parseSpecial: true).count }
 
     public func complete(_ requests: [CompletionRequest]) -> [CompletionResult] {
-        generate(requests.map { request(text: $0.prompt, maxNewTokens: $0.maxNewTokens, sampling: $0.sampling, stop: $0.stop) })
+        generate(requests.map { r in
+            var g = request(text: r.prompt, maxNewTokens: r.maxNewTokens, sampling: r.sampling, stop: r.stop)
+            g.adapter = r.adapter
+            return g
+        })
             .map { CompletionResult(text: $0.text, finishReason: $0.finishReason, error: $0.error,
                                     promptTokens: $0.promptTokens, generatedTokens: $0.tokens.count) }
     }

@@ -11,7 +11,9 @@ import AlignersCore
 public struct TrainedAligner: Aligner {
     public let criterion: String
     public let engine: any CompletionEngine
-    public var modelName: String { "trained(\(criterion))+\(engine.modelName)" }
+    /// The LoRA adapter served over the engine's model (nil: the model itself was trained).
+    public let adapter: LoRAAdapter?
+    public var modelName: String { "trained(\(criterion))+\(engine.modelName)" + (adapter.map { "+lora(\($0.name))" } ?? "") }
     public var maxNewTokens: Int?
     public var outputGuard: OutputGuard
     public var maxConversationCharacters: Int
@@ -21,10 +23,11 @@ public struct TrainedAligner: Aligner {
     public static let alignedMarker = "[ALIGNED]"
     public static let doneMarker = "[DONE]"
 
-    public init(criterion: String, engine: any CompletionEngine, maxNewTokens: Int? = nil, outputGuard: OutputGuard = OutputGuard(),
-                maxConversationCharacters: Int = 2000, maxAnswerCharacters: Int = 3000) {
+    public init(criterion: String, engine: any CompletionEngine, adapter: LoRAAdapter? = nil, maxNewTokens: Int? = nil,
+                outputGuard: OutputGuard = OutputGuard(), maxConversationCharacters: Int = 2000, maxAnswerCharacters: Int = 3000) {
         self.criterion = criterion
         self.engine = engine
+        self.adapter = adapter
         self.maxNewTokens = maxNewTokens
         self.outputGuard = outputGuard
         self.maxConversationCharacters = maxConversationCharacters
@@ -32,8 +35,8 @@ public struct TrainedAligner: Aligner {
     }
 
     /// Builds it from a criterion whose `aligner.kind` is `trained`.
-    public init(criterion: Criterion, engine: any CompletionEngine) {
-        self.init(criterion: criterion.name, engine: engine, maxNewTokens: criterion.aligner.maxNewTokens)
+    public init(criterion: Criterion, engine: any CompletionEngine, adapter: LoRAAdapter? = nil) {
+        self.init(criterion: criterion.name, engine: engine, adapter: adapter, maxNewTokens: criterion.aligner.maxNewTokens)
     }
 
     /// `x` as the trained format writes it.
@@ -54,21 +57,31 @@ public struct TrainedAligner: Aligner {
     }
 
     public func prompt(for exchange: Exchange) -> String {
+        Self.prompt(for: exchange, maxConversationCharacters: maxConversationCharacters, maxAnswerCharacters: maxAnswerCharacters)
+    }
+
+    /// The prompt the model is given, exactly as training builds it: the conversation cut from the
+    /// front and the answer at the end (as the prompted aligner does), control-token text escaped.
+    public static func prompt(for exchange: Exchange, maxConversationCharacters: Int = 2000, maxAnswerCharacters: Int = 3000) -> String {
         var conv = exchange.conversation
-        // Cut the conversation from the front and the answer at the end, as the prompted aligner does.
-        let x = Self.renderX(conv)
+        let x = renderX(conv)
         if x.count > maxConversationCharacters, let last = conv.indices.last {
             conv = [Turn(role: "user", content: PromptedAligner.tail(conv[last].content, maxConversationCharacters))]
         }
         let y = PromptedAligner.head(exchange.response, maxAnswerCharacters)
-        return PromptedAligner.sanitize(Self.promptText(conversation: conv, response: y))
+        return PromptedAligner.sanitize(promptText(conversation: conv, response: y))
+    }
+
+    /// What the model is trained to write after the prompt: `y' [DONE]`.
+    public static func target(_ aligned: String) -> String {
+        PromptedAligner.sanitize("\(aligned) \(doneMarker)")
     }
 
     public func align(_ batch: [Exchange]) throws -> [Alignment] {
         guard !batch.isEmpty else { return [] }
         let requests = batch.map { ex in
             CompletionRequest(prompt: prompt(for: ex), maxNewTokens: maxNewTokens ?? min(768, max(128, engine.tokenCount(ex.response) * 2 + 32)),
-                              stop: [Self.doneMarker, Self.initMarker])
+                              stop: [Self.doneMarker, Self.initMarker], adapter: adapter)
         }
         let results = engine.complete(requests)
         return zip(batch, results).map { ex, r in
@@ -95,6 +108,7 @@ public final class AlignerFactory: @unchecked Sendable {
     public let maxBatch: Int
     private let lock = NSLock()
     private var engines: [String: TextGenerator] = [:]
+    private var adapters: [String: LoRAAdapter] = [:]
 
     public init(modelsDir: String? = nil, defaultModel: String? = nil, maxBatch: Int = 64) {
         self.modelsDir = modelsDir
@@ -129,11 +143,31 @@ public final class AlignerFactory: @unchecked Sendable {
         return e
     }
 
+    /// A criterion's adapter directory: absolute, or relative to the criterion file's directory.
+    public func adapterPath(for criterion: Criterion) -> String? {
+        guard let a = criterion.aligner.adapter else { return nil }
+        if a.hasPrefix("/") { return a }
+        if let file = criterion.file { return URL(fileURLWithPath: file).deletingLastPathComponent().appendingPathComponent(a).standardized.path }
+        return URL(fileURLWithPath: a).standardized.path
+    }
+
+    /// One adapter per directory, loaded on first use and shared by every aligner that names it.
+    public func adapter(path: String, for engine: TextGenerator) throws -> LoRAAdapter {
+        let key = URL(fileURLWithPath: path).resolvingSymlinksInPath().path + "|" + engine.modelName
+        lock.lock(); defer { lock.unlock() }
+        if let a = adapters[key] { return a }
+        let a = try PEFTAdapter.load(directory: path, model: engine.model.config)
+        adapters[key] = a
+        return a
+    }
+
     public func make(for criterion: Criterion) throws -> any Aligner {
         let eng = try engine(path: modelPath(for: criterion))
         switch criterion.aligner.kind {
         case .prompted: return PromptedAligner(criterion: criterion, engine: eng)
-        case .trained: return TrainedAligner(criterion: criterion, engine: eng)
+        case .trained:
+            let adapter = try adapterPath(for: criterion).map { try self.adapter(path: $0, for: eng) }
+            return TrainedAligner(criterion: criterion, engine: eng, adapter: adapter)
         }
     }
 }

@@ -50,10 +50,14 @@ public struct DecoderSegment {
     public var tokens: [Int]
     /// Whether to compute logits for the last token.
     public var wantsLogits: Bool
-    public init(cache: KVCache, tokens: [Int], wantsLogits: Bool = true) {
+    /// A LoRA adapter over the shared base weights for this sequence (nil: the base model). The
+    /// sequence's KV cache must have been filled with the same adapter.
+    public var adapter: LoRAAdapter?
+    public init(cache: KVCache, tokens: [Int], wantsLogits: Bool = true, adapter: LoRAAdapter? = nil) {
         self.cache = cache
         self.tokens = tokens
         self.wantsLogits = wantsLogits
+        self.adapter = adapter
     }
 }
 

@@ -136,6 +136,7 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
                 throw DecoderError.beyondModelContext(positions: s.cache.count + s.tokens.count, contextLength: c.contextLength)
             }
             for t in s.tokens where t < 0 || t >= c.vocabulary { throw DecoderError.tokenOutOfRange(t, vocabulary: c.vocabulary) }
+            try s.adapter?.check(against: c)
             total += s.tokens.count
         }
         if total == 0 { return }
@@ -165,10 +166,29 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
             pool.parallelFor(T) { rows in for i in rows { QuantKernels.dequantizeRow(emb, tk[i], into: x + i * d) } }
         }
 
+        // Rows served through a LoRA adapter, as runs of consecutive segments with the same one.
+        var adapted: [(adapter: LoRAAdapter, rows: Range<Int>)] = []
+        for (si, s) in segments.enumerated() {
+            guard let a = s.adapter, !s.tokens.isEmpty else { continue }
+            if let last = adapted.last, last.adapter === a, last.rows.upperBound == segStart[si] {
+                adapted[adapted.count - 1].rows = last.rows.lowerBound..<segStart[si] + s.tokens.count
+            } else {
+                adapted.append((a, segStart[si]..<segStart[si] + s.tokens.count))
+            }
+        }
+        func addLoRA(_ layer: Int, _ target: LoRATarget, x: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>) {
+            let (inputs, outputs) = target.shape(c)
+            for (a, rows) in adapted {
+                a.add(layer: layer, target, x: x + rows.lowerBound * inputs, rows: rows.count, out: out + rows.lowerBound * outputs,
+                      ldOut: outputs, pool: pool)
+            }
+        }
+
         let eps = c.rmsEpsilon
         for (li, b) in blocks.enumerated() {
             rmsNorm(x, b.attnNorm, eps, rows: T, into: h)
             project(h, rows: T, [(b.wq, q), (b.wk, k), (b.wv, v)])
+            addLoRA(li, .q, x: h, into: q); addLoRA(li, .k, x: h, into: k); addLoRA(li, .v, x: h, into: v)
             positions.withUnsafeBufferPointer { pos in
                 rope(q, heads: c.heads, rows: T, positions: pos.baseAddress!)
                 rope(k, heads: c.kvHeads, rows: T, positions: pos.baseAddress!)
@@ -182,9 +202,18 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
             }
             attention(layer: li, segments: segments, segStart: segStart, q: q, out: att)
             project(att, rows: T, [(b.wo, x)], accumulate: true)
+            addLoRA(li, .o, x: att, into: x)
             rmsNorm(x, b.ffnNorm, eps, rows: T, into: h)
-            project(h, rows: T, [(b.gate, g), (b.up, u)], swiglu: true)
+            if adapted.isEmpty {
+                project(h, rows: T, [(b.gate, g), (b.up, u)], swiglu: true)
+            } else {
+                // The adapters' deltas go in before the activation, so SwiGLU is not fused here.
+                project(h, rows: T, [(b.gate, g), (b.up, u)])
+                addLoRA(li, .gate, x: h, into: g); addLoRA(li, .up, x: h, into: u)
+                pool.parallelFor(T) { rs in VectorMath.swiglu(g + rs.lowerBound * ff, u + rs.lowerBound * ff, count: rs.count * ff) }
+            }
             project(g, rows: T, [(b.down, x)], accumulate: true)
+            addLoRA(li, .down, x: g, into: x)
         }
 
         // Final norm and logits for the segments that want them.

@@ -219,16 +219,19 @@ public final class SafetensorsFile: @unchecked Sendable {
     }
 }
 
-/// Writes F32 tensors (and string metadata) as a safetensors file.
+/// Writes F32 or F16 tensors (and string metadata) as a safetensors file.
 public enum SafetensorsWriter {
     public struct Tensor {
         public var name: String
         public var shape: [Int]
         public var values: [Float]
-        public init(name: String, shape: [Int], values: [Float]) {
+        /// Stored as F32, or as F16 (rounded to nearest).
+        public var half: Bool
+        public init(name: String, shape: [Int], values: [Float], half: Bool = false) {
             precondition(shape.reduce(1, *) == values.count, "shape \(shape) does not match \(values.count) values")
-            self.name = name; self.shape = shape; self.values = values
+            self.name = name; self.shape = shape; self.values = values; self.half = half
         }
+        var byteCount: Int { values.count * (half ? 2 : 4) }
     }
 
     public static func data(_ tensors: [Tensor], metadata: [String: String] = [:]) throws -> Data {
@@ -237,8 +240,8 @@ public enum SafetensorsWriter {
         var offset = 0
         let sorted = tensors.sorted { $0.name < $1.name }
         for t in sorted {
-            let bytes = t.values.count * 4
-            header[t.name] = ["dtype": "F32", "shape": t.shape, "data_offsets": [offset, offset + bytes]] as [String: Any]
+            let bytes = t.byteCount
+            header[t.name] = ["dtype": t.half ? "F16" : "F32", "shape": t.shape, "data_offsets": [offset, offset + bytes]] as [String: Any]
             offset += bytes
         }
         var json = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
@@ -248,7 +251,11 @@ public enum SafetensorsWriter {
         withUnsafeBytes(of: &n) { out.append(contentsOf: $0) }
         out.append(json)
         for t in sorted {
-            t.values.withUnsafeBytes { out.append(contentsOf: $0) }
+            if t.half {
+                t.values.map { Float16($0).bitPattern.littleEndian }.withUnsafeBytes { out.append(contentsOf: $0) }
+            } else {
+                t.values.withUnsafeBytes { out.append(contentsOf: $0) }
+            }
         }
         return out
     }

@@ -11,10 +11,13 @@ public struct GenerationRequest: Sendable {
     /// Generation ends on these tokens (not part of the text). The model's end-of-turn tokens are
     /// added by `TextGenerator`.
     public var stopTokens: Set<Int>
+    /// A LoRA adapter over the model's weights (nil: the base model).
+    public var adapter: LoRAAdapter?
 
     public init(prompt: [Int], maxNewTokens: Int = 256, sampling: SamplingParameters = .greedy,
-                stopStrings: [String] = [], stopTokens: Set<Int> = []) {
+                stopStrings: [String] = [], stopTokens: Set<Int> = [], adapter: LoRAAdapter? = nil) {
         self.prompt = prompt
+        self.adapter = adapter
         self.maxNewTokens = maxNewTokens
         self.sampling = sampling
         self.stopStrings = stopStrings
@@ -96,7 +99,7 @@ public final class BatchScheduler: @unchecked Sendable {
     public var minimumSharedPrefix = 32
     /// Prompt tokens taken from snapshots instead of computed, since the scheduler started.
     public private(set) var reusedPrefixTokens = 0
-    private var snapshots: [(tokens: [Int], cache: KVCache)] = []
+    private var snapshots: [(tokens: [Int], adapter: LoRAAdapter?, cache: KVCache)] = []
     /// KV caches of finished sequences, for the next ones: a fresh cache is fresh pages, and the
     /// kernel zeroing them took a tenth of batched decoding at 800-token prompts. Caches held,
     /// in use or spare, stay within `maxBatch`.
@@ -171,10 +174,10 @@ public final class BatchScheduler: @unchecked Sendable {
                 s.prefilled += n
                 budget -= n
                 let done = s.prefilled == s.request.prompt.count
-                segments.append(DecoderSegment(cache: s.cache, tokens: toks, wantsLogits: done))
+                segments.append(DecoderSegment(cache: s.cache, tokens: toks, wantsLogits: done, adapter: s.request.adapter))
                 if done { owners.append(s) }
             } else if let t = s.pendingToken {
-                segments.append(DecoderSegment(cache: s.cache, tokens: [t]))
+                segments.append(DecoderSegment(cache: s.cache, tokens: [t], adapter: s.request.adapter))
                 owners.append(s)
             }
         }
@@ -209,7 +212,7 @@ public final class BatchScheduler: @unchecked Sendable {
         guard prefixSnapshots > 0 else { return }
         let prompt = s.request.prompt
         var best = (index: -1, length: 0)
-        for (i, snap) in snapshots.enumerated() {
+        for (i, snap) in snapshots.enumerated() where snap.adapter === s.request.adapter {
             let n = min(snap.tokens.count, prompt.count - 1)
             var k = 0
             while k < n && snap.tokens[k] == prompt[k] { k += 1 }
@@ -230,10 +233,11 @@ public final class BatchScheduler: @unchecked Sendable {
         guard prefixSnapshots > 0, !s.reusedPrefix, s.request.prompt.count > minimumSharedPrefix else { return }
         let prompt = s.request.prompt
         // A prompt that a kept snapshot already covers adds nothing.
-        if snapshots.contains(where: { $0.tokens.count >= prompt.count && Array($0.tokens.prefix(prompt.count)) == prompt }) { return }
+        if snapshots.contains(where: { $0.adapter === s.request.adapter && $0.tokens.count >= prompt.count
+                                       && Array($0.tokens.prefix(prompt.count)) == prompt }) { return }
         let copy = KVCache(config: model.config, capacity: prompt.count)
         copy.copyPrefix(from: s.cache, count: prompt.count)
-        snapshots.append((prompt, copy))
+        snapshots.append((prompt, s.request.adapter, copy))
         if snapshots.count > prefixSnapshots { snapshots.removeFirst() }
     }
 

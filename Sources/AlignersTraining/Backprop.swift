@@ -1,0 +1,169 @@
+import Foundation
+import AlignersKernels
+
+/// The decoder's operations with their reverse-mode gradients, on row-major rows. Each backward
+/// *adds* its input gradient into the destination (residual streams and shared inputs sum), and
+/// each is checked against finite differences in the tests.
+public enum Backprop {
+    // MARK: RMSNorm  h = x · r · w,  r = (mean(x²) + eps)^-½
+
+    /// Writes h and returns r per row.
+    public static func rmsNorm(_ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, rows: Int, dim d: Int, eps: Float,
+                               h: UnsafeMutablePointer<Float>, r: UnsafeMutablePointer<Float>) {
+        for i in 0..<rows {
+            let xr = x + i * d, hr = h + i * d
+            var ss: Float = 0
+            for j in 0..<d { ss += xr[j] * xr[j] }
+            let s = 1 / (ss / Float(d) + eps).squareRoot()
+            r[i] = s
+            for j in 0..<d { hr[j] = xr[j] * s * w[j] }
+        }
+    }
+
+    /// dx += r·(dh⊙w) − (r³/d)·x·Σ(dh⊙w⊙x).
+    public static func rmsNormBackward(_ dh: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>,
+                                       _ r: UnsafePointer<Float>, rows: Int, dim d: Int, dx: UnsafeMutablePointer<Float>) {
+        for i in 0..<rows {
+            let g = dh + i * d, xr = x + i * d, o = dx + i * d
+            var dot: Float = 0
+            for j in 0..<d { dot += g[j] * w[j] * xr[j] }
+            let s = r[i], c = s * s * s * dot / Float(d)
+            for j in 0..<d { o[j] += s * g[j] * w[j] - c * xr[j] }
+        }
+    }
+
+    // MARK: RoPE on adjacent pairs (the GGUF's layout), rotation by pos·θ_i
+
+    /// Rotates each head's pairs of `rows` rows in place; `inverse` rotates back (the backward).
+    /// `cos`/`sin` are [position × headDim/2] tables; `positions[i]` is row i's position.
+    public static func rope(_ x: UnsafeMutablePointer<Float>, rows: Int, heads: Int, headDim hd: Int, positions: UnsafePointer<Int>,
+                            cos: UnsafePointer<Float>, sin: UnsafePointer<Float>, inverse: Bool = false) {
+        let half = hd / 2, width = heads * hd
+        for i in 0..<rows {
+            let c = cos + positions[i] * half, s = sin + positions[i] * half
+            let row = x + i * width
+            for h in 0..<heads {
+                let v = row + h * hd
+                for p in 0..<half {
+                    let a = v[2 * p], b = v[2 * p + 1], sn = inverse ? -s[p] : s[p]
+                    v[2 * p] = a * c[p] - b * sn
+                    v[2 * p + 1] = a * sn + b * c[p]
+                }
+            }
+        }
+    }
+
+    // MARK: SwiGLU  a = silu(g) ⊙ u
+
+    public static func swiglu(_ g: UnsafePointer<Float>, _ u: UnsafePointer<Float>, count: Int, into a: UnsafeMutablePointer<Float>) {
+        a.update(from: g, count: count)
+        VectorMath.swiglu(a, u, count: count)
+    }
+
+    /// Overwrites da with dg and writes du.
+    public static func swigluBackward(_ da: UnsafeMutablePointer<Float>, _ g: UnsafePointer<Float>, _ u: UnsafePointer<Float>,
+                                      count: Int, du: UnsafeMutablePointer<Float>) {
+        VectorMath.sigmoid(g, count: count, into: du)
+        for i in 0..<count {
+            let s = du[i], x = g[i], d = da[i]
+            du[i] = d * x * s
+            da[i] = d * u[i] * s * (1 + x * (1 - s))
+        }
+    }
+
+    // MARK: causal attention, one sequence and one KV head with its group of query heads
+
+    /// Shapes of one sequence's attention: `n` rows; q rows of `qStride`, k/v rows of `kvStride`;
+    /// heads `kvHead·group ..< (kvHead+1)·group` read KV head `kvHead`.
+    public struct AttentionSlice {
+        public var n: Int
+        public var headDim: Int
+        public var group: Int
+        public var kvHead: Int
+        public var qStride: Int
+        public var kvStride: Int
+        public init(n: Int, headDim: Int, group: Int, kvHead: Int, qStride: Int, kvStride: Int) {
+            self.n = n; self.headDim = headDim; self.group = group; self.kvHead = kvHead; self.qStride = qStride; self.kvStride = kvStride
+        }
+        var scale: Float { 1 / Float(headDim).squareRoot() }
+        func qOffset(_ g: Int) -> Int { (kvHead * group + g) * headDim }
+        var kvOffset: Int { kvHead * headDim }
+    }
+
+    /// P = softmax(scale·Q·Kᵀ) with the causal mask, into `p` [n × n] (zeros above the diagonal).
+    static func probabilities(_ s: AttentionSlice, q: UnsafePointer<Float>, k: UnsafePointer<Float>, head g: Int,
+                              p: UnsafeMutablePointer<Float>) {
+        let n = s.n
+        BLAS.gemm(transposeA: false, transposeB: true, m: n, n: n, k: s.headDim, a: q + s.qOffset(g), lda: s.qStride,
+                  b: k + s.kvOffset, ldb: s.kvStride, c: p, ldc: n, alpha: s.scale)
+        for i in 0..<n {
+            let row = p + i * n
+            VectorMath.softmax(row, i + 1)
+            for j in (i + 1)..<max(i + 1, n) { row[j] = 0 }
+        }
+    }
+
+    /// out = P·V for every head of the group (out rows of `qStride`). `p` is scratch of n² floats.
+    public static func attention(_ s: AttentionSlice, q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+                                 out: UnsafeMutablePointer<Float>, p: UnsafeMutablePointer<Float>) {
+        for g in 0..<s.group {
+            probabilities(s, q: q, k: k, head: g, p: p)
+            BLAS.gemm(transposeA: false, transposeB: false, m: s.n, n: s.headDim, k: s.n, a: p, lda: s.n,
+                      b: v + s.kvOffset, ldb: s.kvStride, c: out + s.qOffset(g), ldc: s.qStride)
+        }
+    }
+
+    /// From dOut: dQ (written), dK and dV (added: the group's heads share them). P is recomputed
+    /// (cheaper than keeping n² floats per head and layer). `p`, `dp`: scratch of n² floats each.
+    public static func attentionBackward(_ s: AttentionSlice, q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+                                         dOut: UnsafePointer<Float>, dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>,
+                                         dv: UnsafeMutablePointer<Float>, p: UnsafeMutablePointer<Float>, dp: UnsafeMutablePointer<Float>) {
+        let n = s.n, hd = s.headDim
+        for g in 0..<s.group {
+            probabilities(s, q: q, k: k, head: g, p: p)
+            // dV += Pᵀ·dO ; dP = dO·Vᵀ
+            BLAS.gemm(transposeA: true, transposeB: false, m: n, n: hd, k: n, a: p, lda: n, b: dOut + s.qOffset(g), ldb: s.qStride,
+                      c: dv + s.kvOffset, ldc: s.kvStride, beta: 1)
+            BLAS.gemm(transposeA: false, transposeB: true, m: n, n: n, k: hd, a: dOut + s.qOffset(g), lda: s.qStride,
+                      b: v + s.kvOffset, ldb: s.kvStride, c: dp, ldc: n)
+            // dS = P ⊙ (dP − rowsum(dP ⊙ P)), kept in dp (zero above the diagonal since P is).
+            for i in 0..<n {
+                let pr = p + i * n, dr = dp + i * n
+                var dot: Float = 0
+                for j in 0...i { dot += pr[j] * dr[j] }
+                for j in 0...i { dr[j] = pr[j] * (dr[j] - dot) }
+                for j in (i + 1)..<max(i + 1, n) { dr[j] = 0 }
+            }
+            // dQ = scale·dS·K ; dK += scale·dSᵀ·Q
+            BLAS.gemm(transposeA: false, transposeB: false, m: n, n: hd, k: n, a: dp, lda: n, b: k + s.kvOffset, ldb: s.kvStride,
+                      c: dq + s.qOffset(g), ldc: s.qStride, alpha: s.scale)
+            BLAS.gemm(transposeA: true, transposeB: false, m: n, n: hd, k: n, a: dp, lda: n, b: q + s.qOffset(g), ldb: s.qStride,
+                      c: dk + s.kvOffset, ldc: s.kvStride, alpha: s.scale, beta: 1)
+        }
+    }
+
+    // MARK: cross-entropy over the vocabulary, only at loss rows
+
+    /// For rows h [m × d] and the tied output matrix E [V × d]: the summed cross-entropy of
+    /// `targets`, and dh += lossScale · (softmax(h·Eᵀ) − onehot)·E (when dh is given). `logits` is
+    /// scratch of m·V floats.
+    public static func crossEntropy(_ h: UnsafePointer<Float>, rows m: Int, dim d: Int, output e: UnsafePointer<Float>, vocabulary V: Int,
+                                    targets: UnsafePointer<Int>, lossScale: Float, dh: UnsafeMutablePointer<Float>?,
+                                    logits z: UnsafeMutablePointer<Float>, pool: ComputePool) -> Double {
+        BLAS.gemm(transposeA: false, transposeB: true, m: m, n: V, k: d, a: h, lda: d, b: e, ldb: d, c: z, ldc: V, pool: pool)
+        var losses = [Double](repeating: 0, count: m)
+        losses.withUnsafeMutableBufferPointer { lp in
+            pool.parallelFor(m) { rows in
+                for i in rows {
+                    let row = z + i * V
+                    let target = row[targets[i]]
+                    lp[i] = Double(VectorMath.softmax(row, V)) - Double(target)
+                    for j in 0..<V { row[j] *= lossScale }
+                    row[targets[i]] -= lossScale
+                }
+            }
+        }
+        if let dh { BLAS.gemm(transposeA: false, transposeB: false, m: m, n: d, k: V, a: z, lda: V, b: e, ldb: d, c: dh, ldc: d, beta: 1, pool: pool) }
+        return losses.reduce(0, +)
+    }
+}

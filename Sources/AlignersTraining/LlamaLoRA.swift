@@ -1,0 +1,489 @@
+import Foundation
+import AlignersKernels
+import AlignersModels
+
+/// One training sequence: its tokens, and from which position on they are targets.
+public struct TrainingSequence: Sendable, Hashable, Codable {
+    public var tokens: [Int]
+    /// Tokens at positions ≥ `lossStart` (and ≥ 1) are predicted from the position before and count
+    /// in the loss: for `x [INIT] y [ALIGNED] y' [DONE]`, the first token of y'.
+    public var lossStart: Int
+    public init(tokens: [Int], lossStart: Int) { self.tokens = tokens; self.lossStart = lossStart }
+    public var lossTokens: Int { max(0, tokens.count - max(lossStart, 1)) }
+}
+
+/// The frozen base of a Llama decoder, dequantized once to F32 from the GGUF as shipped, for the
+/// training products. Why F32 with BLAS: on 2 Zen 4 cores, sgemm runs the forward and the input-
+/// gradient products at 80–90 GFLOP/s per core at training's row counts (hundreds of tokens), while
+/// a transposed quantized kernel for dx = dy·W would have to be written anew and the VNNI gemm
+/// quantizes activations to int16 (a gradient error the reference check would not accept).
+/// Memory: 4 bytes per parameter (540 MB for SmolLM2-135M).
+public final class FrozenLlama: @unchecked Sendable {
+    public let config: DecoderConfig
+    struct Block {
+        let attnNorm, ffnNorm: [Float]
+        let wq, wk, wv, wo, gate, up, down: UnsafeMutablePointer<Float>
+    }
+    let blocks: [Block]
+    let embedding: UnsafeMutablePointer<Float>   // [vocabulary × embedding]
+    let output: UnsafeMutablePointer<Float>      // the embedding when tied
+    let outputNorm: [Float]
+    let ropeCos: [Float], ropeSin: [Float]       // [position × headDim/2]
+    private var owned: [UnsafeMutablePointer<Float>] = []
+
+    public convenience init(path: String, pool: ComputePool, maxPositions: Int = 2048) throws {
+        try self.init(gguf: GGUFFile(path: path), pool: pool, maxPositions: maxPositions)
+    }
+
+    public init(gguf: GGUFFile, pool: ComputePool, maxPositions: Int = 2048) throws {
+        let c = try DecoderConfig(gguf: gguf)
+        guard c.architecture == "llama" else {
+            throw DecoderError.unsupportedArchitecture(c.architecture, supported: ["llama"])
+        }
+        var owned: [UnsafeMutablePointer<Float>] = []
+        func dense(_ name: String, rows: Int, cols: Int) throws -> UnsafeMutablePointer<Float> {
+            let t = try gguf.tensor(name)
+            guard t.rows == rows, t.cols == cols else {
+                throw GGUFError.shapeMismatch(path: gguf.url.path, tensor: name, expected: [cols, rows], found: [t.cols, t.rows])
+            }
+            let p = QuantKernels.dequantize(t, pool: pool)
+            owned.append(p)
+            return p
+        }
+        func vector(_ name: String, _ n: Int) throws -> [Float] {
+            let p = try dense(name, rows: 1, cols: n)
+            return Array(UnsafeBufferPointer(start: p, count: n))
+        }
+        var bs: [Block] = []
+        for i in 0..<c.layers {
+            let p = "blk.\(i)."
+            bs.append(Block(attnNorm: try vector(p + "attn_norm.weight", c.embedding), ffnNorm: try vector(p + "ffn_norm.weight", c.embedding),
+                            wq: try dense(p + "attn_q.weight", rows: c.qDim, cols: c.embedding),
+                            wk: try dense(p + "attn_k.weight", rows: c.kvDim, cols: c.embedding),
+                            wv: try dense(p + "attn_v.weight", rows: c.kvDim, cols: c.embedding),
+                            wo: try dense(p + "attn_output.weight", rows: c.embedding, cols: c.qDim),
+                            gate: try dense(p + "ffn_gate.weight", rows: c.feedForward, cols: c.embedding),
+                            up: try dense(p + "ffn_up.weight", rows: c.feedForward, cols: c.embedding),
+                            down: try dense(p + "ffn_down.weight", rows: c.embedding, cols: c.feedForward)))
+        }
+        let vocab = try gguf.tensor("token_embd.weight").rows
+        var cfg = c
+        cfg.vocabulary = vocab
+        config = cfg
+        embedding = try dense("token_embd.weight", rows: vocab, cols: c.embedding)
+        output = gguf.tensorInfo("output.weight") != nil ? try dense("output.weight", rows: vocab, cols: c.embedding) : embedding
+        outputNorm = try vector("output_norm.weight", c.embedding)
+        blocks = bs
+        let half = c.headDim / 2
+        var cs = [Float](repeating: 0, count: maxPositions * half), sn = cs
+        for p in 0..<maxPositions {
+            for i in 0..<half {
+                let a = Float(p) * Float(pow(Double(c.ropeBase), -2.0 * Double(i) / Double(c.headDim)))
+                cs[p * half + i] = cos(a); sn[p * half + i] = sin(a)
+            }
+        }
+        ropeCos = cs; ropeSin = sn
+        self.owned = owned
+    }
+    deinit { for p in owned { p.deallocate() } }
+    public var maxPositions: Int { ropeCos.count / (config.headDim / 2) }
+}
+
+/// The Llama decoder's forward and backward with LoRA adapters on its projections: the loss of a
+/// batch of sequences and the gradients of the adapters' matrices (the base stays frozen). The
+/// sequences are packed as rows of one matrix; attention stays per sequence. Activations are kept
+/// (≈ 28 KB per token and layer for SmolLM2-135M, ~0.85 MB per token in all), P = softmax(QKᵀ) is
+/// recomputed in the backward; logits exist only for loss rows, 64 rows at a time. One `run` at a
+/// time per instance (its tape is reused).
+public final class LlamaLoRA: @unchecked Sendable {
+    public let base: FrozenLlama
+    public let pool: ComputePool
+    public var config: DecoderConfig { base.config }
+    /// Rows of logits computed at once for the loss (64 × 49,152 floats = 12.6 MB).
+    public var logitChunk = 64
+
+    public init(base: FrozenLlama, pool: ComputePool) {
+        self.base = base
+        self.pool = pool
+        BLAS.setThreads(1)  // products are split over the pool, each thread calling OpenBLAS alone
+    }
+
+    /// Σ cross-entropy over the batch's loss tokens, and `gradients += lossScale · ∂Σ/∂θ`.
+    /// With `gradients` nil, the forward only (validation). `dropoutSeed` picks LoRA dropout masks.
+    public func run(_ batch: [TrainingSequence], parameters p: LoRAParameters, gradients: UnsafeMutablePointer<Float>?,
+                    lossScale: Float = 1, dropoutSeed: UInt64 = 0) throws -> Double {
+        let c = config, d = c.embedding, qd = c.qDim, kvd = c.kvDim, ff = c.feedForward, L = c.layers, V = c.vocabulary
+        let r = p.config.rank
+        for s in batch {
+            guard s.tokens.count <= base.maxPositions else {
+                throw TrainingError.data("a sequence of \(s.tokens.count) tokens is longer than the \(base.maxPositions) positions training was set up for")
+            }
+            for t in s.tokens where t < 0 || t >= V { throw DecoderError.tokenOutOfRange(t, vocabulary: V) }
+        }
+        let N = batch.reduce(0) { $0 + $1.tokens.count }
+        if N == 0 { return 0 }
+        var starts: [Int] = [], positions = [Int](repeating: 0, count: N)
+        var lossRows: [Int] = [], targets: [Int] = []
+        var at = 0
+        for s in batch {
+            starts.append(at)
+            for (i, t) in s.tokens.enumerated() {
+                positions[at + i] = i
+                if i >= max(s.lossStart, 1) { lossRows.append(at + i - 1); targets.append(t) }
+            }
+            at += s.tokens.count
+        }
+
+        // Tape: what the backward reads, per layer (kept between calls: fresh pages cost).
+        let tape = tape(rows: N, rank: r, slots: p.slots.count)
+        let xs = tape.xs
+        positions.withUnsafeBufferPointer { pos in
+            pool.parallelFor(N) { rows in
+                for i in rows { (xs[0] + i * d).update(from: self.base.embedding + batchToken(batch, starts, i, pos) * d, count: d) }
+            }
+        }
+        let scratchA = tape.ffScratch[0]
+        let drop = DropoutMasks(p: p.config.dropout, seed: dropoutSeed)
+
+        try positions.withUnsafeBufferPointer { posBuf in
+            let pos = posBuf.baseAddress!
+            for l in 0..<L {
+                let b = base.blocks[l], t = tape.layers[l]
+                rmsNorm(xs[l], b.attnNorm, rows: N, h: t.h1, r: t.r1)
+                linear(t.h1, N, b.wq, out: t.q, rows: qd, cols: d)
+                linear(t.h1, N, b.wk, out: t.k, rows: kvd, cols: d)
+                linear(t.h1, N, b.wv, out: t.v, rows: kvd, cols: d)
+                lora(p, l, .q, x: t.h1, N, out: t.q, tape: tape, drop: drop)
+                lora(p, l, .k, x: t.h1, N, out: t.k, tape: tape, drop: drop)
+                lora(p, l, .v, x: t.h1, N, out: t.v, tape: tape, drop: drop)
+                rope(t.q, N, heads: c.heads, pos, inverse: false)
+                rope(t.k, N, heads: c.kvHeads, pos, inverse: false)
+                attention(batch, starts, q: t.q, k: t.k, v: t.v, out: t.att)
+                t.x1.update(from: xs[l], count: N * d)
+                linear(t.att, N, b.wo, out: t.x1, rows: d, cols: qd, accumulate: true)
+                lora(p, l, .o, x: t.att, N, out: t.x1, tape: tape, drop: drop)
+                rmsNorm(t.x1, b.ffnNorm, rows: N, h: t.h2, r: t.r2)
+                linear(t.h2, N, b.gate, out: t.g, rows: ff, cols: d)
+                linear(t.h2, N, b.up, out: t.u, rows: ff, cols: d)
+                lora(p, l, .gate, x: t.h2, N, out: t.g, tape: tape, drop: drop)
+                lora(p, l, .up, x: t.h2, N, out: t.u, tape: tape, drop: drop)
+                pool.parallelFor(N) { rs in Backprop.swiglu(t.g + rs.lowerBound * ff, t.u + rs.lowerBound * ff, count: rs.count * ff,
+                                                            into: scratchA + rs.lowerBound * ff) }
+                xs[l + 1].update(from: t.x1, count: N * d)
+                linear(scratchA, N, b.down, out: xs[l + 1], rows: d, cols: ff, accumulate: true)
+                lora(p, l, .down, x: scratchA, N, out: xs[l + 1], tape: tape, drop: drop)
+            }
+        }
+
+        // Loss rows: final norm, logits in chunks, cross-entropy; their gradient into dx.
+        let R = lossRows.count
+        let dx = tape.dx
+        dx.initialize(repeating: 0, count: N * d)
+        var total = 0.0
+        if R > 0 {
+            let xf = UnsafeMutablePointer<Float>.allocate(capacity: R * d * 3 + R)
+            defer { xf.deallocate() }
+            let hf = xf + R * d, dhf = hf + R * d, rf = dhf + R * d
+            for (j, row) in lossRows.enumerated() { (xf + j * d).update(from: xs[L] + row * d, count: d) }
+            rmsNorm(xf, base.outputNorm, rows: R, h: hf, r: rf)
+            dhf.initialize(repeating: 0, count: R * d)
+            let chunk = max(1, logitChunk)
+            let logits = UnsafeMutablePointer<Float>.allocate(capacity: min(chunk, R) * V)
+            defer { logits.deallocate() }
+            try targets.withUnsafeBufferPointer { tg in
+                var j0 = 0
+                while j0 < R {
+                    let m = min(chunk, R - j0)
+                    total += Backprop.crossEntropy(hf + j0 * d, rows: m, dim: d, output: base.output, vocabulary: V, targets: tg.baseAddress! + j0,
+                                                   lossScale: lossScale, dh: gradients == nil ? nil : dhf + j0 * d,
+                                                   logits: logits, pool: pool)
+                    j0 += m
+                }
+                if !total.isFinite { throw TrainingError.data("the loss is not finite (\(total))") }
+            }
+            guard gradients != nil else { return total }
+            let dxf = UnsafeMutablePointer<Float>.allocate(capacity: R * d)
+            defer { dxf.deallocate() }
+            dxf.initialize(repeating: 0, count: R * d)
+            base.outputNorm.withUnsafeBufferPointer { w in
+                Backprop.rmsNormBackward(dhf, xf, w.baseAddress!, rf, rows: R, dim: d, dx: dxf)
+            }
+            for (j, row) in lossRows.enumerated() {
+                let src = dxf + j * d, dst = dx + row * d
+                for i in 0..<d { dst[i] += src[i] }
+            }
+        }
+        guard let grads = gradients else { return total }
+
+        // Backward through the blocks.
+        let da = tape.ffScratch[1], du = tape.ffScratch[2]
+        let dh = tape.dh, datt = tape.datt, dq = tape.dq, dk = tape.dk, dv = tape.dv
+        positions.withUnsafeBufferPointer { posBuf in
+            let pos = posBuf.baseAddress!
+            for l in stride(from: L - 1, through: 0, by: -1) {
+                let b = base.blocks[l], t = tape.layers[l]
+                // Feed-forward: xs[l+1] = x1 + down(swiglu(gate(h2), up(h2))).
+                pool.parallelFor(N) { rs in Backprop.swiglu(t.g + rs.lowerBound * ff, t.u + rs.lowerBound * ff, count: rs.count * ff,
+                                                            into: scratchA + rs.lowerBound * ff) }
+                linearBackward(dx, N, b.down, dx: da, rows: d, cols: ff, accumulate: false)
+                loraBackward(p, l, .down, dy: dx, x: scratchA, N, dx: da, tape: tape, drop: drop, grads: grads)
+                pool.parallelFor(N) { rs in Backprop.swigluBackward(da + rs.lowerBound * ff, t.g + rs.lowerBound * ff, t.u + rs.lowerBound * ff,
+                                                                    count: rs.count * ff, du: du + rs.lowerBound * ff) }
+                linearBackward(da, N, b.gate, dx: dh, rows: ff, cols: d, accumulate: false)
+                linearBackward(du, N, b.up, dx: dh, rows: ff, cols: d, accumulate: true)
+                loraBackward(p, l, .gate, dy: da, x: t.h2, N, dx: dh, tape: tape, drop: drop, grads: grads)
+                loraBackward(p, l, .up, dy: du, x: t.h2, N, dx: dh, tape: tape, drop: drop, grads: grads)
+                rmsNormBackward(dh, t.x1, b.ffnNorm, t.r2, rows: N, dx: dx)
+                // Attention: x1 = xs[l] + o(attention(rope(q(h1)), rope(k(h1)), v(h1))).
+                linearBackward(dx, N, b.wo, dx: datt, rows: d, cols: qd, accumulate: false)
+                loraBackward(p, l, .o, dy: dx, x: t.att, N, dx: datt, tape: tape, drop: drop, grads: grads)
+                attentionBackward(batch, starts, q: t.q, k: t.k, v: t.v, dOut: datt, dq: dq, dk: dk, dv: dv)
+                rope(dq, N, heads: c.heads, pos, inverse: true)
+                rope(dk, N, heads: c.kvHeads, pos, inverse: true)
+                linearBackward(dq, N, b.wq, dx: dh, rows: qd, cols: d, accumulate: false)
+                linearBackward(dk, N, b.wk, dx: dh, rows: kvd, cols: d, accumulate: true)
+                linearBackward(dv, N, b.wv, dx: dh, rows: kvd, cols: d, accumulate: true)
+                loraBackward(p, l, .q, dy: dq, x: t.h1, N, dx: dh, tape: tape, drop: drop, grads: grads)
+                loraBackward(p, l, .k, dy: dk, x: t.h1, N, dx: dh, tape: tape, drop: drop, grads: grads)
+                loraBackward(p, l, .v, dy: dv, x: t.h1, N, dx: dh, tape: tape, drop: drop, grads: grads)
+                rmsNormBackward(dh, xs[l], b.attnNorm, t.r1, rows: N, dx: dx)
+            }
+        }
+        return total
+    }
+
+    private var tapeCache: Tape?
+
+    /// A tape for at least `rows` rows (not thread-safe: one `run` at a time per instance).
+    func tape(rows: Int, rank: Int, slots: Int) -> Tape {
+        if let t = tapeCache, t.capacity >= rows, t.rank == rank, t.slots == slots { return t }
+        let old = tapeCache?.capacity ?? 0
+        tapeCache = nil   // let go of the old one before the new one is allocated
+        let t = Tape(N: max(rows, old), c: config, rank: rank, slots: slots)
+        tapeCache = t
+        return t
+    }
+
+    // MARK: pieces
+
+    /// y[N × rows] (+)= x[N × cols] · Wᵀ.
+    func linear(_ x: UnsafePointer<Float>, _ n: Int, _ w: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, rows: Int, cols: Int,
+                accumulate: Bool = false) {
+        BLAS.gemm(transposeA: false, transposeB: true, m: n, n: rows, k: cols, a: x, lda: cols, b: w, ldb: cols, c: out, ldc: rows,
+                  beta: accumulate ? 1 : 0, pool: pool)
+    }
+
+    /// dx[N × cols] (+)= dy[N × rows] · W.
+    func linearBackward(_ dy: UnsafePointer<Float>, _ n: Int, _ w: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, rows: Int, cols: Int,
+                        accumulate: Bool) {
+        BLAS.gemm(transposeA: false, transposeB: false, m: n, n: cols, k: rows, a: dy, lda: rows, b: w, ldb: cols, c: dx, ldc: cols,
+                  beta: accumulate ? 1 : 0, pool: pool)
+    }
+
+    func rmsNorm(_ x: UnsafePointer<Float>, _ w: [Float], rows: Int, h: UnsafeMutablePointer<Float>, r: UnsafeMutablePointer<Float>) {
+        let d = config.embedding, eps = config.rmsEpsilon
+        w.withUnsafeBufferPointer { wp in
+            pool.parallelFor(rows) { rs in
+                Backprop.rmsNorm(x + rs.lowerBound * d, wp.baseAddress!, rows: rs.count, dim: d, eps: eps, h: h + rs.lowerBound * d,
+                                 r: r + rs.lowerBound)
+            }
+        }
+    }
+
+    func rmsNormBackward(_ dh: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ w: [Float], _ r: UnsafePointer<Float>, rows: Int,
+                         dx: UnsafeMutablePointer<Float>) {
+        let d = config.embedding
+        w.withUnsafeBufferPointer { wp in
+            pool.parallelFor(rows) { rs in
+                Backprop.rmsNormBackward(dh + rs.lowerBound * d, x + rs.lowerBound * d, wp.baseAddress!, r + rs.lowerBound, rows: rs.count,
+                                         dim: d, dx: dx + rs.lowerBound * d)
+            }
+        }
+    }
+
+    func rope(_ x: UnsafeMutablePointer<Float>, _ n: Int, heads: Int, _ pos: UnsafePointer<Int>, inverse: Bool) {
+        let hd = config.headDim, width = heads * hd
+        base.ropeCos.withUnsafeBufferPointer { cs in
+            base.ropeSin.withUnsafeBufferPointer { sn in
+                pool.parallelFor(n) { rs in
+                    Backprop.rope(x + rs.lowerBound * width, rows: rs.count, heads: heads, headDim: hd, positions: pos + rs.lowerBound,
+                                  cos: cs.baseAddress!, sin: sn.baseAddress!, inverse: inverse)
+                }
+            }
+        }
+    }
+
+    /// (sequence, KV head) items dealt round-robin over the pool, longest sequences first.
+    private func attentionItems(_ batch: [TrainingSequence], _ starts: [Int],
+                                _ body: (_ slice: Backprop.AttentionSlice, _ row0: Int, _ p: UnsafeMutablePointer<Float>,
+                                         _ dp: UnsafeMutablePointer<Float>) -> Void) {
+        let c = config
+        let order = batch.indices.sorted { batch[$0].tokens.count > batch[$1].tokens.count }
+        let items = order.flatMap { s in (0..<c.kvHeads).map { (s, $0) } }
+        let longest = batch.map(\.tokens.count).max() ?? 0
+        let nt = pool.threads
+        pool.run { t in
+            let p = UnsafeMutablePointer<Float>.allocate(capacity: 2 * longest * longest)
+            defer { p.deallocate() }
+            var i = t
+            while i < items.count {
+                let (s, kv) = items[i]
+                let slice = Backprop.AttentionSlice(n: batch[s].tokens.count, headDim: c.headDim, group: c.heads / c.kvHeads, kvHead: kv,
+                                                    qStride: c.qDim, kvStride: c.kvDim)
+                body(slice, starts[s], p, p + longest * longest)
+                i += nt
+            }
+        }
+    }
+
+    func attention(_ batch: [TrainingSequence], _ starts: [Int], q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+                   out: UnsafeMutablePointer<Float>) {
+        let qd = config.qDim, kvd = config.kvDim
+        attentionItems(batch, starts) { s, r0, p, _ in
+            Backprop.attention(s, q: q + r0 * qd, k: k + r0 * kvd, v: v + r0 * kvd, out: out + r0 * qd, p: p)
+        }
+    }
+
+    func attentionBackward(_ batch: [TrainingSequence], _ starts: [Int], q: UnsafePointer<Float>, k: UnsafePointer<Float>,
+                           v: UnsafePointer<Float>, dOut: UnsafePointer<Float>, dq: UnsafeMutablePointer<Float>,
+                           dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>) {
+        let qd = config.qDim, kvd = config.kvDim
+        let n = batch.reduce(0) { $0 + $1.tokens.count }
+        dk.initialize(repeating: 0, count: n * kvd)
+        dv.initialize(repeating: 0, count: n * kvd)
+        attentionItems(batch, starts) { s, r0, p, dp in
+            Backprop.attentionBackward(s, q: q + r0 * qd, k: k + r0 * kvd, v: v + r0 * kvd, dOut: dOut + r0 * qd, dq: dq + r0 * qd,
+                                       dk: dk + r0 * kvd, dv: dv + r0 * kvd, p: p, dp: dp)
+        }
+    }
+
+    /// out += scale · dropout(x)·Aᵀ·Bᵀ for the slot, keeping t = dropout(x)·Aᵀ on the tape.
+    func lora(_ p: LoRAParameters, _ layer: Int, _ target: LoRATarget, x: UnsafePointer<Float>, _ n: Int, out: UnsafeMutablePointer<Float>,
+              tape: Tape, drop: DropoutMasks) {
+        guard let s = p.slot(layer: layer, target) else { return }
+        let r = p.config.rank
+        let t = tape.t(p.slots.firstIndex { $0.layer == layer && $0.target == target }!)
+        let xin = drop.active ? drop.apply(x, rows: n, cols: s.inputs, stream: streamID(layer, target), into: tape.dropped, pool: pool) : x
+        p.values.withUnsafeBufferPointer { v in
+            BLAS.gemm(transposeA: false, transposeB: true, m: n, n: r, k: s.inputs, a: xin, lda: s.inputs, b: v.baseAddress! + s.a, ldb: s.inputs,
+                      c: t, ldc: r, pool: pool)
+            BLAS.gemm(transposeA: false, transposeB: true, m: n, n: s.outputs, k: r, a: t, lda: r, b: v.baseAddress! + s.b, ldb: r,
+                      c: out, ldc: s.outputs, alpha: p.config.scale, beta: 1, pool: pool)
+        }
+    }
+
+    /// From dy = ∂/∂out: grads of A and B (added), and dx += ∂/∂x.
+    func loraBackward(_ p: LoRAParameters, _ layer: Int, _ target: LoRATarget, dy: UnsafePointer<Float>, x: UnsafePointer<Float>, _ n: Int,
+                      dx: UnsafeMutablePointer<Float>, tape: Tape, drop: DropoutMasks, grads: UnsafeMutablePointer<Float>) {
+        guard let s = p.slot(layer: layer, target) else { return }
+        let r = p.config.rank, sc = p.config.scale
+        let t = tape.t(p.slots.firstIndex { $0.layer == layer && $0.target == target }!)
+        let dt = tape.dt
+        let stream = streamID(layer, target)
+        p.values.withUnsafeBufferPointer { v in
+            let a = v.baseAddress! + s.a, b = v.baseAddress! + s.b
+            // dB += sc · dyᵀ·t ; dt = sc · dy·B
+            BLAS.gemm(transposeA: true, transposeB: false, m: s.outputs, n: r, k: n, a: dy, lda: s.outputs, b: t, ldb: r,
+                      c: grads + s.b, ldc: r, alpha: sc, beta: 1, pool: pool)
+            BLAS.gemm(transposeA: false, transposeB: false, m: n, n: r, k: s.outputs, a: dy, lda: s.outputs, b: b, ldb: r,
+                      c: dt, ldc: r, alpha: sc, pool: pool)
+            // dA += dtᵀ·dropout(x) ; dx += dropout'(dt·A)
+            let xin = drop.active ? drop.apply(x, rows: n, cols: s.inputs, stream: stream, into: tape.dropped, pool: pool) : x
+            BLAS.gemm(transposeA: true, transposeB: false, m: r, n: s.inputs, k: n, a: dt, lda: r, b: xin, ldb: s.inputs,
+                      c: grads + s.a, ldc: s.inputs, beta: 1, pool: pool)
+            if drop.active {
+                BLAS.gemm(transposeA: false, transposeB: false, m: n, n: s.inputs, k: r, a: dt, lda: r, b: a, ldb: s.inputs,
+                          c: tape.dropped, ldc: s.inputs, pool: pool)
+                drop.accumulate(tape.dropped, rows: n, cols: s.inputs, stream: stream, into: dx, pool: pool)
+            } else {
+                BLAS.gemm(transposeA: false, transposeB: false, m: n, n: s.inputs, k: r, a: dt, lda: r, b: a, ldb: s.inputs,
+                          c: dx, ldc: s.inputs, beta: 1, pool: pool)
+            }
+        }
+    }
+
+    func streamID(_ layer: Int, _ target: LoRATarget) -> UInt64 { UInt64(layer * 8 + target.index) }
+}
+
+@inline(__always) private func batchToken(_ batch: [TrainingSequence], _ starts: [Int], _ row: Int, _ pos: UnsafeBufferPointer<Int>) -> Int {
+    // Row → its sequence: the last start at or before it.
+    var lo = 0, hi = starts.count - 1
+    while lo < hi {
+        let mid = (lo + hi + 1) / 2
+        if starts[mid] <= row { lo = mid } else { hi = mid - 1 }
+    }
+    return batch[lo].tokens[pos[row]]
+}
+
+/// LoRA dropout (PEFT's `lora_dropout` on the adapter's input): element (row, col) of module
+/// `stream` is kept with probability 1 − p, from a hash of (seed, stream, index), so the backward
+/// recomputes the same mask instead of storing it.
+struct DropoutMasks {
+    let p: Float
+    let seed: UInt64
+    var active: Bool { p > 0 }
+
+    @inline(__always) func keep(_ stream: UInt64, _ index: Int) -> Bool {
+        SplitMix64.unit(seed ^ (stream &* 0x9E37_79B9_7F4A_7C15), UInt64(index)) >= p
+    }
+
+    /// out = x ⊙ mask / (1 − p); returns out.
+    func apply(_ x: UnsafePointer<Float>, rows: Int, cols: Int, stream: UInt64, into out: UnsafeMutablePointer<Float>,
+               pool: ComputePool) -> UnsafePointer<Float> {
+        let s = 1 / (1 - p)
+        pool.parallelFor(rows) { rs in
+            for i in rs.lowerBound * cols..<rs.upperBound * cols { out[i] = keep(stream, i) ? x[i] * s : 0 }
+        }
+        return UnsafePointer(out)
+    }
+
+    /// dx += g ⊙ mask / (1 − p).
+    func accumulate(_ g: UnsafePointer<Float>, rows: Int, cols: Int, stream: UInt64, into dx: UnsafeMutablePointer<Float>, pool: ComputePool) {
+        let s = 1 / (1 - p)
+        pool.parallelFor(rows) { rs in
+            for i in rs.lowerBound * cols..<rs.upperBound * cols where keep(stream, i) { dx[i] += g[i] * s }
+        }
+    }
+}
+
+/// The activations one forward keeps for its backward, and the backward's scratch.
+final class Tape {
+    struct Layer {
+        let h1, q, k, v, att, x1, h2, g, u: UnsafeMutablePointer<Float>
+        let r1, r2: UnsafeMutablePointer<Float>
+    }
+    let layers: [Layer]
+    let xs: [UnsafeMutablePointer<Float>]   // residual stream entering each layer, and after the last
+    let ffScratch: [UnsafeMutablePointer<Float>]
+    let dx, dh, datt, dq, dk, dv, dt, dropped: UnsafeMutablePointer<Float>
+    private let loraT: UnsafeMutablePointer<Float>
+    let capacity: Int, rank: Int, slots: Int
+    private var blocks: [UnsafeMutablePointer<Float>] = []
+
+    init(N: Int, c: DecoderConfig, rank: Int, slots: Int) {
+        capacity = N; self.rank = rank; self.slots = slots
+        let d = c.embedding, qd = c.qDim, kvd = c.kvDim, ff = c.feedForward
+        var blocks: [UnsafeMutablePointer<Float>] = []
+        func alloc(_ count: Int) -> UnsafeMutablePointer<Float> {
+            let p = UnsafeMutablePointer<Float>.allocate(capacity: max(count, 1))
+            blocks.append(p)
+            return p
+        }
+        layers = (0..<c.layers).map { _ in
+            Layer(h1: alloc(N * d), q: alloc(N * qd), k: alloc(N * kvd), v: alloc(N * kvd), att: alloc(N * qd), x1: alloc(N * d),
+                  h2: alloc(N * d), g: alloc(N * ff), u: alloc(N * ff), r1: alloc(N), r2: alloc(N))
+        }
+        xs = (0...c.layers).map { _ in alloc(N * d) }
+        ffScratch = (0..<3).map { _ in alloc(N * ff) }
+        dx = alloc(N * d); dh = alloc(N * d); datt = alloc(N * qd); dq = alloc(N * qd); dk = alloc(N * kvd); dv = alloc(N * kvd)
+        dt = alloc(N * rank)
+        dropped = alloc(N * max(d, qd, ff))
+        loraT = alloc(N * rank * slots)
+        self.blocks = blocks
+    }
+
+    /// t = x·Aᵀ of slot `i` (N × rank).
+    func t(_ i: Int) -> UnsafeMutablePointer<Float> { loraT + i * capacity * rank }
+
+    deinit { for b in blocks { b.deallocate() } }
+}
