@@ -1,3 +1,4 @@
+import AlignersCore
 import AlignersPipeline
 import ArgumentParser
 import Foundation
@@ -71,9 +72,16 @@ struct SquadOptions: ParsableArguments {
     @Option(help: "Milliseconds a partial batch waits for more samples.")
     var windowMs: Int = 50
 
-    @Flag(help: ArgumentHelp("Undo an aligner's rewrite when its own criterion then scores lower (a variant; the paper's policy keeps it).",
-                             discussion: "The step stays in alignment.steps with changed: false and a note saying why."))
+    @Option(help: ArgumentHelp("Which rewrites stay: always (the paper), no-regression (undo one after which its own criterion scores lower), improvement (keep one only when its own criterion scores higher and no passing criterion starts failing).",
+                               discussion: "An undone step stays in alignment.steps with changed: false and a note saying why."))
+    var acceptance: String = "always"
+
+    @Flag(help: "Same as --acceptance no-regression.")
     var revertRegressions = false
+
+    var acceptancePolicy: SquadRun.Acceptance {
+        revertRegressions ? .noRegression : SquadRun.Acceptance(rawValue: acceptance) ?? .always
+    }
 
     var criteriaList: [String] {
         criteria.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
@@ -85,6 +93,9 @@ struct SquadOptions: ParsableArguments {
         guard (0...1).contains(threshold) else { throw ValidationError("--threshold must be within [0, 1]") }
         guard batchSize >= 1 else { throw ValidationError("--batch-size must be at least 1") }
         guard windowMs >= 0 else { throw ValidationError("--window-ms must not be negative") }
+        guard SquadRun.Acceptance(rawValue: acceptance) != nil else {
+            throw ValidationError("--acceptance must be one of \(SquadRun.Acceptance.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
     }
 
     func routerSettings() -> RouterSettings {
@@ -92,7 +103,7 @@ struct SquadOptions: ParsableArguments {
         s.threshold = threshold
         s.batchSize = batchSize
         s.batchWindowMs = windowMs
-        s.revertRegressions = revertRegressions
+        s.acceptance = acceptancePolicy
         return s
     }
 }

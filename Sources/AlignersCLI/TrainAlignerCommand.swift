@@ -66,6 +66,7 @@ struct TrainAlignerCommand: ParsableCommand {
     @Option(help: "Steps between validations.") var evalEvery = 25
     @Option(help: "Validations without improvement before stopping (0: never).") var patience = 4
     @Flag(help: "Continue from OUT/checkpoint (same options and data).") var resume = false
+    @Option(help: "Pause (with a checkpoint) once this many steps are done in all; continue later with --resume.") var stopAfter: Int?
     @Option(help: "The base GGUF (default: SmolLM2-135M-Instruct through the models directory).") var model: String?
     @Option(help: "Directory holding model packages.") var modelsDir: String?
     @Option(help: "Compute threads (default: $ALIGNERS_THREADS or all CPUs).") var threads: Int?
@@ -129,7 +130,7 @@ struct TrainAlignerCommand: ParsableCommand {
                             validExamples: valid.count, droppedForLength: trainSet.droppedForLength, lora: config, options: opts,
                             report: report).write(to: outDir)
         }
-        let report = try trainer.run(resume: resume)
+        let report = try trainer.run(resume: resume, stopAfter: stopAfter)
         print(String(format: "%@ aligner: %d steps (%.2f epochs%@), %d tokens at %.0f tokens/s, best valid loss %@; adapter in %@",
                      criterion, report.steps, report.epochsDone, report.stoppedEarly ? ", stopped early" : "", report.tokensSeen,
                      report.tokensPerSecond, report.bestValidLoss.map { String(format: "%.4f (step %d)", $0, report.bestStep ?? 0) } ?? "–",

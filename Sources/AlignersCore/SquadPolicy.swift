@@ -9,14 +9,25 @@
 ///    the aligner changed, so the next gate sees the new scores;
 /// 4. a sample no gate catches passes through untouched.
 ///
-/// One variant, off by default: with `revertRegressions`, a rewrite after which the pass's own
-/// criterion scores lower than before is undone — the sample's scores go back to what they were
-/// before the pass, and the caller restores its response (`reverted`). Small aligners often
+/// Variants decide whether a rewrite stays (`Acceptance`): the paper keeps every one; the others
+/// undo a rewrite the re-inspection does not rate better — the sample's scores go back to what they
+/// were before the pass, and the caller restores its response (`reverted`). Small aligners often
 /// rewrite a fine answer into a worse one; this lets the inspectors veto that.
 ///
 /// `SquadRun` is that policy as a state machine with no models and no sockets: the caller performs
 /// the `step` it asks for (in process, over ZeroMQ, or with test doubles) and reports the result.
 public struct SquadRun: Sendable, Equatable {
+    /// Which rewrites stay, judged by the re-inspection after the pass.
+    public enum Acceptance: String, Sendable, Equatable, CaseIterable {
+        /// Every rewrite (the paper).
+        case always
+        /// Undone when the pass's own criterion scores lower than before (`--revert-regressions`).
+        case noRegression = "no-regression"
+        /// Kept only when the own criterion scores higher than before and no criterion that passed
+        /// the threshold before the pass fails it after.
+        case improvement
+    }
+
     public enum Step: Sendable, Equatable {
         /// Score `samples` (batch indices) with every criterion's inspector.
         case inspect(criteria: [String], samples: [Int])
@@ -28,8 +39,9 @@ public struct SquadRun: Sendable, Equatable {
     public let criteria: [String]
     public let threshold: Double
     public let sampleCount: Int
-    /// The variant above: undo a pass that lowered its own criterion's score.
-    public let revertRegressions: Bool
+    public let acceptance: Acceptance
+    /// Whether any rewrite can be undone.
+    public var revertRegressions: Bool { acceptance != .always }
     /// Samples whose last pass was undone (set when its re-inspection is recorded, else empty):
     /// the caller restores their responses from before that pass.
     public private(set) var reverted: [Int] = []
@@ -48,14 +60,18 @@ public struct SquadRun: Sendable, Equatable {
         case finished
     }
     private var phase: Phase
-    /// Scores of the samples an aligner changed, from before that pass (for `revertRegressions`).
+    /// Scores of the samples an aligner changed, from before that pass (for `acceptance`).
     private var beforePass: [Int: [String: Double]] = [:]
 
     public init(sampleCount: Int, criteria: [String], threshold: Double = 0.5, revertRegressions: Bool = false) {
+        self.init(sampleCount: sampleCount, criteria: criteria, threshold: threshold, acceptance: revertRegressions ? .noRegression : .always)
+    }
+
+    public init(sampleCount: Int, criteria: [String], threshold: Double = 0.5, acceptance: Acceptance) {
         precondition(Set(criteria).count == criteria.count, "criteria must be distinct")
         self.criteria = criteria
         self.threshold = threshold
-        self.revertRegressions = revertRegressions
+        self.acceptance = acceptance
         self.sampleCount = sampleCount
         self.scores = Array(repeating: [:], count: sampleCount)
         if sampleCount == 0 || criteria.isEmpty {
@@ -82,7 +98,7 @@ public struct SquadRun: Sendable, Equatable {
         case .reinspecting(let index):
             let criterion = order[index]
             for (sample, old) in beforePass.sorted(by: { $0.key < $1.key }) where !dropped.contains(sample) {
-                if let now = scores[sample][criterion], let was = old[criterion], now < was {
+                if !accepts(old: old, new: scores[sample], criterion: criterion) {
                     scores[sample] = old
                     reverted.append(sample)
                 }
@@ -107,6 +123,19 @@ public struct SquadRun: Sendable, Equatable {
         } else {
             phase = .reinspecting(orderIndex: index)
             step = .inspect(criteria: criteria, samples: toInspect)
+        }
+    }
+
+    func accepts(old: [String: Double], new: [String: Double], criterion: String) -> Bool {
+        guard let now = new[criterion], let was = old[criterion] else { return true }
+        switch acceptance {
+        case .always: return true
+        case .noRegression: return now >= was
+        case .improvement:
+            return now > was && criteria.allSatisfy { c in
+                guard c != criterion, let before = old[c], let after = new[c] else { return true }
+                return !(before >= threshold && after < threshold)
+            }
         }
     }
 

@@ -18,10 +18,10 @@ extension QuantKernels {
                               "avx512ifma", "avx512vbmi", "avx512_vbmi2", "avx512_vnni", "avx512_bitalg", "avx512_vpopcntdq",
                               "avx512_bf16", "gfni", "vaes", "vpclmulqdq"]
 
-    /// Whether this CPU runs the VNNI kernels.
-    public static let vnniSupported: Bool = {
+    /// The CPU's feature flags as /proc/cpuinfo lists them (empty elsewhere).
+    public static let cpuFlags: Set<String> = {
         #if arch(x86_64) && os(Linux)
-        guard let f = fopen("/proc/cpuinfo", "r") else { return false }
+        guard let f = fopen("/proc/cpuinfo", "r") else { return [] }
         defer { fclose(f) }
         var line: UnsafeMutablePointer<CChar>?
         var cap = 0
@@ -29,15 +29,17 @@ extension QuantKernels {
         while getline(&line, &cap, f) > 0 {
             let s = String(cString: line!)
             if s.hasPrefix("flags") {
-                let have = Set(s.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" || $0 == ":" }).map(String.init))
-                return znver4Flags.allSatisfy(have.contains)
+                return Set(s.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" || $0 == ":" }).map(String.init))
             }
         }
-        return false
+        return []
         #else
-        return false
+        return []
         #endif
     }()
+
+    /// Whether this CPU runs the VNNI kernels.
+    public static let vnniSupported: Bool = znver4Flags.allSatisfy(cpuFlags.contains)
 
     /// Whether batched products use the interleaved VNNI kernels: by default wherever the CPU
     /// has them; `ALIGNERS_VNNI=0` turns them off (sgemm on F32 copies instead), for comparisons.

@@ -83,7 +83,9 @@ public final class LoRATrainer {
         return tokens > 0 ? sum / Double(tokens) : .nan
     }
 
-    public func run(resume: Bool) throws -> LoRATrainingReport {
+    /// Trains to `totalSteps` (or until early stopping); with `stopAfter`, pauses once that many
+    /// steps are done in all (after a checkpoint), to be continued with `resume`.
+    public func run(resume: Bool, stopAfter: Int? = nil) throws -> LoRATrainingReport {
         guard !train.isEmpty else { throw TrainingError.data("no training examples") }
         var params = LoRAParameters(config: loraConfig, model: model.config)
         params.initialise(seed: options.seed)
@@ -152,11 +154,16 @@ public final class LoRATrainer {
                     progress.log("stopping early: \(options.patience) evaluations without a better validation loss")
                 }
             }
-            if state.step % max(1, options.checkpointEvery) == 0 || last || stoppedEarly {
+            let pausing = stopAfter.map { state.step >= $0 } ?? false
+            if state.step % max(1, options.checkpointEvery) == 0 || last || stoppedEarly || pausing {
                 state.secondsBefore = secondsBefore + Date().timeIntervalSince(started)
                 try saveCheckpoint(params, adam, state)
             }
             if stoppedEarly { break }
+            if pausing {
+                progress.log("paused at step \(state.step) of \(totalSteps); continue with --resume")
+                break
+            }
         }
         let elapsed = Date().timeIntervalSince(started)
         let rep = report(state, seconds: secondsBefore + elapsed, rate: Double(sessionTokens) / max(elapsed, 1e-9), stoppedEarly: stoppedEarly)

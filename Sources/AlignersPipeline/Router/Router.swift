@@ -9,8 +9,13 @@ public struct RouterSettings: Sendable, Equatable {
     public var criteria: [String]
     /// The gate: a sample goes to a criterion's aligner when its score is strictly below this.
     public var threshold: Double = 0.5
-    /// Undo an aligner's rewrite when its own criterion then scores lower (`SquadRun` variant).
-    public var revertRegressions = false
+    /// Which rewrites stay after their re-inspection (`SquadRun.Acceptance`; the paper keeps all).
+    public var acceptance: SquadRun.Acceptance = .always
+    /// The `noRegression` variant on or off (`--revert-regressions`).
+    public var revertRegressions: Bool {
+        get { acceptance != .always }
+        set { acceptance = newValue ? .noRegression : .always }
+    }
     /// Samples per squad batch (the order of criteria is decided per batch).
     public var batchSize: Int = 64
     /// How long a partial batch waits for more samples before it starts anyway.
@@ -218,7 +223,7 @@ public final class Router: @unchecked Sendable {
         nextBatchID += 1
         var batch = Batch(id: id, samples: samples,
                           run: SquadRun(sampleCount: samples.count, criteria: settings.criteria, threshold: settings.threshold,
-                                       revertRegressions: settings.revertRegressions))
+                                       acceptance: settings.acceptance))
         for i in batch.samples.indices {
             batch.samples[i].envelope.batch.id = id
             batch.samples[i].envelope.batch.size = UInt32(samples.count)
@@ -526,7 +531,9 @@ public final class Router: @unchecked Sendable {
         envelope.scores.removeAll { $0.pass == pass }
         envelope.steps[last].changed = false
         let before = envelope.steps[last].scoreBefore, after = envelope.steps[last].scoreAfter
-        envelope.steps[last].note = "reverted: the rewrite lowered the \(criterion) score "
+        let why = after < before ? "lowered the \(criterion) score" : settings.acceptance == .improvement && after > before
+            ? "made another criterion fail" : "did not raise the \(criterion) score"
+        envelope.steps[last].note = "reverted: the rewrite \(why) "
             + "(\((before * 100).rounded() / 100) → \((after * 100).rounded() / 100)); kept the answer from before this pass"
         batch.samples[index].envelope = envelope
         metrics.count("aligners_reverted_passes_total", [("criterion", criterion)])
