@@ -18,6 +18,8 @@ struct GenerateBenchCommand: ParsableCommand {
     @Option(help: "Batch sizes, comma-separated.") var batches = "8,32,64"
     @Option(help: "Prompt tokens per sequence in the batched tests (the aligners' prompts are ~1,000).") var batchPromptTokens = 24
     @Option(help: "Repetitions (best is reported).") var repeats = 3
+    @Option(help: "A LoRA adapter directory (PEFT format) applied to every sequence: its cost against the base model.")
+    var adapter: String?
     @Flag(help: "Print one JSON object instead of a table.") var json = false
     @Flag(help: "Only time the kernels, one thread: matrix-vector, and 64-row products by VNNI gemm and sgemm (GFLOP/s per CPU-second).") var kernels = false
     @Flag(help: "With --kernels: the float (dequantize-FMA) kernels instead of the integer ones.") var floatKernels = false
@@ -28,6 +30,7 @@ struct GenerateBenchCommand: ParsableCommand {
         guard let llama = gen.model as? LlamaModel else { throw ValidationError("benchmark expects a llama model") }
         let cfg = llama.config
         var results: [String: Double] = [:]
+        let lora = try adapter.map { try PEFTAdapter.load(directory: $0, model: cfg) }
 
         if kernels {
             QuantKernels.useIntegerDots = !floatKernels
@@ -109,7 +112,7 @@ struct GenerateBenchCommand: ParsableCommand {
         for _ in 0..<repeats {
             let cache = KVCache(config: cfg, capacity: promptTokens + 1)
             let t0 = Date()
-            try logits.withUnsafeMutableBufferPointer { try llama.forward([DecoderSegment(cache: cache, tokens: tokens(promptTokens, salt: 0))], logits: $0.baseAddress!) }
+            try logits.withUnsafeMutableBufferPointer { try llama.forward([DecoderSegment(cache: cache, tokens: tokens(promptTokens, salt: 0), adapter: lora)], logits: $0.baseAddress!) }
             best = max(best, Double(promptTokens) / Date().timeIntervalSince(t0))
         }
         results["prompt_tps"] = best
@@ -118,12 +121,12 @@ struct GenerateBenchCommand: ParsableCommand {
         best = 0
         for _ in 0..<repeats {
             let cache = KVCache(config: cfg, capacity: 16 + decodeTokens + 1)
-            try logits.withUnsafeMutableBufferPointer { try llama.forward([DecoderSegment(cache: cache, tokens: tokens(16, salt: 1))], logits: $0.baseAddress!) }
+            try logits.withUnsafeMutableBufferPointer { try llama.forward([DecoderSegment(cache: cache, tokens: tokens(16, salt: 1), adapter: lora)], logits: $0.baseAddress!) }
             var next = 0
             let t0 = Date()
             for _ in 0..<decodeTokens {
                 try logits.withUnsafeMutableBufferPointer { l in
-                    try llama.forward([DecoderSegment(cache: cache, tokens: [next])], logits: l.baseAddress!)
+                    try llama.forward([DecoderSegment(cache: cache, tokens: [next], adapter: lora)], logits: l.baseAddress!)
                     var bi = 0
                     for i in 0..<cfg.vocabulary where l[i] > l[bi] { bi = i }
                     next = bi
@@ -139,7 +142,7 @@ struct GenerateBenchCommand: ParsableCommand {
             for _ in 0..<max(1, repeats - 1) {
                 let sched = BatchScheduler(model: llama, tokenizer: gen.tokenizer, maxBatch: b)
                 for s in 0..<b {
-                    sched.add(GenerationRequest(prompt: tokens(batchPromptTokens, salt: s + 3), maxNewTokens: batchTokens)) { _ in }
+                    sched.add(GenerationRequest(prompt: tokens(batchPromptTokens, salt: s + 3), maxNewTokens: batchTokens, adapter: lora)) { _ in }
                 }
                 try sched.step()  // prefill (in chunks for long prompts) + first token of every sequence
                 while sched.prefillingCount > 0 { try sched.step() }

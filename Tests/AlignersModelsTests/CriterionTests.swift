@@ -152,6 +152,16 @@ enum CriteriaFolder {
         #expect(empty.field == "principles[1]" && empty.problem == "is empty")
     }
 
+    @Test func trainedAlignerWithAdapter() throws {
+        let yaml = Self.valid.replacingOccurrences(of: "kind: prompted", with: "kind: trained")
+            .replacingOccurrences(of: "model: default", with: "model: default\n  adapter: ../adapters/sample")
+        let c = try CriteriaLibrary.parse(yaml, file: "Criteria/sample.yaml", expectedName: "sample")
+        #expect(c.aligner.kind == .trained && c.aligner.adapter == "../adapters/sample" && c.aligner.usesDefaultModel)
+        #expect(AlignerFactory().adapterPath(for: c) == URL(fileURLWithPath: "adapters/sample").standardized.path)
+        let prompted = try failure(Self.valid.replacingOccurrences(of: "model: default", with: "model: default\n  adapter: x"))
+        #expect(prompted.field == "aligner.adapter" && prompted.problem.contains("kind: trained"))
+    }
+
     @Test func scalarsStayText() throws {
         // YAML 1.1 would read `no` as false and `1.0` as a number; a principle is text.
         let c = try CriteriaLibrary.parse(Self.valid.replacingOccurrences(of: "- Be brief.", with: "- no"), file: "sample.yaml")

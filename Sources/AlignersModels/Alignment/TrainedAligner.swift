@@ -147,7 +147,7 @@ public final class AlignerFactory: @unchecked Sendable {
     public func adapterPath(for criterion: Criterion) -> String? {
         guard let a = criterion.aligner.adapter else { return nil }
         if a.hasPrefix("/") { return a }
-        if let file = criterion.file { return URL(fileURLWithPath: file).deletingLastPathComponent().appendingPathComponent(a).standardized.path }
+        if let file = criterion.file { return URL(fileURLWithPath: file).absoluteURL.deletingLastPathComponent().appendingPathComponent(a).standardized.path }
         return URL(fileURLWithPath: a).standardized.path
     }
 

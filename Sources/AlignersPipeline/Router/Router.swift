@@ -56,6 +56,10 @@ public final class Router: @unchecked Sendable {
     private var batches: [UInt64: Batch] = [:]
     private var forming: [Sample] = []
     private var formingSince: UInt64 = 0
+    /// Prompt-only samples waiting to go to the generator together (one job of up to `jobSize`), so
+    /// that their answers come back together and join one squad batch.
+    private var pendingGeneration: [Sample] = []
+    private var pendingGenerationSince: UInt64 = 0
     private var nextJobID: UInt64 = 1
     private var nextBatchID: UInt64 = 1
     private var lastHeartbeat: UInt64 = 0
@@ -105,8 +109,9 @@ public final class Router: @unchecked Sendable {
                     announcedDrain = true
                     logger.info("router draining", metadata: ["in_flight": "\(stats.inFlight)"])
                 }
+                if !pendingGeneration.isEmpty { flushGeneration() }
                 if !forming.isEmpty { startBatch(now: now) }
-                if jobs.isEmpty && batches.isEmpty && forming.isEmpty {
+                if jobs.isEmpty && batches.isEmpty && forming.isEmpty && pendingGeneration.isEmpty {
                     logger.info("router drained", metadata: ["delivered": "\(stats.delivered)"])
                     return
                 }
@@ -114,6 +119,9 @@ public final class Router: @unchecked Sendable {
             if !forming.isEmpty && (forming.count >= settings.batchSize
                 || now - formingSince >= UInt64(settings.batchWindowMs) * 1_000_000) {
                 startBatch(now: now)
+            }
+            if !pendingGeneration.isEmpty && now - pendingGenerationSince >= UInt64(settings.batchWindowMs) * 1_000_000 {
+                flushGeneration()
             }
             if now - lastHeartbeat >= settings.heartbeat.intervalNs {
                 lastHeartbeat = now
@@ -134,7 +142,7 @@ public final class Router: @unchecked Sendable {
 
     private func pollTimeout() -> Int {
         var ms = settings.heartbeat.intervalMs
-        if !forming.isEmpty { ms = min(ms, max(1, settings.batchWindowMs / 2)) }
+        if !forming.isEmpty || !pendingGeneration.isEmpty { ms = min(ms, max(1, settings.batchWindowMs / 2)) }
         if isDraining { ms = min(ms, 50) }
         return ms
     }
@@ -312,7 +320,19 @@ public final class Router: @unchecked Sendable {
     }
 
     private func enqueueGeneration(_ sample: Sample, now: UInt64) {
-        enqueue(service: ServiceName.generate, envelopes: [sample.envelope], owner: .generation(sample.client))
+        if pendingGeneration.isEmpty { pendingGenerationSince = now }
+        pendingGeneration.append(sample)
+        if pendingGeneration.count >= settings.jobSize { flushGeneration() }
+    }
+
+    /// One generation job per client among the pending samples.
+    private func flushGeneration() {
+        var byClient: [(Identity, [Envelope])] = []
+        for s in pendingGeneration {
+            if let i = byClient.firstIndex(where: { $0.0 == s.client }) { byClient[i].1.append(s.envelope) } else { byClient.append((s.client, [s.envelope])) }
+        }
+        pendingGeneration = []
+        for (client, envelopes) in byClient { enqueue(service: ServiceName.generate, envelopes: envelopes, owner: .generation(client)) }
     }
 
     /// Hands queued jobs to ready workers, least recently used first, within each worker's credit.
