@@ -122,7 +122,8 @@ struct EncoderInspectorTests {
         let ins = try EncoderInspector.load(criterion: "ethical", featurizer: set.featurizer)
         #expect(ins.modelName.hasPrefix("all-MiniLM-L6-v2+ethical-head"))
         let single = try ins.score(batch)
-        #expect(abs(single[1] - all[1]["ethical"]!) < 1e-9)
+        // One head alone or all heads in one pass: the same float32 features, summed in another order.
+        #expect(abs(single[1] - all[1]["ethical"]!) < 1e-5)
     }
 }
 

@@ -81,7 +81,7 @@ struct EndToEndTests {
     enum Transport: String, CaseIterable { case ipc, tcp }
 
     @Test("10,000 samples through router + 2 workers per service, one worker killed -9 mid-stream",
-          .timeLimit(.minutes(5)), arguments: Transport.allCases)
+          .timeLimit(.minutes(10)), arguments: Transport.allCases)
     func tenThousand(transport: Transport) throws {
         let group = try ProcessGroup()
         let (front, back): (String, String)
@@ -160,7 +160,7 @@ struct EndToEndTests {
     }
 
     @Test("under systemd's notify protocol: READY, WATCHDOG from the loop, STOPPING and a clean drain on SIGTERM",
-          .timeLimit(.minutes(1)))
+          .timeLimit(.minutes(10)))
     func notifyProtocol() throws {
         let group = try ProcessGroup()
         let notify = try NotifySocket()
@@ -180,7 +180,7 @@ struct EndToEndTests {
         #expect(group.log("router").contains("router drained"))
     }
 
-    @Test("a worker whose model is missing says so and exits 2 without sending READY", .timeLimit(.minutes(1)))
+    @Test("a worker whose model is missing says so and exits 2 without sending READY", .timeLimit(.minutes(10)))
     func workerWithoutModel() throws {
         let group = try ProcessGroup()
         let p = try group.start(builtExecutable("aligners"),
@@ -192,7 +192,7 @@ struct EndToEndTests {
         #expect(group.log("worker").contains("nonexistent-criterion"))
     }
 
-    @Test("--connect to daemons gives the same output as the in-process pipeline", .timeLimit(.minutes(2)))
+    @Test("--connect to daemons gives the same output as the in-process pipeline", .timeLimit(.minutes(10)))
     func sameOutputEitherWay() throws {
         let group = try ProcessGroup()
         let front = "ipc://\(group.logDir.path)/front", back = "ipc://\(group.logDir.path)/back"
@@ -229,7 +229,7 @@ struct EndToEndTests {
         }
     }
 
-    @Test("--config fills in options from YAML; the command line wins", .timeLimit(.minutes(1)))
+    @Test("--config fills in options from YAML; the command line wins", .timeLimit(.minutes(10)))
     func configFile() throws {
         let group = try ProcessGroup()
         let config = group.logDir.appendingPathComponent("aligners.yaml")
@@ -250,7 +250,7 @@ struct EndToEndTests {
         #expect(group.log("c").contains("no-such-option"))
     }
 
-    @Test("--metrics-port serves Prometheus metrics for the samples that went through", .timeLimit(.minutes(1)))
+    @Test("--metrics-port serves Prometheus metrics for the samples that went through", .timeLimit(.minutes(10)))
     func prometheusMetrics() throws {
         let group = try ProcessGroup()
         let front = "ipc://\(group.logDir.path)/front", back = "ipc://\(group.logDir.path)/back"

@@ -237,8 +237,9 @@ struct FilterTests {
 
 @Suite("Back-pressure")
 struct BackPressureTests {
+    // Time limits in these suites only catch hangs: they sit far above what a loaded 2-core runner needs.
     @Test("with no worker to serve, the filter stops reading after its window; it resumes when one arrives",
-          .timeLimit(.minutes(1)))
+          .timeLimit(.minutes(10)))
     func readingPauses() throws {
         var logger = Logger(label: "test")
         logger.logLevel = .critical

@@ -40,7 +40,7 @@ func fuzzLine(_ rng: inout SplitMix64) -> [UInt8] {
 @Suite("Fuzz", .serialized)
 struct FuzzTests {
     @Test("random lines and bytes through the filter: one record per line, no crash, no hang",
-          .timeLimit(.minutes(2)), arguments: [1, 2, 3, 4])
+          .timeLimit(.minutes(10)), arguments: [1, 2, 3, 4])
     func filterFuzz(seed: UInt64) throws {
         var rng = SplitMix64(state: seed)
         var input: [UInt8] = []
@@ -76,7 +76,7 @@ struct FuzzTests {
         #expect(decoded > 0)
     }
 
-    @Test("junk on the router's sockets is ignored and the pipeline keeps working", .timeLimit(.minutes(2)))
+    @Test("junk on the router's sockets is ignored and the pipeline keeps working", .timeLimit(.minutes(10)))
     func routerSocketFuzz() throws {
         var logger = Logger(label: "fuzz")
         logger.logLevel = .critical

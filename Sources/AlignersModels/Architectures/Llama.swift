@@ -1,6 +1,5 @@
 import Foundation
 import AlignersKernels
-import CBLAS
 
 /// Llama-architecture decoder (SmolLM2, Llama 2/3, …) over GGUF weights read in place.
 ///
@@ -362,16 +361,20 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
                     while hh < c.heads {
                         let kv = hh / group
                         let qh = q + r0 * qd + hh * hd, oh = out + r0 * qd + hh * hd
-                        if let shared { cblas_sgemmNT(n, P, hd, scale, qh, qd, shared.k(layer, 0) + kv * hd, kvd, scores, L) }
-                        cblas_sgemmNT(n, L - P, hd, scale, qh, qd, cache.k(layer, P) + kv * hd, kvd, scores + P, L)
+                        if let shared { BLAS.gemm(transposeA: false, transposeB: true, m: n, n: P, k: hd, a: qh, lda: qd,
+                            b: shared.k(layer, 0) + kv * hd, ldb: kvd, c: scores, ldc: L, alpha: scale) }
+                        BLAS.gemm(transposeA: false, transposeB: true, m: n, n: L - P, k: hd, a: qh, lda: qd,
+                            b: cache.k(layer, P) + kv * hd, ldb: kvd, c: scores + P, ldc: L, alpha: scale)
                         for i in 0..<n {
                             let srow = scores + i * L
                             let valid = p0 + i + 1
                             VectorMath.softmax(srow, valid)
                             for j in valid..<L { srow[j] = 0 }
                         }
-                        if let shared { cblas_sgemmNN(n, hd, P, scores, L, shared.v(layer, 0) + kv * hd, kvd, oh, qd) }
-                        cblas_sgemmNN(n, hd, L - P, scores + P, L, cache.v(layer, P) + kv * hd, kvd, oh, qd, beta: P > 0 ? 1 : 0)
+                        if let shared { BLAS.gemm(transposeA: false, transposeB: false, m: n, n: hd, k: P, a: scores, lda: L,
+                            b: shared.v(layer, 0) + kv * hd, ldb: kvd, c: oh, ldc: qd) }
+                        BLAS.gemm(transposeA: false, transposeB: false, m: n, n: hd, k: L - P, a: scores + P, lda: L,
+                            b: cache.v(layer, P) + kv * hd, ldb: kvd, c: oh, ldc: qd, beta: P > 0 ? 1 : 0)
                         hh += pool.threads
                     }
                 }
@@ -420,18 +423,21 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
                 for (j, i) in chunk.enumerated() {
                     (a + j * group * hd).update(from: q + small[i].row * qd + kv * group * hd, count: group * hd)
                 }
-                if let shared { cblas_sgemmNT(m, P, hd, scale, a, hd, shared.k(layer, 0) + kv * hd, kvd, scores, maxLen) }
+                if let shared { BLAS.gemm(transposeA: false, transposeB: true, m: m, n: P, k: hd, a: a, lda: hd,
+                    b: shared.k(layer, 0) + kv * hd, ldb: kvd, c: scores, ldc: maxLen, alpha: scale) }
                 for (j, i) in chunk.enumerated() {
                     let cache = segments[small[i].seg].cache, n = small[i].pos + 1
                     let sj = scores + j * group * maxLen
-                    cblas_sgemmNT(group, n - P, hd, scale, a + j * group * hd, hd, cache.k(layer, P) + kv * hd, kvd, sj + P, maxLen)
+                    BLAS.gemm(transposeA: false, transposeB: true, m: group, n: n - P, k: hd, a: a + j * group * hd, lda: hd,
+                        b: cache.k(layer, P) + kv * hd, ldb: kvd, c: sj + P, ldc: maxLen, alpha: scale)
                     for g in 0..<group { VectorMath.softmax(sj + g * maxLen, n) }
                 }
-                if let shared { cblas_sgemmNN(m, hd, P, scores, maxLen, shared.v(layer, 0) + kv * hd, kvd, o, hd) }
+                if let shared { BLAS.gemm(transposeA: false, transposeB: false, m: m, n: hd, k: P, a: scores, lda: maxLen,
+                    b: shared.v(layer, 0) + kv * hd, ldb: kvd, c: o, ldc: hd) }
                 for (j, i) in chunk.enumerated() {
                     let cache = segments[small[i].seg].cache, n = small[i].pos + 1
-                    cblas_sgemmNN(group, hd, n - P, scores + j * group * maxLen + P, maxLen, cache.v(layer, P) + kv * hd, kvd,
-                                  o + j * group * hd, hd, beta: P > 0 ? 1 : 0)
+                    BLAS.gemm(transposeA: false, transposeB: false, m: group, n: hd, k: n - P, a: scores + j * group * maxLen + P, lda: maxLen,
+                        b: cache.v(layer, P) + kv * hd, ldb: kvd, c: o + j * group * hd, ldc: hd, beta: P > 0 ? 1 : 0)
                     (out + small[i].row * qd + kv * group * hd).update(from: o + j * group * hd, count: group * hd)
                 }
             }
@@ -480,19 +486,4 @@ final class Linear: @unchecked Sendable {
         interleavedWeights = w
         return w
     }
-}
-
-
-/// C[m×n] = alpha · A[m×k] · B[n×k]ᵀ (single call, caller's thread).
-@inline(__always)
-func cblas_sgemmNT(_ m: Int, _ n: Int, _ k: Int, _ alpha: Float, _ a: UnsafePointer<Float>, _ lda: Int,
-                   _ b: UnsafePointer<Float>, _ ldb: Int, _ c: UnsafeMutablePointer<Float>, _ ldc: Int) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), 0, c, Int32(ldc))
-}
-
-/// C[m×n] = A[m×k] · B[k×n] + beta · C.
-@inline(__always)
-func cblas_sgemmNN(_ m: Int, _ n: Int, _ k: Int, _ a: UnsafePointer<Float>, _ lda: Int,
-                   _ b: UnsafePointer<Float>, _ ldb: Int, _ c: UnsafeMutablePointer<Float>, _ ldc: Int, beta: Float = 0) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k), 1, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
 }
