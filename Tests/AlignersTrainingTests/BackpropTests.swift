@@ -138,4 +138,25 @@ struct BackpropTests {
             for i in one.indices { #expect(abs(one[i] - split[i]) < 1e-4) }
         }
     }
+
+    /// The backward's mask is the forward's; the kept share is 1 − p; the split over threads and the
+    /// row length do not change which elements are dropped.
+    @Test func dropoutMasksAgree() {
+        let rows = 37, cols = 53, n = rows * cols
+        let drop = DropoutMasks(p: 0.25, seed: 9)
+        let ones = [Float](repeating: 1, count: n)
+        var forward = [Float](repeating: 0, count: n), backward = [Float](repeating: 0, count: n)
+        var single = [Float](repeating: 0, count: n)
+        _ = drop.apply(ones, rows: rows, cols: cols, stream: 3, into: &forward, pool: ComputePool(threads: 2))
+        drop.accumulate(ones, rows: rows, cols: cols, stream: 3, into: &backward, pool: ComputePool(threads: 2))
+        _ = drop.apply(ones, rows: n, cols: 1, stream: 3, into: &single, pool: ComputePool(threads: 1))
+        #expect(forward == backward)
+        #expect(forward == single)
+        let kept = forward.filter { $0 != 0 }.count
+        #expect(abs(Double(kept) / Double(n) - 0.75) < 0.03)
+        #expect(forward.allSatisfy { $0 == 0 || abs($0 - 1 / 0.75) < 1e-6 })
+        var other = [Float](repeating: 0, count: n)
+        _ = drop.apply(ones, rows: rows, cols: cols, stream: 4, into: &other, pool: ComputePool(threads: 2))
+        #expect(other != forward)
+    }
 }
