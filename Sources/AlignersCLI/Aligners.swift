@@ -18,14 +18,22 @@ struct Aligners: AsyncParsableCommand {
                       TrainGroup.self, EvalGroup.self, ScoreCommand.self,
                       GenerateCommand.self, GenerateBenchCommand.self])
 
-    /// Splices `--config` options in before parsing.
+    /// Splices `--config` options in before parsing. Exit status: what the command says (0, or 1 when
+    /// some lines were errors), else 2: it could not run (bad options or config file included;
+    /// argument-parser's own 64 would contradict README's promise).
     static func main() async {
         selectBLASKernels()
         do {
             let arguments = try ConfigFile.apply(to: Array(CommandLine.arguments.dropFirst()))
-            await main(arguments)
+            var command = try parseAsRoot(arguments)
+            if var async = command as? AsyncParsableCommand { try await async.run() } else { try command.run() }
         } catch {
-            exit(withError: error)
+            let code = exitCode(for: error)
+            if code == .success || error is ExitCode {
+                exit(withError: error)
+            }
+            FileHandle.standardError.write(Data((fullMessage(for: error) + "\n").utf8))
+            Foundation.exit(2)
         }
     }
 }

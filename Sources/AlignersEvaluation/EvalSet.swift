@@ -18,13 +18,15 @@ public struct EvalMeta: Codable, Sendable, Hashable {
     public var incorrectAnswers: [String]?
     /// A strong model's answer (AlpacaEval's gpt-4-1106-preview).
     public var reference: String?
+    /// BBQ: "ambig" (the gold answer is "cannot be determined") or "disambig" (the person the context names).
+    public var condition: String?
 
     /// The set a sample is reported under: its criterion, or the source for instruction sets.
     public var set: String { input == "generated" ? source : criterion }
 
     enum CodingKeys: String, CodingKey {
         case input, id, criterion, source, chosen, rejected, reference
-        case correctAnswers = "correct_answers", incorrectAnswers = "incorrect_answers"
+        case correctAnswers = "correct_answers", incorrectAnswers = "incorrect_answers", condition = "context_condition"
     }
 }
 
@@ -53,7 +55,7 @@ public enum EvalSet {
                     var meta: [String: Any] = ["input": kind, "id": r.id, "criterion": r.criterion, "source": r.source,
                                                "chosen": r.chosen, "rejected": r.rejected]
                     if let extra = extras[r.id] {
-                        for key in ["correct_answers", "incorrect_answers"] { if let v = extra[key] { meta[key] = v } }
+                        for key in ["correct_answers", "incorrect_answers", "context_condition"] { if let v = extra[key] { meta[key] = v } }
                     }
                     out.append(["messages": messages(conversation + [Turn(role: "assistant", content: answer)]), "eval": meta])
                 }
@@ -80,12 +82,13 @@ public enum EvalSet {
         return limit.map { Array(items.prefix($0)) } ?? items
     }
 
-    /// The extra fields of rows (TruthfulQA's answer lists) by id, which `PreferenceRow` does not keep.
+    /// The extra fields of rows (TruthfulQA's answer lists, BBQ's context condition) by id, which
+    /// `PreferenceRow` does not keep.
     public static func extras(_ url: URL) throws -> [String: [String: Any]] {
         var out: [String: [String: Any]] = [:]
         for line in try Data(contentsOf: url).split(separator: UInt8(ascii: "\n")) {
             guard let o = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any], let id = o["id"] as? String,
-                  o["correct_answers"] != nil else { continue }
+                  o["correct_answers"] != nil || o["context_condition"] != nil else { continue }
             out[id] = o
         }
         return out

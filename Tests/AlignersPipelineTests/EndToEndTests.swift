@@ -246,8 +246,14 @@ struct EndToEndTests {
         try "filter:\n  no-such-option: 1\n".write(to: config, atomically: true, encoding: .utf8)
         let bad = try group.start(builtExecutable("aligners"), ["filter", "--config", config.path], name: "c")
         bad.waitUntilExit()
-        #expect(bad.terminationStatus != 0)
+        #expect(bad.terminationStatus == 2)
         #expect(group.log("c").contains("no-such-option"))
+        // A bad option and a missing config file: "could not run" (2), as README says.
+        for (args, name) in [(["filter", "--no-such-flag"], "d"), (["filter", "--config", "/nonexistent.yaml"], "e")] {
+            let p = try group.start(builtExecutable("aligners"), args, name: name)
+            p.waitUntilExit()
+            #expect(p.terminationStatus == 2, "\(args): \(group.log(name))")
+        }
     }
 
     @Test("--metrics-port serves Prometheus metrics for the samples that went through", .timeLimit(.minutes(10)))
