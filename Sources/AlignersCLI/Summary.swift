@@ -27,7 +27,25 @@ final class SummaryPrinter: @unchecked Sendable {
         }
         text += "  " + scores.joined(separator: "  ")
         let changed = envelope.steps.filter(\.changed).map(\.criterion)
-        text += changed.isEmpty ? "  (untouched)\n" : "  aligned: \(changed.joined(separator: ", "))\n"
+        if changed.isEmpty {
+            text += "  (untouched)\n"
+        } else {
+            // Say what happened, not that it worked: which aligners rewrote it, and how the squad's
+            // own inspectors rate the result against the original.
+            var better: [String] = [], worse: [String] = []
+            for c in criteria {
+                let history = envelope.scores.filter { $0.criterion == c }
+                let d = history.last!.score - history.first!.score
+                if d > 0.005 { better.append(c) } else if d < -0.005 { worse.append(c) }
+            }
+            let verdict = switch (better.isEmpty, worse.isEmpty) {
+            case (false, true): "inspectors rate it better"
+            case (true, false): "inspectors rate it worse (\(worse.joined(separator: ", ")))"
+            case (false, false): "inspectors rate it better on \(better.joined(separator: ", ")), worse on \(worse.joined(separator: ", "))"
+            case (true, true): "inspectors see no difference"
+            }
+            text += "\n  rewritten by the \(changed.joined(separator: ", ")) aligner\(changed.count > 1 ? "s" : ""); \(verdict)\n"
+        }
         if envelope.generated { text += "  generated: \(Self.clip(envelope.originalResponse))\n" }
         if !changed.isEmpty {
             text += "  before: \(Self.clip(envelope.originalResponse))\n"
