@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 BIN=${ALIGNERS:-.build/release/aligners}
 DATA=${DATA:-../shared/data}
 common=(--lr 3e-4 --warmup 10 --valid-examples 96)
+# OpenBLAS's AVX-512 kernels where the CPU has them (this machine image sets OPENBLAS_CORETYPE=Haswell
+# for everything; training ran 1.6x faster with SkylakeX on Zen 4, BENCHMARKS.md "Training").
+if grep -qw avx512f /proc/cpuinfo 2>/dev/null; then export OPENBLAS_CORETYPE=${TRAIN_OPENBLAS_CORETYPE:-SKYLAKEX}; fi
 for c in "${@:-ethical factuality helpful}"; do
   for criterion in $c; do
     case $criterion in

@@ -1,4 +1,3 @@
-import AlignersKernels
 import ArgumentParser
 import Foundation
 
@@ -22,7 +21,6 @@ struct Aligners: AsyncParsableCommand {
     /// some lines were errors), else 2: it could not run (bad options or config file included;
     /// argument-parser's own 64 would contradict README's promise).
     static func main() async {
-        selectBLASKernels()
         do {
             let arguments = try ConfigFile.apply(to: Array(CommandLine.arguments.dropFirst()))
             var command = try parseAsRoot(arguments)
@@ -36,19 +34,4 @@ struct Aligners: AsyncParsableCommand {
             Foundation.exit(2)
         }
     }
-}
-
-/// Restarts the process with `OPENBLAS_CORETYPE` set where OpenBLAS's CPU detection picks slower
-/// kernels than the CPU runs (`BLAS.preferredCoreType`); a user's own setting always wins, and
-/// `ALIGNERS_BLAS_CORETYPE=auto` keeps OpenBLAS's choice. exec keeps the PID (systemd's notify
-/// socket and watchdog see the same process).
-func selectBLASKernels() {
-    guard getenv("OPENBLAS_CORETYPE") == nil else { return }
-    let choice = getenv("ALIGNERS_BLAS_CORETYPE").map { String(cString: $0) } ?? BLAS.preferredCoreType
-    guard let core = choice, core != "auto", !core.isEmpty else { return }
-    setenv("OPENBLAS_CORETYPE", core, 1)
-    var argv = CommandLine.arguments.map { strdup($0) }
-    argv.append(nil)
-    execv("/proc/self/exe", argv)
-    // exec failed (no /proc): run on with OpenBLAS's own choice.
 }

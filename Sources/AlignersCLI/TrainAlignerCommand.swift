@@ -117,9 +117,10 @@ struct TrainAlignerCommand: ParsableCommand {
         let longest = max(trainSet.examples.map(\.sequence.tokens.count).max() ?? 0, valid.map(\.tokens.count).max() ?? 0)
         let base = try FrozenLlama(gguf: gguf, pool: pool, maxPositions: max(longest, 16))
         let engine = LlamaLoRA(base: base, pool: pool)
-        stderrLine(String(format: "loaded %@ as F32 for training in %.1fs; LoRA rank %d on %@ (%d parameters)",
+        stderrLine(String(format: "loaded %@ as F32 for training in %.1fs; LoRA rank %d on %@ (%d parameters); OpenBLAS kernels: %@",
                           URL(fileURLWithPath: path).lastPathComponent, Date().timeIntervalSince(t0), config.rank,
-                          config.targets.map(\.rawValue).joined(separator: ","), LoRAParameters(config: config, model: base.config).count))
+                          config.targets.map(\.rawValue).joined(separator: ","), LoRAParameters(config: config, model: base.config).count,
+                          BLAS.coreName))
         let command = "aligners " + shellQuoted(CommandLine.arguments.dropFirst())
         let trainer = LoRATrainer(model: engine, lora: config, train: trainSet.examples.map(\.sequence), valid: valid, options: opts,
                                   outputDirectory: outDir) { params, report in
@@ -176,7 +177,7 @@ struct TrainBenchCommand: ParsableCommand {
         let t0 = Date()
         for _ in 0..<steps { try step() }
         let s = Date().timeIntervalSince(t0) / Double(steps)
-        print(String(format: #"{"peer":"aligners","tokens_per_s":%.1f,"step_s":%.3f,"seq_len":%d,"batch":%d,"rank":%d,"threads":%d,"vnni":%@}"#,
-                     Double(seqLen * batch) / s, s, seqLen, batch, config.rank, threads, QuantKernels.vnni ? "true" : "false"))
+        print(String(format: #"{"peer":"aligners","tokens_per_s":%.1f,"step_s":%.3f,"seq_len":%d,"batch":%d,"rank":%d,"threads":%d,"vnni":%@,"blas":"%@"}"#,
+                     Double(seqLen * batch) / s, s, seqLen, batch, config.rank, threads, QuantKernels.vnni ? "true" : "false", BLAS.coreName))
     }
 }

@@ -15,14 +15,10 @@ public enum BLAS {
                     Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
     }
 
-    /// The OpenBLAS kernel set this CPU should run, when OpenBLAS's own detection gets it wrong:
-    /// Debian's OpenBLAS 0.3.21 takes Zen 4 for a Zen (and runs its AVX2 Haswell kernels), while its
-    /// AVX-512 SkylakeX kernels ran LoRA training 1.6× faster there (scripts/bench/train_bench.sh).
-    /// OpenBLAS reads `OPENBLAS_CORETYPE` once, when it is loaded, so the executable sets it and
-    /// restarts itself (`Aligners.main`). Nil when the detection is fine (no AVX-512).
-    public static var preferredCoreType: String? {
-        ["avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl"].allSatisfy(QuantKernels.cpuFlags.contains) ? "SKYLAKEX" : nil
-    }
+    /// The kernel set OpenBLAS runs ("Haswell", "SkylakeX", …): chosen from the CPU when it loads,
+    /// or forced by `OPENBLAS_CORETYPE`. On Zen 4, SkylakeX's AVX-512 sgemm ran LoRA training 1.6×
+    /// faster than Haswell's (BENCHMARKS.md "Training"); some machine images force Haswell.
+    public static var coreName: String { openblas_get_corename().map { String(cString: $0) } ?? "unknown" }
 
     /// Sets the number of threads OpenBLAS uses.
     public static func setThreads(_ n: Int) { openblas_set_num_threads(Int32(n)) }

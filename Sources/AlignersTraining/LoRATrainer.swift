@@ -98,6 +98,7 @@ public final class LoRATrainer {
             state = try loadCheckpoint(into: &params, adam: &adam)
             progress.log("resuming at step \(state.step) of \(totalSteps) (best valid loss \(state.bestValid.map { String(format: "%.4f", $0) } ?? "–"))")
         }
+        progress.firstStep = state.step
         let schedule = LearningRateSchedule(peak: options.learningRate, warmupSteps: options.warmupSteps, totalSteps: totalSteps,
                                             floor: options.minLearningRate)
         if state.step == 0 && !valid.isEmpty {

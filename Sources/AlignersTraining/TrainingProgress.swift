@@ -6,6 +6,8 @@ public struct TrainingProgress: Sendable {
     public var terminal: Bool
     public var logEvery: Int
     public var write: @Sendable (String) -> Void
+    /// The step this session started from (a resumed run's ETA counts only its own steps).
+    public var firstStep = 0
     private let started = Date()
 
     public init(terminal: Bool = isatty(STDERR_FILENO) == 1, logEvery: Int = 10,
@@ -16,7 +18,7 @@ public struct TrainingProgress: Sendable {
     }
 
     public func step(_ s: Int, of total: Int, loss: Double, tokensPerSecond: Double, learningRate: Float, gradNorm: Float) {
-        let remaining = Double(total - s) * Date().timeIntervalSince(started) / Double(max(1, s))
+        let remaining = Double(total - s) * Date().timeIntervalSince(started) / Double(max(1, s - firstStep))
         let text = String(format: "step %d/%d  loss %.4f  %.0f tok/s  lr %.2e  |g| %.3f  ETA %@", s, total, loss, tokensPerSecond,
                           learningRate, gradNorm, Self.duration(remaining))
         if terminal {

@@ -78,7 +78,8 @@ struct BackpropTests {
         Self.check(up, analytic: du) { Self.dot(forward(gate, $0), g) }
     }
 
-    @Test(arguments: [1, 5])
+    /// 1 and 5 rows fit one block; 70 and 130 span two and three (blocks of 64).
+    @Test(arguments: [1, 5, 70, 130])
     func causalAttention(n: Int) {
         var rng = SplitMix64(seed: 4)
         // Two KV heads, two query heads each: check the slice of KV head 1 (its q columns 8..<16).

@@ -3,7 +3,8 @@
 #   scripts/bench/train_bench.sh [SEQ_LEN] [BATCH] [RANK]
 # Same model (the GGUF, dequantized), sequence length, batch, LoRA rank on all seven projections,
 # loss on each sequence's second half, forward + backward + AdamW, 2 threads each.
-# Needs: a release build, and torch (the local CPU wheel), transformers, peft, gguf in .venv-ref
+# OpenBLAS runs the kernels OPENBLAS_CORETYPE names, else its CPU's (run it with OPENBLAS_CORETYPE=SKYLAKEX
+# and =HASWELL to see both paths on a Zen 4). Needs: a release build, and torch (the local CPU wheel), transformers, peft, gguf in .venv-ref
 # (python3 -m venv .venv-ref && .venv-ref/bin/pip install torch transformers peft gguf safetensors).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -15,7 +16,7 @@ python3 - "$ours" "$theirs" <<'PY'
 import json, sys
 o, t = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-print(f"LoRA training, seq {o['seq_len']} x batch {o['batch']}, rank {o['rank']}, 2 threads, {cpu} (VNNI: {o['vnni']})")
+print(f"LoRA training, seq {o['seq_len']} x batch {o['batch']}, rank {o['rank']}, 2 threads, {cpu} (AVX-512 VNNI: {o['vnni']}; OpenBLAS kernels: {o['blas']})")
 print(f"| {'':22} | {'tokens/s':>9} | {'s/step':>7} |")
 print(f"|{'-'*24}|{'-'*11}|{'-'*9}|")
 print(f"| {'aligners':22} | {o['tokens_per_s']:9.1f} | {o['step_s']:7.2f} |")
