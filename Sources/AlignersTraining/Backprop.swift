@@ -36,9 +36,10 @@ public enum Backprop {
 
     /// Rotates each head's pairs of `rows` rows in place; `inverse` rotates back (the backward).
     /// `cos`/`sin` are [position × headDim/2] tables; `positions[i]` is row i's position.
-    public static func rope(_ x: UnsafeMutablePointer<Float>, rows: Int, heads: Int, headDim hd: Int, positions: UnsafePointer<Int>,
-                            cos: UnsafePointer<Float>, sin: UnsafePointer<Float>, inverse: Bool = false) {
-        let half = hd / 2, width = heads * hd
+    /// Rows are `stride` floats apart (default: heads·headDim).
+    public static func rope(_ x: UnsafeMutablePointer<Float>, rows: Int, heads: Int, headDim hd: Int, stride: Int? = nil,
+                            positions: UnsafePointer<Int>, cos: UnsafePointer<Float>, sin: UnsafePointer<Float>, inverse: Bool = false) {
+        let half = hd / 2, width = stride ?? heads * hd
         for i in 0..<rows {
             let c = cos + positions[i] * half, s = sin + positions[i] * half
             let row = x + i * width
@@ -60,21 +61,22 @@ public enum Backprop {
         VectorMath.swiglu(a, u, count: count)
     }
 
-    /// Overwrites da with dg and writes du.
-    public static func swigluBackward(_ da: UnsafeMutablePointer<Float>, _ g: UnsafePointer<Float>, _ u: UnsafePointer<Float>,
-                                      count: Int, du: UnsafeMutablePointer<Float>) {
+    /// dg and du from da (dg may be da itself).
+    public static func swigluBackward(_ da: UnsafePointer<Float>, _ g: UnsafePointer<Float>, _ u: UnsafePointer<Float>,
+                                      count: Int, dg: UnsafeMutablePointer<Float>, du: UnsafeMutablePointer<Float>) {
         VectorMath.sigmoid(g, count: count, into: du)
         for i in 0..<count {
             let s = du[i], x = g[i], d = da[i]
             du[i] = d * x * s
-            da[i] = d * u[i] * s * (1 + x * (1 - s))
+            dg[i] = d * u[i] * s * (1 + x * (1 - s))
         }
     }
 
     // MARK: causal attention, one sequence and one KV head with its group of query heads
 
-    /// Shapes of one sequence's attention: `n` rows; q rows of `qStride`, k/v rows of `kvStride`;
-    /// heads `kvHead·group ..< (kvHead+1)·group` read KV head `kvHead`.
+    /// Shapes of one sequence's attention: `n` rows; q (and dq) rows of `qStride`, k/v (dk/dv) rows
+    /// of `kvStride`, out (and dOut) rows of `outStride`; heads `kvHead·group ..< (kvHead+1)·group`
+    /// read KV head `kvHead`.
     public struct AttentionSlice {
         public var n: Int
         public var headDim: Int
@@ -82,8 +84,10 @@ public enum Backprop {
         public var kvHead: Int
         public var qStride: Int
         public var kvStride: Int
-        public init(n: Int, headDim: Int, group: Int, kvHead: Int, qStride: Int, kvStride: Int) {
+        public var outStride: Int
+        public init(n: Int, headDim: Int, group: Int, kvHead: Int, qStride: Int, kvStride: Int, outStride: Int? = nil) {
             self.n = n; self.headDim = headDim; self.group = group; self.kvHead = kvHead; self.qStride = qStride; self.kvStride = kvStride
+            self.outStride = outStride ?? qStride
         }
         var scale: Float { 1 / Float(headDim).squareRoot() }
         func qOffset(_ g: Int) -> Int { (kvHead * group + g) * headDim }
@@ -108,7 +112,7 @@ public enum Backprop {
         }
     }
 
-    /// out = P·V for every head of the group (out rows of `qStride`). `p` is scratch of n² floats.
+    /// out = P·V for every head of the group (out rows of `outStride`). `p` is scratch of n² floats.
     public static func attention(_ s: AttentionSlice, q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                                  out: UnsafeMutablePointer<Float>, p: UnsafeMutablePointer<Float>) {
         let n = s.n
@@ -118,7 +122,7 @@ public enum Backprop {
                 let i1 = min(n, i0 + attentionBlock)
                 probabilities(s, q: q, k: k, head: g, rows: i0, i1, p: p)
                 BLAS.gemm(transposeA: false, transposeB: false, m: i1 - i0, n: s.headDim, k: i1, a: p + i0 * n, lda: n,
-                          b: v + s.kvOffset, ldb: s.kvStride, c: out + i0 * s.qStride + s.qOffset(g), ldc: s.qStride)
+                          b: v + s.kvOffset, ldb: s.kvStride, c: out + i0 * s.outStride + s.qOffset(g), ldc: s.outStride)
                 i0 = i1
             }
         }
@@ -135,12 +139,12 @@ public enum Backprop {
             while i0 < n {
                 let i1 = min(n, i0 + attentionBlock), m = i1 - i0
                 let pb = p + i0 * n, db = dp + i0 * n
-                let dO = dOut + i0 * s.qStride + s.qOffset(g)
+                let dO = dOut + i0 * s.outStride + s.qOffset(g)
                 probabilities(s, q: q, k: k, head: g, rows: i0, i1, p: p)
                 // dV[0..<i1] += Pᵀ·dO ; dP = dO·V[0..<i1]ᵀ
-                BLAS.gemm(transposeA: true, transposeB: false, m: i1, n: hd, k: m, a: pb, lda: n, b: dO, ldb: s.qStride,
+                BLAS.gemm(transposeA: true, transposeB: false, m: i1, n: hd, k: m, a: pb, lda: n, b: dO, ldb: s.outStride,
                           c: dv + s.kvOffset, ldc: s.kvStride, beta: 1)
-                BLAS.gemm(transposeA: false, transposeB: true, m: m, n: i1, k: hd, a: dO, lda: s.qStride,
+                BLAS.gemm(transposeA: false, transposeB: true, m: m, n: i1, k: hd, a: dO, lda: s.outStride,
                           b: v + s.kvOffset, ldb: s.kvStride, c: db, ldc: n)
                 // dS = P ⊙ (dP − rowsum(dP ⊙ P)), kept in dp (zero above the diagonal since P is).
                 for i in i0..<i1 {

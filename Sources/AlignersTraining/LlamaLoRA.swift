@@ -20,9 +20,11 @@ public struct TrainingSequence: Sendable, Hashable, Codable {
 /// Memory: 4 bytes per parameter (540 MB for SmolLM2-135M).
 public final class FrozenLlama: @unchecked Sendable {
     public let config: DecoderConfig
+    /// Q, K and V stacked as one matrix [qDim + 2·kvDim × embedding], gate and up as one
+    /// [2·feedForward × embedding]: one product (one packing of the activations) for each group.
     struct Block {
         let attnNorm, ffnNorm: [Float]
-        let wq, wk, wv, wo, gate, up, down: UnsafeMutablePointer<Float>
+        let wqkv, wo, wgu, down: UnsafeMutablePointer<Float>
     }
     let blocks: [Block]
     let embedding: UnsafeMutablePointer<Float>   // [vocabulary × embedding]
@@ -50,6 +52,22 @@ public final class FrozenLlama: @unchecked Sendable {
             owned.append(p)
             return p
         }
+        /// Several tensors' rows, one after another, in one F32 matrix.
+        func stacked(_ parts: [(String, Int)], cols: Int) throws -> UnsafeMutablePointer<Float> {
+            let p = UnsafeMutablePointer<Float>.allocate(capacity: parts.reduce(0) { $0 + $1.1 } * cols)
+            owned.append(p)
+            var row = 0
+            for (name, rows) in parts {
+                let t = try gguf.tensor(name)
+                guard t.rows == rows, t.cols == cols else {
+                    throw GGUFError.shapeMismatch(path: gguf.url.path, tensor: name, expected: [cols, rows], found: [t.cols, t.rows])
+                }
+                let base = p + row * cols
+                pool.parallelFor(rows, granule: 64) { rs in for r in rs { QuantKernels.dequantizeRow(t, r, into: base + r * cols) } }
+                row += rows
+            }
+            return p
+        }
         func vector(_ name: String, _ n: Int) throws -> [Float] {
             let p = try dense(name, rows: 1, cols: n)
             return Array(UnsafeBufferPointer(start: p, count: n))
@@ -58,12 +76,10 @@ public final class FrozenLlama: @unchecked Sendable {
         for i in 0..<c.layers {
             let p = "blk.\(i)."
             bs.append(Block(attnNorm: try vector(p + "attn_norm.weight", c.embedding), ffnNorm: try vector(p + "ffn_norm.weight", c.embedding),
-                            wq: try dense(p + "attn_q.weight", rows: c.qDim, cols: c.embedding),
-                            wk: try dense(p + "attn_k.weight", rows: c.kvDim, cols: c.embedding),
-                            wv: try dense(p + "attn_v.weight", rows: c.kvDim, cols: c.embedding),
+                            wqkv: try stacked([(p + "attn_q.weight", c.qDim), (p + "attn_k.weight", c.kvDim), (p + "attn_v.weight", c.kvDim)],
+                                              cols: c.embedding),
                             wo: try dense(p + "attn_output.weight", rows: c.embedding, cols: c.qDim),
-                            gate: try dense(p + "ffn_gate.weight", rows: c.feedForward, cols: c.embedding),
-                            up: try dense(p + "ffn_up.weight", rows: c.feedForward, cols: c.embedding),
+                            wgu: try stacked([(p + "ffn_gate.weight", c.feedForward), (p + "ffn_up.weight", c.feedForward)], cols: c.embedding),
                             down: try dense(p + "ffn_down.weight", rows: c.embedding, cols: c.feedForward)))
         }
         let vocab = try gguf.tensor("token_embd.weight").rows
@@ -113,6 +129,7 @@ public final class LlamaLoRA: @unchecked Sendable {
     public func run(_ batch: [TrainingSequence], parameters p: LoRAParameters, gradients: UnsafeMutablePointer<Float>?,
                     lossScale: Float = 1, dropoutSeed: UInt64 = 0) throws -> Double {
         let c = config, d = c.embedding, qd = c.qDim, kvd = c.kvDim, ff = c.feedForward, L = c.layers, V = c.vocabulary
+        let W = qd + 2 * kvd   // a row of q|k|v
         let r = p.config.rank
         for s in batch {
             guard s.tokens.count <= base.maxPositions else {
@@ -150,28 +167,24 @@ public final class LlamaLoRA: @unchecked Sendable {
             for l in 0..<L {
                 let b = base.blocks[l], t = tape.layers[l]
                 rmsNorm(xs[l], b.attnNorm, rows: N, h: t.h1, r: t.r1)
-                linear(t.h1, N, b.wq, out: t.q, rows: qd, cols: d)
-                linear(t.h1, N, b.wk, out: t.k, rows: kvd, cols: d)
-                linear(t.h1, N, b.wv, out: t.v, rows: kvd, cols: d)
-                lora(p, l, .q, x: t.h1, N, out: t.q, tape: tape, drop: drop)
-                lora(p, l, .k, x: t.h1, N, out: t.k, tape: tape, drop: drop)
-                lora(p, l, .v, x: t.h1, N, out: t.v, tape: tape, drop: drop)
-                rope(t.q, N, heads: c.heads, pos, inverse: false)
-                rope(t.k, N, heads: c.kvHeads, pos, inverse: false)
-                attention(batch, starts, q: t.q, k: t.k, v: t.v, out: t.att)
+                linear(t.h1, N, b.wqkv, out: t.qkv, rows: W, cols: d)
+                lora(p, l, .q, x: t.h1, N, out: t.qkv, ld: W, tape: tape, drop: drop)
+                lora(p, l, .k, x: t.h1, N, out: t.qkv + qd, ld: W, tape: tape, drop: drop)
+                lora(p, l, .v, x: t.h1, N, out: t.qkv + qd + kvd, ld: W, tape: tape, drop: drop)
+                rope(t.qkv, N, heads: c.heads, stride: W, pos, inverse: false)
+                rope(t.qkv + qd, N, heads: c.kvHeads, stride: W, pos, inverse: false)
+                attention(batch, starts, qkv: t.qkv, out: t.att)
                 t.x1.update(from: xs[l], count: N * d)
                 linear(t.att, N, b.wo, out: t.x1, rows: d, cols: qd, accumulate: true)
-                lora(p, l, .o, x: t.att, N, out: t.x1, tape: tape, drop: drop)
+                lora(p, l, .o, x: t.att, N, out: t.x1, ld: d, tape: tape, drop: drop)
                 rmsNorm(t.x1, b.ffnNorm, rows: N, h: t.h2, r: t.r2)
-                linear(t.h2, N, b.gate, out: t.g, rows: ff, cols: d)
-                linear(t.h2, N, b.up, out: t.u, rows: ff, cols: d)
-                lora(p, l, .gate, x: t.h2, N, out: t.g, tape: tape, drop: drop)
-                lora(p, l, .up, x: t.h2, N, out: t.u, tape: tape, drop: drop)
-                pool.parallelFor(N) { rs in Backprop.swiglu(t.g + rs.lowerBound * ff, t.u + rs.lowerBound * ff, count: rs.count * ff,
-                                                            into: scratchA + rs.lowerBound * ff) }
+                linear(t.h2, N, b.wgu, out: t.gu, rows: 2 * ff, cols: d)
+                lora(p, l, .gate, x: t.h2, N, out: t.gu, ld: 2 * ff, tape: tape, drop: drop)
+                lora(p, l, .up, x: t.h2, N, out: t.gu + ff, ld: 2 * ff, tape: tape, drop: drop)
+                swiglu(t.gu, N, into: scratchA)
                 xs[l + 1].update(from: t.x1, count: N * d)
                 linear(scratchA, N, b.down, out: xs[l + 1], rows: d, cols: ff, accumulate: true)
-                lora(p, l, .down, x: scratchA, N, out: xs[l + 1], tape: tape, drop: drop)
+                lora(p, l, .down, x: scratchA, N, out: xs[l + 1], ld: d, tape: tape, drop: drop)
             }
         }
 
@@ -216,36 +229,36 @@ public final class LlamaLoRA: @unchecked Sendable {
         guard let grads = gradients else { return total }
 
         // Backward through the blocks.
-        let da = tape.ffScratch[1], du = tape.ffScratch[2]
-        let dh = tape.dh, datt = tape.datt, dq = tape.dq, dk = tape.dk, dv = tape.dv
+        let da = tape.ffScratch[1], dgu = tape.dgu
+        let dh = tape.dh, datt = tape.datt, dqkv = tape.dqkv
         positions.withUnsafeBufferPointer { posBuf in
             let pos = posBuf.baseAddress!
             for l in stride(from: L - 1, through: 0, by: -1) {
                 let b = base.blocks[l], t = tape.layers[l]
                 // Feed-forward: xs[l+1] = x1 + down(swiglu(gate(h2), up(h2))).
-                pool.parallelFor(N) { rs in Backprop.swiglu(t.g + rs.lowerBound * ff, t.u + rs.lowerBound * ff, count: rs.count * ff,
-                                                            into: scratchA + rs.lowerBound * ff) }
+                swiglu(t.gu, N, into: scratchA)
                 linearBackward(dx, N, b.down, dx: da, rows: d, cols: ff, accumulate: false)
-                loraBackward(p, l, .down, dy: dx, x: scratchA, N, dx: da, tape: tape, drop: drop, grads: grads)
-                pool.parallelFor(N) { rs in Backprop.swigluBackward(da + rs.lowerBound * ff, t.g + rs.lowerBound * ff, t.u + rs.lowerBound * ff,
-                                                                    count: rs.count * ff, du: du + rs.lowerBound * ff) }
-                linearBackward(da, N, b.gate, dx: dh, rows: ff, cols: d, accumulate: false)
-                linearBackward(du, N, b.up, dx: dh, rows: ff, cols: d, accumulate: true)
-                loraBackward(p, l, .gate, dy: da, x: t.h2, N, dx: dh, tape: tape, drop: drop, grads: grads)
-                loraBackward(p, l, .up, dy: du, x: t.h2, N, dx: dh, tape: tape, drop: drop, grads: grads)
+                loraBackward(p, l, .down, dy: dx, ld: d, x: scratchA, N, dx: da, tape: tape, drop: drop, grads: grads)
+                pool.parallelFor(N) { rs in
+                    for r in rs {
+                        Backprop.swigluBackward(da + r * ff, t.gu + r * 2 * ff, t.gu + r * 2 * ff + ff, count: ff,
+                                                dg: dgu + r * 2 * ff, du: dgu + r * 2 * ff + ff)
+                    }
+                }
+                linearBackward(dgu, N, b.wgu, dx: dh, rows: 2 * ff, cols: d, accumulate: false)
+                loraBackward(p, l, .gate, dy: dgu, ld: 2 * ff, x: t.h2, N, dx: dh, tape: tape, drop: drop, grads: grads)
+                loraBackward(p, l, .up, dy: dgu + ff, ld: 2 * ff, x: t.h2, N, dx: dh, tape: tape, drop: drop, grads: grads)
                 rmsNormBackward(dh, t.x1, b.ffnNorm, t.r2, rows: N, dx: dx)
                 // Attention: x1 = xs[l] + o(attention(rope(q(h1)), rope(k(h1)), v(h1))).
                 linearBackward(dx, N, b.wo, dx: datt, rows: d, cols: qd, accumulate: false)
-                loraBackward(p, l, .o, dy: dx, x: t.att, N, dx: datt, tape: tape, drop: drop, grads: grads)
-                attentionBackward(batch, starts, q: t.q, k: t.k, v: t.v, dOut: datt, dq: dq, dk: dk, dv: dv)
-                rope(dq, N, heads: c.heads, pos, inverse: true)
-                rope(dk, N, heads: c.kvHeads, pos, inverse: true)
-                linearBackward(dq, N, b.wq, dx: dh, rows: qd, cols: d, accumulate: false)
-                linearBackward(dk, N, b.wk, dx: dh, rows: kvd, cols: d, accumulate: true)
-                linearBackward(dv, N, b.wv, dx: dh, rows: kvd, cols: d, accumulate: true)
-                loraBackward(p, l, .q, dy: dq, x: t.h1, N, dx: dh, tape: tape, drop: drop, grads: grads)
-                loraBackward(p, l, .k, dy: dk, x: t.h1, N, dx: dh, tape: tape, drop: drop, grads: grads)
-                loraBackward(p, l, .v, dy: dv, x: t.h1, N, dx: dh, tape: tape, drop: drop, grads: grads)
+                loraBackward(p, l, .o, dy: dx, ld: d, x: t.att, N, dx: datt, tape: tape, drop: drop, grads: grads)
+                attentionBackward(batch, starts, qkv: t.qkv, dOut: datt, dqkv: dqkv)
+                rope(dqkv, N, heads: c.heads, stride: W, pos, inverse: true)
+                rope(dqkv + qd, N, heads: c.kvHeads, stride: W, pos, inverse: true)
+                linearBackward(dqkv, N, b.wqkv, dx: dh, rows: W, cols: d, accumulate: false)
+                loraBackward(p, l, .q, dy: dqkv, ld: W, x: t.h1, N, dx: dh, tape: tape, drop: drop, grads: grads)
+                loraBackward(p, l, .k, dy: dqkv + qd, ld: W, x: t.h1, N, dx: dh, tape: tape, drop: drop, grads: grads)
+                loraBackward(p, l, .v, dy: dqkv + qd + kvd, ld: W, x: t.h1, N, dx: dh, tape: tape, drop: drop, grads: grads)
                 rmsNormBackward(dh, xs[l], b.attnNorm, t.r1, rows: N, dx: dx)
             }
         }
@@ -301,13 +314,21 @@ public final class LlamaLoRA: @unchecked Sendable {
         }
     }
 
-    func rope(_ x: UnsafeMutablePointer<Float>, _ n: Int, heads: Int, _ pos: UnsafePointer<Int>, inverse: Bool) {
-        let hd = config.headDim, width = heads * hd
+    /// a = silu(g) ⊙ u for rows of g|u [n × 2·ff].
+    func swiglu(_ gu: UnsafePointer<Float>, _ n: Int, into a: UnsafeMutablePointer<Float>) {
+        let ff = config.feedForward
+        pool.parallelFor(n) { rs in
+            for r in rs { Backprop.swiglu(gu + r * 2 * ff, gu + r * 2 * ff + ff, count: ff, into: a + r * ff) }
+        }
+    }
+
+    func rope(_ x: UnsafeMutablePointer<Float>, _ n: Int, heads: Int, stride width: Int, _ pos: UnsafePointer<Int>, inverse: Bool) {
+        let hd = config.headDim
         base.ropeCos.withUnsafeBufferPointer { cs in
             base.ropeSin.withUnsafeBufferPointer { sn in
                 pool.parallelFor(n) { rs in
-                    Backprop.rope(x + rs.lowerBound * width, rows: rs.count, heads: heads, headDim: hd, positions: pos + rs.lowerBound,
-                                  cos: cs.baseAddress!, sin: sn.baseAddress!, inverse: inverse)
+                    Backprop.rope(x + rs.lowerBound * width, rows: rs.count, heads: heads, headDim: hd, stride: width,
+                                  positions: pos + rs.lowerBound, cos: cs.baseAddress!, sin: sn.baseAddress!, inverse: inverse)
                 }
             }
         }
@@ -328,38 +349,40 @@ public final class LlamaLoRA: @unchecked Sendable {
             var i = t
             while i < items.count {
                 let (s, kv) = items[i]
+                let w = c.qDim + 2 * c.kvDim
                 let slice = Backprop.AttentionSlice(n: batch[s].tokens.count, headDim: c.headDim, group: c.heads / c.kvHeads, kvHead: kv,
-                                                    qStride: c.qDim, kvStride: c.kvDim)
+                                                    qStride: w, kvStride: w, outStride: c.qDim)
                 body(slice, starts[s], p, p + longest * longest)
                 i += nt
             }
         }
     }
 
-    func attention(_ batch: [TrainingSequence], _ starts: [Int], q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
-                   out: UnsafeMutablePointer<Float>) {
-        let qd = config.qDim, kvd = config.kvDim
+    /// Rows of q|k|v [N × qDim + 2·kvDim] → attention output [N × qDim].
+    func attention(_ batch: [TrainingSequence], _ starts: [Int], qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>) {
+        let qd = config.qDim, kvd = config.kvDim, w = qd + 2 * kvd
         attentionItems(batch, starts) { s, r0, p, _ in
-            Backprop.attention(s, q: q + r0 * qd, k: k + r0 * kvd, v: v + r0 * kvd, out: out + r0 * qd, p: p)
+            let row = qkv + r0 * w
+            Backprop.attention(s, q: row, k: row + qd, v: row + qd + kvd, out: out + r0 * qd, p: p)
         }
     }
 
-    func attentionBackward(_ batch: [TrainingSequence], _ starts: [Int], q: UnsafePointer<Float>, k: UnsafePointer<Float>,
-                           v: UnsafePointer<Float>, dOut: UnsafePointer<Float>, dq: UnsafeMutablePointer<Float>,
-                           dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>) {
-        let qd = config.qDim, kvd = config.kvDim
+    /// dq|dk|dv [N × qDim + 2·kvDim] from dOut (dk and dv sum over each group's heads).
+    func attentionBackward(_ batch: [TrainingSequence], _ starts: [Int], qkv: UnsafePointer<Float>, dOut: UnsafePointer<Float>,
+                           dqkv: UnsafeMutablePointer<Float>) {
+        let qd = config.qDim, kvd = config.kvDim, w = qd + 2 * kvd
         let n = batch.reduce(0) { $0 + $1.tokens.count }
-        dk.initialize(repeating: 0, count: n * kvd)
-        dv.initialize(repeating: 0, count: n * kvd)
+        dqkv.initialize(repeating: 0, count: n * w)
         attentionItems(batch, starts) { s, r0, p, dp in
-            Backprop.attentionBackward(s, q: q + r0 * qd, k: k + r0 * kvd, v: v + r0 * kvd, dOut: dOut + r0 * qd, dq: dq + r0 * qd,
-                                       dk: dk + r0 * kvd, dv: dv + r0 * kvd, p: p, dp: dp)
+            let row = qkv + r0 * w, drow = dqkv + r0 * w
+            Backprop.attentionBackward(s, q: row, k: row + qd, v: row + qd + kvd, dOut: dOut + r0 * qd, dq: drow, dk: drow + qd,
+                                       dv: drow + qd + kvd, p: p, dp: dp)
         }
     }
 
     /// out += scale · dropout(x)·Aᵀ·Bᵀ for the slot, keeping t = dropout(x)·Aᵀ on the tape.
     func lora(_ p: LoRAParameters, _ layer: Int, _ target: LoRATarget, x: UnsafePointer<Float>, _ n: Int, out: UnsafeMutablePointer<Float>,
-              tape: Tape, drop: DropoutMasks) {
+              ld: Int, tape: Tape, drop: DropoutMasks) {
         guard let s = p.slot(layer: layer, target) else { return }
         let r = p.config.rank
         let t = tape.t(p.slots.firstIndex { $0.layer == layer && $0.target == target }!)
@@ -368,12 +391,12 @@ public final class LlamaLoRA: @unchecked Sendable {
             BLAS.gemm(transposeA: false, transposeB: true, m: n, n: r, k: s.inputs, a: xin, lda: s.inputs, b: v.baseAddress! + s.a, ldb: s.inputs,
                       c: t, ldc: r, pool: pool)
             BLAS.gemm(transposeA: false, transposeB: true, m: n, n: s.outputs, k: r, a: t, lda: r, b: v.baseAddress! + s.b, ldb: r,
-                      c: out, ldc: s.outputs, alpha: p.config.scale, beta: 1, pool: pool)
+                      c: out, ldc: ld, alpha: p.config.scale, beta: 1, pool: pool)
         }
     }
 
-    /// From dy = ∂/∂out: grads of A and B (added), and dx += ∂/∂x.
-    func loraBackward(_ p: LoRAParameters, _ layer: Int, _ target: LoRATarget, dy: UnsafePointer<Float>, x: UnsafePointer<Float>, _ n: Int,
+    /// From dy = ∂/∂out (rows of stride `ld`): grads of A and B (added), and dx += ∂/∂x.
+    func loraBackward(_ p: LoRAParameters, _ layer: Int, _ target: LoRATarget, dy: UnsafePointer<Float>, ld: Int, x: UnsafePointer<Float>, _ n: Int,
                       dx: UnsafeMutablePointer<Float>, tape: Tape, drop: DropoutMasks, grads: UnsafeMutablePointer<Float>) {
         guard let s = p.slot(layer: layer, target) else { return }
         let r = p.config.rank, sc = p.config.scale
@@ -383,9 +406,9 @@ public final class LlamaLoRA: @unchecked Sendable {
         p.values.withUnsafeBufferPointer { v in
             let a = v.baseAddress! + s.a, b = v.baseAddress! + s.b
             // dB += sc · dyᵀ·t ; dt = sc · dy·B
-            BLAS.gemm(transposeA: true, transposeB: false, m: s.outputs, n: r, k: n, a: dy, lda: s.outputs, b: t, ldb: r,
+            BLAS.gemm(transposeA: true, transposeB: false, m: s.outputs, n: r, k: n, a: dy, lda: ld, b: t, ldb: r,
                       c: grads + s.b, ldc: r, alpha: sc, beta: 1, pool: pool)
-            BLAS.gemm(transposeA: false, transposeB: false, m: n, n: r, k: s.outputs, a: dy, lda: s.outputs, b: b, ldb: r,
+            BLAS.gemm(transposeA: false, transposeB: false, m: n, n: r, k: s.outputs, a: dy, lda: ld, b: b, ldb: r,
                       c: dt, ldc: r, alpha: sc, pool: pool)
             // dA += dtᵀ·dropout(x) ; dx += dropout'(dt·A)
             let xin = drop.active ? drop.apply(x, rows: n, cols: s.inputs, stream: stream, into: tape.dropped, pool: pool) : x
@@ -483,13 +506,13 @@ struct DropoutMasks {
 /// The activations one forward keeps for its backward, and the backward's scratch.
 final class Tape {
     struct Layer {
-        let h1, q, k, v, att, x1, h2, g, u: UnsafeMutablePointer<Float>
+        let h1, qkv, att, x1, h2, gu: UnsafeMutablePointer<Float>   // qkv: q|k|v per row; gu: gate|up per row
         let r1, r2: UnsafeMutablePointer<Float>
     }
     let layers: [Layer]
     let xs: [UnsafeMutablePointer<Float>]   // residual stream entering each layer, and after the last
     let ffScratch: [UnsafeMutablePointer<Float>]
-    let dx, dh, datt, dq, dk, dv, dt, dropped: UnsafeMutablePointer<Float>
+    let dx, dh, datt, dqkv, dgu, dt, dropped: UnsafeMutablePointer<Float>
     private let loraT: UnsafeMutablePointer<Float>
     let capacity: Int, rank: Int, slots: Int
     private var blocks: [UnsafeMutablePointer<Float>] = []
@@ -504,12 +527,12 @@ final class Tape {
             return p
         }
         layers = (0..<c.layers).map { _ in
-            Layer(h1: alloc(N * d), q: alloc(N * qd), k: alloc(N * kvd), v: alloc(N * kvd), att: alloc(N * qd), x1: alloc(N * d),
-                  h2: alloc(N * d), g: alloc(N * ff), u: alloc(N * ff), r1: alloc(N), r2: alloc(N))
+            Layer(h1: alloc(N * d), qkv: alloc(N * (qd + 2 * kvd)), att: alloc(N * qd), x1: alloc(N * d), h2: alloc(N * d),
+                  gu: alloc(N * 2 * ff), r1: alloc(N), r2: alloc(N))
         }
         xs = (0...c.layers).map { _ in alloc(N * d) }
-        ffScratch = (0..<3).map { _ in alloc(N * ff) }
-        dx = alloc(N * d); dh = alloc(N * d); datt = alloc(N * qd); dq = alloc(N * qd); dk = alloc(N * kvd); dv = alloc(N * kvd)
+        ffScratch = (0..<2).map { _ in alloc(N * ff) }
+        dx = alloc(N * d); dh = alloc(N * d); datt = alloc(N * qd); dqkv = alloc(N * (qd + 2 * kvd)); dgu = alloc(N * 2 * ff)
         dt = alloc(N * rank)
         dropped = alloc(N * max(d, qd, ff))
         loraT = alloc(N * rank * slots)

@@ -72,8 +72,8 @@ struct BackpropTests {
             Backprop.swiglu(gate, up, count: n, into: &a)
             return a
         }
-        var dg = g, du = [Float](repeating: 0, count: n)
-        Backprop.swigluBackward(&dg, gate, up, count: n, du: &du)
+        var dg = [Float](repeating: 0, count: n), du = [Float](repeating: 0, count: n)
+        Backprop.swigluBackward(g, gate, up, count: n, dg: &dg, du: &du)
         Self.check(gate, analytic: dg) { Self.dot(forward($0, up), g) }
         Self.check(up, analytic: du) { Self.dot(forward(gate, $0), g) }
     }
