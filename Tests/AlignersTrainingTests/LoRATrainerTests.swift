@@ -93,3 +93,43 @@ struct LoRATrainerTests {
         #expect(mbs.allSatisfy { mb in mb.count == 1 || mb.reduce(0) { $0 + seqs[$1].tokens.count } <= 100 })
     }
 }
+
+@Suite(.enabled(if: TrainingTestModel.available, TrainingTestModel.skipMessage))
+struct AlignerDataTests {
+    static func row(_ i: Int, source: String) -> PreferenceRow {
+        try! JSONDecoder().decode(PreferenceRow.self, from: Data("""
+            {"id": "r\(i)", "criterion": "ethical", "source": "\(source)", "split": "train",
+             "conversation": [{"role": "user", "content": "Question \(i)?"}], "prompt": "Question \(i)?",
+             "rejected": "Bad answer \(i).", "chosen": "Good answer \(i)."}
+            """.utf8))
+    }
+
+    @Test func correctionsNoOpsSourcesAndTheServingPrompt() throws {
+        let tokenizer = try BPETokenizer(gguf: try #require(TrainingTestModel.gguf))
+        let rows = (0..<30).map { Self.row($0, source: "a") } + (0..<10).map { Self.row(100 + $0, source: "b") }
+        var o = AlignerDataOptions()
+        o.noopFraction = 0.25
+        o.maxPerSource = 20
+        let set = AlignerDataset.build(rows: rows, tokenizer: tokenizer, options: o)
+        let corrections = set.examples.filter { !$0.noop }, noops = set.examples.filter(\.noop)
+        #expect(corrections.count == 30)                              // 20 of a (capped) + 10 of b
+        #expect(noops.count == 10)                                    // a quarter of the result
+        #expect(corrections.filter { $0.source == "a" }.count == 20)
+        // Each example is the serving prompt followed by y' [DONE]; the loss starts right after the prompt.
+        for e in set.examples {
+            let text = tokenizer.decode(e.sequence.tokens)
+            let prompt = tokenizer.decode(Array(e.sequence.tokens.prefix(e.sequence.lossStart)))
+            #expect(prompt.hasSuffix("[ALIGNED] ") && text.hasSuffix("[DONE]"))
+            #expect(text.contains("[INIT] \(e.noop ? "Good" : "Bad") answer"))
+            let target = tokenizer.decode(Array(e.sequence.tokens.suffix(from: e.sequence.lossStart)))
+            #expect(target.hasPrefix("Good answer"))
+        }
+        var only = o
+        only.sources = ["b"]
+        #expect(AlignerDataset.build(rows: rows, tokenizer: tokenizer, options: only).examples.allSatisfy { $0.source == "b" })
+        var short = o
+        short.maxTokens = 8
+        let none = AlignerDataset.build(rows: rows, tokenizer: tokenizer, options: short)
+        #expect(none.examples.isEmpty && none.droppedForLength == 40)
+    }
+}
