@@ -8,6 +8,7 @@
 #   2. Every ${VAR} / $VAR the units use is set in Systemd/aligners.env.
 #   3. The aligner's instance-name split: helpful-1 -> --criterion helpful (run through /bin/sh).
 #   4. systemd-analyze security --offline=true: the exposure score of each unit (informational).
+#   5. The README's enable example starts an inspector and an aligner for every default criterion.
 #
 # Exit 0: all good, or systemd-analyze absent (skipped, with a message). Exit 1: a check failed.
 set -euo pipefail
@@ -95,6 +96,21 @@ for case in helpful:helpful helpful-1:helpful helpful-12:helpful harm-less-3:har
   expected="worker|--role|aligner|--criterion|$want|--connect|tcp://r:1|--models-dir|/m|--a|1|"
   if [ "$got" = "$expected" ]; then echo "   ok  $instance -> --criterion $want"
   else echo "FAIL: $instance: got $got, expected $expected"; failed=1; fi
+done
+
+# 5. The unit set Systemd/README.md tells operators to enable serves every criterion the router runs
+#    by default: an inspector and an aligner each (else every sample fails after the service timeout).
+echo "== Systemd/README.md's enable example against the router's default criteria"
+defaults=$("$binary" router --help | tr -s ' \n' ' ' | sed -n 's/.*--criteria <criteria>[^(]*(default: \([a-z,]*\)).*/\1/p')
+units=$(sed -n '/^sudo systemctl enable aligners.target aligners-router.service/,/generator@1.service$/p' "$units_dir/README.md" \
+        | tr -d '\\' | tr ' ' '\n' | grep '@' || true)
+units=$(eval "echo $(echo $units)")
+[ -n "$defaults" ] || { echo "FAIL: could not read the router's default criteria from --help"; failed=1; }
+for c in ${defaults//,/ }; do
+  for role in inspector aligner; do
+    if echo "$units" | tr ' ' '\n' | grep -Eq "^aligners-$role@$c(-[0-9]+)?\.service$"; then echo "   ok  $role for $c"
+    else echo "FAIL: the README's enable example starts no $role for $c (router default criteria: $defaults)"; failed=1; fi
+  done
 done
 
 # 4. Exposure scores (informational; 0 = locked down, 10 = exposed).
