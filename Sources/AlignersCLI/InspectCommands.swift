@@ -3,6 +3,7 @@ import Foundation
 import AlignersCore
 import AlignersModels
 import AlignersKernels
+import AlignersPipeline
 
 // `aligners train inspector`, `aligners eval inspector`, `aligners score`, `aligners bench encoder`.
 
@@ -216,7 +217,9 @@ struct ScoreCommand: ParsableCommand {
         discussion: """
             Reads lines {"prompt": …, "response": …} or {"messages": [...]} (OpenAI chat; the last assistant
             turn is the response, the turns before it the conversation) and writes each line back with a
-            "scores" object added. A bad line yields {"error": {...}, "line": N} and processing goes on.
+            "scores" object added. A bad line yields the same error record as `aligners filter`
+            ({"line": N, "error": {"code": "invalid_input", …}, "input": …}), is logged on stderr, and
+            processing goes on; the exit status is then 1.
             """)
     @Option(help: "Comma-separated criteria.") var criteria = "ethical,factuality,helpful"
     @OptionGroup var model: InspectorModelOptions
@@ -236,19 +239,27 @@ struct ScoreCommand: ParsableCommand {
             }
             pending.removeAll()
         }
+        var bad = 0
         while let line = readLine(strippingNewline: true) {
             lineNo += 1
-            if line.trimmingCharacters(in: .whitespaces).isEmpty { continue }
-            switch ScoreInput.parse(line) {
+            let result: Result<([String: Any], Exchange), ScoreInputError> = line.trimmingCharacters(in: .whitespaces).isEmpty
+                ? .failure(ScoreInputError(kind: "empty", description: "empty line")) : ScoreInput.parse(line)
+            switch result {
             case .success(let (obj, ex)):
                 pending.append((lineNo, obj, ex))
                 if pending.count >= model.batchSize { try flush() }
             case .failure(let err):
+                // The same error record and log line as `aligners filter`; the stream goes on.
                 try flush() // keep output in input order
-                writeJSONLine(["error": ["message": err.description, "kind": err.kind], "line": lineNo])
+                bad += 1
+                let bytes = Array(line.utf8)
+                FileHandle.standardOutput.write(Data(JSONLines.errorRecord(seq: UInt64(lineNo), message: err.description,
+                                                                           input: bytes[...], totalBytes: bytes.count) + [10]))
+                stderrLine("line \(lineNo): invalid input: \(err.description)")
             }
         }
         try flush()
+        if bad > 0 { throw ExitCode(1) }   // as `filter`: 1 when some lines were errors
     }
 }
 

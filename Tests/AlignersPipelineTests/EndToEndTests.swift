@@ -229,6 +229,29 @@ struct EndToEndTests {
         }
     }
 
+    @Test("score: one record per line, filter's error records for bad ones, exit 1", .timeLimit(.minutes(10)))
+    func scoreBadLines() throws {
+        let models = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("models/encoder.ok")
+        guard FileManager.default.fileExists(atPath: models.path) else { return }   // `make models` not run: nothing to score with
+        let group = try ProcessGroup()
+        let input = group.logDir.appendingPathComponent("score-in.jsonl"), output = group.logDir.appendingPathComponent("score-out.jsonl")
+        try "{\"prompt\":\"hi\",\"response\":\"hello\"}\nnot json\n\n{\"prompt\":\"a\",\"response\":\"b\"}\n"
+            .write(to: input, atomically: true, encoding: .utf8)
+        let p = try group.start(builtExecutable("aligners"), ["score", "--criteria", "helpful"], name: "score", stdin: input, stdout: output)
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 1, "\(group.log("score"))")
+        let lines = try String(contentsOf: output, encoding: .utf8).split(separator: "\n").map {
+            try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any]
+        }
+        #expect(lines.count == 4)
+        #expect(lines[0]["scores"] != nil && lines[3]["scores"] != nil)
+        for (i, l) in lines[1...2].enumerated() {
+            #expect(l["line"] as? Int == i + 2 && (l["error"] as? [String: Any])?["code"] as? String == "invalid_input" && l["input"] != nil)
+        }
+        #expect(group.log("score").contains("line 2: invalid input"))
+    }
+
     @Test("--config fills in options from YAML; the command line wins", .timeLimit(.minutes(10)))
     func configFile() throws {
         let group = try ProcessGroup()

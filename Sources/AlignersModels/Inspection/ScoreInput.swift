@@ -4,6 +4,7 @@ import AlignersCore
 public struct ScoreInputError: Error, CustomStringConvertible, Sendable {
     public var kind: String
     public var description: String
+    public init(kind: String, description: String) { self.kind = kind; self.description = description }
 }
 
 /// Parses one input line of `aligners score`: `{"prompt", "response"}` or `{"messages": [...]}`
