@@ -76,6 +76,9 @@ struct SquadOptions: ParsableArguments {
                                discussion: "An undone step stays in alignment.steps with changed: false and a note saying why."))
     var acceptance: String = "always"
 
+    @Option(help: "With --acceptance improvement: how much higher the rewrite's own score must be.")
+    var acceptanceMargin = 0.05
+
     @Flag(help: "Same as --acceptance no-regression.")
     var revertRegressions = false
 
@@ -93,6 +96,7 @@ struct SquadOptions: ParsableArguments {
         guard (0...1).contains(threshold) else { throw ValidationError("--threshold must be within [0, 1]") }
         guard batchSize >= 1 else { throw ValidationError("--batch-size must be at least 1") }
         guard windowMs >= 0 else { throw ValidationError("--window-ms must not be negative") }
+        guard (0...1).contains(acceptanceMargin) else { throw ValidationError("--acceptance-margin must be within [0, 1]") }
         guard SquadRun.Acceptance(rawValue: acceptance) != nil else {
             throw ValidationError("--acceptance must be one of \(SquadRun.Acceptance.allCases.map(\.rawValue).joined(separator: ", "))")
         }
@@ -104,6 +108,7 @@ struct SquadOptions: ParsableArguments {
         s.batchSize = batchSize
         s.batchWindowMs = windowMs
         s.acceptance = acceptancePolicy
+        s.acceptanceMargin = acceptanceMargin
         return s
     }
 }

@@ -23,8 +23,8 @@ public struct SquadRun: Sendable, Equatable {
         case always
         /// Undone when the pass's own criterion scores lower than before (`--revert-regressions`).
         case noRegression = "no-regression"
-        /// Kept only when the own criterion scores higher than before and no criterion that passed
-        /// the threshold before the pass fails it after.
+        /// Kept only when the own criterion scores at least `acceptanceMargin` higher than before and
+        /// no criterion that passed the threshold before the pass fails it after.
         case improvement
     }
 
@@ -40,6 +40,8 @@ public struct SquadRun: Sendable, Equatable {
     public let threshold: Double
     public let sampleCount: Int
     public let acceptance: Acceptance
+    /// How much higher `improvement` wants the own score (a rise within the inspectors' noise is not one).
+    public let acceptanceMargin: Double
     /// Whether any rewrite can be undone.
     public var revertRegressions: Bool { acceptance != .always }
     /// Samples whose last pass was undone (set when its re-inspection is recorded, else empty):
@@ -67,11 +69,12 @@ public struct SquadRun: Sendable, Equatable {
         self.init(sampleCount: sampleCount, criteria: criteria, threshold: threshold, acceptance: revertRegressions ? .noRegression : .always)
     }
 
-    public init(sampleCount: Int, criteria: [String], threshold: Double = 0.5, acceptance: Acceptance) {
+    public init(sampleCount: Int, criteria: [String], threshold: Double = 0.5, acceptance: Acceptance, acceptanceMargin: Double = 0.05) {
         precondition(Set(criteria).count == criteria.count, "criteria must be distinct")
         self.criteria = criteria
         self.threshold = threshold
         self.acceptance = acceptance
+        self.acceptanceMargin = acceptanceMargin
         self.sampleCount = sampleCount
         self.scores = Array(repeating: [:], count: sampleCount)
         if sampleCount == 0 || criteria.isEmpty {
@@ -132,7 +135,7 @@ public struct SquadRun: Sendable, Equatable {
         case .always: return true
         case .noRegression: return now >= was
         case .improvement:
-            return now > was && criteria.allSatisfy { c in
+            return now >= was + acceptanceMargin && now > was && criteria.allSatisfy { c in
                 guard c != criterion, let before = old[c], let after = new[c] else { return true }
                 return !(before >= threshold && after < threshold)
             }

@@ -70,13 +70,13 @@ struct SquadPolicyTests {
 
     @Test("improvement keeps a rewrite only when its own score rises and no passing criterion starts failing")
     func improvementAcceptance() {
-        var squad = SquadRun(sampleCount: 4, criteria: ["a", "b"], acceptance: .improvement)
+        var squad = SquadRun(sampleCount: 4, criteria: ["a", "b"], acceptance: .improvement, acceptanceMargin: 0.05)
         squad.recordScores([0: ["a": 0.2, "b": 0.9], 1: ["a": 0.3, "b": 0.9], 2: ["a": 0.3, "b": 0.9], 3: ["a": 0.4, "b": 0.3]])
         #expect(squad.step == .align(criterion: "a", samples: [0, 1, 2, 3]))
         squad.recordAlignment(changed: [0, 1, 2, 3])
-        // 0: own score unchanged (not better) → undone; 1: better on a, b stays passing → kept;
+        // 0: own score up by less than the margin → undone; 1: better on a, b stays passing → kept;
         // 2: better on a but b now fails → undone; 3: better on a, b was already failing → kept.
-        squad.recordScores([0: ["a": 0.2, "b": 0.9], 1: ["a": 0.45, "b": 0.8], 2: ["a": 0.9, "b": 0.4], 3: ["a": 0.6, "b": 0.2]])
+        squad.recordScores([0: ["a": 0.24, "b": 0.9], 1: ["a": 0.45, "b": 0.8], 2: ["a": 0.9, "b": 0.4], 3: ["a": 0.6, "b": 0.2]])
         #expect(squad.reverted == [0, 2])
         #expect(squad.scores[1] == ["a": 0.45, "b": 0.8])
         #expect(squad.scores[2] == ["a": 0.3, "b": 0.9])
@@ -86,7 +86,7 @@ struct SquadPolicyTests {
         var lenient = SquadRun(sampleCount: 4, criteria: ["a", "b"], acceptance: .noRegression)
         lenient.recordScores([0: ["a": 0.2, "b": 0.9], 1: ["a": 0.3, "b": 0.9], 2: ["a": 0.3, "b": 0.9], 3: ["a": 0.4, "b": 0.3]])
         lenient.recordAlignment(changed: [0, 1, 2, 3])
-        lenient.recordScores([0: ["a": 0.2, "b": 0.9], 1: ["a": 0.45, "b": 0.8], 2: ["a": 0.9, "b": 0.4], 3: ["a": 0.6, "b": 0.2]])
+        lenient.recordScores([0: ["a": 0.24, "b": 0.9], 1: ["a": 0.45, "b": 0.8], 2: ["a": 0.9, "b": 0.4], 3: ["a": 0.6, "b": 0.2]])
         #expect(lenient.reverted.isEmpty)
     }
 

@@ -21,7 +21,13 @@ enum CriteriaFolder {
         #expect(c.demonstrations.filter { !$0.isFine }.count >= 2)
         #expect(c.inspector.head == "inspectors/\(name)")
         #expect(c.inspector.headName == name)
-        #expect(c.aligner.kind == .prompted && c.aligner.usesDefaultModel)
+        #expect(c.aligner.usesDefaultModel)
+        if c.aligner.kind == .trained {
+            // A shipped trained aligner is an adapter committed beside the criteria, in PEFT's layout.
+            let dir = try #require(AlignerFactory().adapterPath(for: c))
+            #expect(FileManager.default.fileExists(atPath: dir + "/adapter_config.json"))
+            #expect(FileManager.default.fileExists(atPath: dir + "/adapter_model.safetensors"))
+        }
         let shown = c.promptDemonstrations
         #expect(shown.count == 3 && shown.contains { $0.isFine })
     }

@@ -11,6 +11,8 @@ public struct RouterSettings: Sendable, Equatable {
     public var threshold: Double = 0.5
     /// Which rewrites stay after their re-inspection (`SquadRun.Acceptance`; the paper keeps all).
     public var acceptance: SquadRun.Acceptance = .always
+    /// The rise of its own score that `improvement` asks of a rewrite.
+    public var acceptanceMargin = 0.05
     /// The `noRegression` variant on or off (`--revert-regressions`).
     public var revertRegressions: Bool {
         get { acceptance != .always }
@@ -231,7 +233,7 @@ public final class Router: @unchecked Sendable {
         nextBatchID += 1
         var batch = Batch(id: id, samples: samples,
                           run: SquadRun(sampleCount: samples.count, criteria: settings.criteria, threshold: settings.threshold,
-                                       acceptance: settings.acceptance))
+                                       acceptance: settings.acceptance, acceptanceMargin: settings.acceptanceMargin))
         for i in batch.samples.indices {
             batch.samples[i].envelope.batch.id = id
             batch.samples[i].envelope.batch.size = UInt32(samples.count)
