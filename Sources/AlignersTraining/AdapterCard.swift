@@ -69,7 +69,7 @@ public struct AdapterCard: Codable, Sendable {
         | optimiser | AdamW lr \(o.learningRate), \(o.warmupSteps) warm-up steps, cosine to \(o.minLearningRate)×, weight decay \(o.weightDecay), clip \(o.clipNorm) |
         | batches | \(o.batchSize) sequences per step, micro-batches of ≤ \(o.microBatchTokens) tokens, seed \(o.seed) |
         | steps | \(r.steps) of \(r.totalSteps) (\(String(format: "%.2f", r.epochsDone)) epochs)\(r.stoppedEarly ? ", stopped early" : "") |
-        | tokens | \(r.tokensSeen) trained on, \(String(format: "%.0f", r.tokensPerSecond)) tokens/s (the last session's rate, validation included) |
+        | tokens | \(r.tokensSeen) trained on, \(String(format: "%.0f", r.tokensPerSecond)) tokens/s (validation included) |
         | wall time | \(AdapterCard.duration(r.seconds)) on \(machine) |
         | valid loss | \(base) before training → best \(best) (kept) |
 

@@ -91,11 +91,23 @@ public final class LoRATrainer {
         params.initialise(seed: options.seed)
         var adam = AdamW(count: params.count, weightDecay: options.weightDecay)
         var state = TrainerState(fingerprint: fingerprint())
+        /// The parameters of the best validation so far (what the adapter holds); kept in checkpoints.
+        var best: [Float]?
         if resume {
             guard FileManager.default.fileExists(atPath: checkpointURL.path) else {
                 throw TrainingError.checkpoint("--resume: no checkpoint at \(checkpointURL.path) (start without --resume)")
             }
-            state = try loadCheckpoint(into: &params, adam: &adam)
+            (state, best) = try loadCheckpoint(into: &params, adam: &adam)
+            if state.finished {
+                // Nothing left to train: write the adapter again from the checkpoint (e.g. its files were lost).
+                var kept = params
+                kept.values = best ?? params.values
+                let rep = report(state, seconds: state.secondsBefore, rate: Double(state.tokensSeen) / max(state.secondsBefore, 1e-9),
+                                 stoppedEarly: state.step < totalSteps)
+                try saveAdapter(kept, rep)
+                progress.log("the run had finished at step \(state.step); wrote its adapter again from the checkpoint")
+                return rep
+            }
             progress.log("resuming at step \(state.step) of \(totalSteps) (best valid loss \(state.bestValid.map { String(format: "%.4f", $0) } ?? "–"))")
         }
         progress.firstStep = state.step
@@ -144,6 +156,7 @@ public final class LoRATrainer {
                 state.history.append([Double(state.step), v])
                 if state.bestValid.map({ v < $0 }) ?? true {
                     state.bestValid = v; state.bestStep = state.step; state.sinceBest = 0
+                    best = params.values
                     try saveAdapter(params, report(state, seconds: secondsBefore + elapsed, rate: Double(sessionTokens) / max(elapsed, 1e-9), stoppedEarly: false))
                     progress.log(String(format: "step %d: valid loss %.4f (best; adapter saved)", state.step, v))
                 } else {
@@ -156,9 +169,10 @@ public final class LoRATrainer {
                 }
             }
             let pausing = stopAfter.map { state.step >= $0 } ?? false
+            state.finished = last || stoppedEarly
             if state.step % max(1, options.checkpointEvery) == 0 || last || stoppedEarly || pausing {
                 state.secondsBefore = secondsBefore + Date().timeIntervalSince(started)
-                try saveCheckpoint(params, adam, state)
+                try saveCheckpoint(params, adam, state, best: best)
             }
             if stoppedEarly { break }
             if pausing {
@@ -193,6 +207,24 @@ public final class LoRATrainer {
         var history: [[Double]] = []
         var secondsBefore = 0.0
         var adamStep = 0
+        /// Trained to the end (or stopped early): `resume` only writes the adapter again.
+        var finished = false
+
+        init(fingerprint: String) { self.fingerprint = fingerprint }
+        init(from d: Decoder) throws {   // checkpoints from before `finished` existed
+            let c = try d.container(keyedBy: CodingKeys.self)
+            fingerprint = try c.decode(String.self, forKey: .fingerprint)
+            step = try c.decode(Int.self, forKey: .step)
+            tokensSeen = try c.decode(Int.self, forKey: .tokensSeen)
+            bestValid = try c.decodeIfPresent(Double.self, forKey: .bestValid)
+            bestStep = try c.decodeIfPresent(Int.self, forKey: .bestStep)
+            sinceBest = try c.decode(Int.self, forKey: .sinceBest)
+            lastLoss = try c.decodeIfPresent(Double.self, forKey: .lastLoss)
+            history = try c.decode([[Double]].self, forKey: .history)
+            secondsBefore = try c.decode(Double.self, forKey: .secondsBefore)
+            adamStep = try c.decode(Int.self, forKey: .adamStep)
+            finished = try c.decodeIfPresent(Bool.self, forKey: .finished) ?? false
+        }
     }
 
     /// What must not change between a run and its resumption: options, LoRA shape, data.
@@ -208,19 +240,22 @@ public final class LoRATrainer {
         return String(h.value, radix: 16)
     }
 
-    func saveCheckpoint(_ p: LoRAParameters, _ adam: AdamW, _ s: TrainerState) throws {
+    func saveCheckpoint(_ p: LoRAParameters, _ adam: AdamW, _ s: TrainerState, best: [Float]?) throws {
         var s = s
         s.adamStep = adam.step
         try FileManager.default.createDirectory(at: checkpointURL.deletingLastPathComponent(), withIntermediateDirectories: true)
         let meta = String(decoding: try JSONEncoder().encode(s), as: UTF8.self)
-        try SafetensorsWriter.write([
+        var tensors: [SafetensorsWriter.Tensor] = [
             .init(name: "parameters", shape: [p.count], values: p.values),
             .init(name: "adam.m", shape: [p.count], values: adam.m),
             .init(name: "adam.v", shape: [p.count], values: adam.v),
-        ], metadata: ["state": meta], to: checkpointURL)
+        ]
+        if let best { tensors.append(.init(name: "best", shape: [p.count], values: best)) }
+        try SafetensorsWriter.write(tensors, metadata: ["state": meta], to: checkpointURL)
     }
 
-    func loadCheckpoint(into p: inout LoRAParameters, adam: inout AdamW) throws -> TrainerState {
+    /// The state, and the best parameters when the checkpoint has them.
+    func loadCheckpoint(into p: inout LoRAParameters, adam: inout AdamW) throws -> (TrainerState, [Float]?) {
         let st = try SafetensorsFile(path: checkpointURL.path)
         guard let meta = st.metadata["state"], let s = try? JSONDecoder().decode(TrainerState.self, from: Data(meta.utf8)) else {
             throw TrainingError.checkpoint("\(checkpointURL.path) has no trainer state; start without --resume")
@@ -232,7 +267,12 @@ public final class LoRATrainer {
         p.values = try st.floats("parameters", shape: [p.count])
         adam = AdamW(count: p.count, weightDecay: options.weightDecay, m: try st.floats("adam.m", shape: [p.count]),
                      v: try st.floats("adam.v", shape: [p.count]), step: s.adamStep)
-        return s
+        var state = s
+        // Checkpoints from before `finished` and `best` were kept: the last one of a complete run.
+        if !state.finished && state.step >= totalSteps { state.finished = true }
+        let best = st.names.contains("best") ? try st.floats("best", shape: [p.count])
+            : (state.bestStep == state.step ? p.values : nil)
+        return (state, best)
     }
 }
 
