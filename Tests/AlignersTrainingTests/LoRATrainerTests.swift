@@ -53,6 +53,10 @@ struct LoRATrainerTests {
         #expect(rb.steps == 4)
         #expect(straight.values == paused.values)
         #expect(straight.values.contains { $0 != 0 })
+        // Resuming a finished run trains nothing and writes the best adapter again.
+        let again = Saved()
+        let rc = try Self.trainer(dir.appendingPathComponent("b"), options: Self.options, saved: again).run(resume: true)
+        #expect(rc.steps == 4 && again.saves == 1 && again.values == paused.values)
         // The training moved the validation loss (it is measured before and after).
         #expect(ra.validHistory.count == 2 && ra.validHistory[1][1] != ra.validHistory[0][1])
 
