@@ -72,9 +72,9 @@ struct SquadOptions: ParsableArguments {
     @Option(help: "Milliseconds a partial batch waits for more samples.")
     var windowMs: Int = 50
 
-    @Option(help: ArgumentHelp("Which rewrites stay: always (the paper), no-regression (undo one after which its own criterion scores lower), improvement (keep one only when its own criterion scores higher and no passing criterion starts failing).",
+    @Option(help: ArgumentHelp("Which rewrites stay: always (the paper's policy), no-regression (undo one after which its own criterion scores lower), improvement (keep one only when its own criterion scores higher and no passing criterion starts failing).",
                                discussion: "An undone step stays in alignment.steps with changed: false and a note saying why."))
-    var acceptance: String = "always"
+    var acceptance: String = "improvement"
 
     @Option(help: "With --acceptance improvement: how much higher the rewrite's own score must be.")
     var acceptanceMargin = 0.05

@@ -553,8 +553,9 @@ public final class Router: @unchecked Sendable {
         envelope.scores.removeAll { $0.pass == pass }
         envelope.steps[last].changed = false
         let before = envelope.steps[last].scoreBefore, after = envelope.steps[last].scoreAfter
-        let why = after < before ? "lowered the \(criterion) score" : settings.acceptance == .improvement && after > before
-            ? "made another criterion fail" : "did not raise the \(criterion) score"
+        let why = after < before ? "lowered the \(criterion) score"
+            : settings.acceptance == .improvement && after >= before + settings.acceptanceMargin ? "made another criterion fail"
+            : "did not raise the \(criterion) score by \(settings.acceptanceMargin)"
         envelope.steps[last].note = "reverted: the rewrite \(why) "
             + "(\((before * 100).rounded() / 100) → \((after * 100).rounded() / 100)); kept the answer from before this pass"
         batch.samples[index].envelope = envelope
