@@ -34,7 +34,9 @@ struct LoRAReferenceTests {
         return try SafetensorsFile(path: tmp.appendingPathComponent(PEFTAdapter.weightsFile).path)
     }
 
-    @Test func lossAndGradientsMatchPEFT() throws {
+    /// One step on the fixture batch from the PEFT adapter's weights: the engine, the parameters,
+    /// Σ loss, the number of labelled tokens and the gradients of the mean loss.
+    static func step() throws -> (engine: LlamaLoRA, params: LoRAParameters, sum: Double, labelled: Int, grads: [Float]) {
         let base = try #require(TrainingTestModel.base)
         let engine = LlamaLoRA(base: base, pool: ComputePool(threads: 2))
         let adapter = try PEFTAdapter.load(directory: Self.adapterDir, model: base.config)
@@ -46,6 +48,13 @@ struct LoRAReferenceTests {
         let sum = try grads.withUnsafeMutableBufferPointer {
             try engine.run(batch, parameters: params, gradients: $0.baseAddress!, lossScale: 1 / Float(labelled))
         }
+        return (engine, params, sum, labelled, grads)
+    }
+
+    @Test func lossAndGradientsMatchPEFT() throws {
+        let base = try #require(TrainingTestModel.base)
+        let (engine, params, sum, labelled, grads) = try Self.step()
+        let batch = try Self.batch()
         let ref = try Self.reference()
         let loss = Double(try ref.floats("loss")[0])
         #expect(abs(sum / Double(labelled) - loss) < 1e-4 * loss, "loss \(sum / Double(labelled)) vs PEFT \(loss)")
@@ -69,16 +78,8 @@ struct LoRAReferenceTests {
 
     @Test func adamWStepMatchesTorch() throws {
         let base = try #require(TrainingTestModel.base)
-        let engine = LlamaLoRA(base: base, pool: ComputePool(threads: 2))
-        let adapter = try PEFTAdapter.load(directory: Self.adapterDir, model: base.config)
-        var params = LoRAParameters(config: adapter.config, model: base.config)
-        try params.load(adapter)
-        let batch = try Self.batch()
-        let labelled = batch.reduce(0) { $0 + $1.lossTokens }
-        var grads = [Float](repeating: 0, count: params.count)
-        _ = try grads.withUnsafeMutableBufferPointer {
-            try engine.run(batch, parameters: params, gradients: $0.baseAddress!, lossScale: 1 / Float(labelled))
-        }
+        let (_, start, _, _, grads) = try Self.step()
+        var params = start
         var adam = AdamW(count: params.count, weightDecay: 0.01)
         adam.update(&params.values, gradients: grads, learningRate: 1e-3)
         let ours = try Self.peftTensors(params, config: base.config)
