@@ -2,7 +2,7 @@ import Foundation
 
 /// Finds installed model packages (`make models` puts them in `models/` at the repository root).
 ///
-/// Search order, first directory holding the file wins: an explicit `--models-dir`,
+/// Search order, first directory holding the file wins: an explicit `--models-dir` (then only it),
 /// `$ALIGNERS_MODELS_DIR`, `./models`, `models/` beside the repository that built the executable,
 /// then `/var/lib/aligners/models` (the systemd units' state directory).
 public enum ModelLocator {
@@ -33,13 +33,15 @@ public struct ModelNotFound: Error, CustomStringConvertible {
     }
 }
 
-/// Where a kind of file is looked for, first hit wins: an explicit flag, an environment variable,
-/// `./<folder>`, `<folder>/` of the checkout that built the executable (`.build/<config>/aligners`
-/// → the repository root), then a system directory. Shared by models, inspector heads and criteria.
+/// Where a kind of file is looked for, first hit wins: an explicit flag alone (a directory named on
+/// the command line is the one meant: no silent fall-back to another copy), else an environment
+/// variable, `./<folder>`, `<folder>/` of the checkout that built the executable
+/// (`.build/<config>/aligners` → the repository root), then a system directory. Shared by models,
+/// inspector heads and criteria.
 public enum SearchPath {
     public static func directories(folder: String, explicit: String?, environment: String, system: String) -> [URL] {
+        if let explicit, !explicit.isEmpty { return [URL(fileURLWithPath: explicit)] }
         var dirs: [URL] = []
-        if let explicit, !explicit.isEmpty { dirs.append(URL(fileURLWithPath: explicit)) }
         if let env = ProcessInfo.processInfo.environment[environment], !env.isEmpty {
             dirs.append(URL(fileURLWithPath: env))
         }

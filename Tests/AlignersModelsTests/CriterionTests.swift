@@ -43,9 +43,10 @@ enum CriteriaFolder {
         }
     }
 
-    @Test func searchOrderPutsExplicitAndEnvironmentFirst() {
-        let dirs = CriteriaLibrary.searchDirectories(explicit: "/tmp/my-criteria")
-        #expect(dirs.first?.path == "/tmp/my-criteria")
+    @Test func searchOrderExplicitAloneElseTheDefaults() {
+        // A directory named on the command line is the only place looked in (no silent fall-back).
+        #expect(CriteriaLibrary.searchDirectories(explicit: "/tmp/my-criteria").map(\.path) == ["/tmp/my-criteria"])
+        let dirs = CriteriaLibrary.searchDirectories(explicit: nil)
         #expect(dirs.contains { $0.path.hasSuffix("/Criteria") })
         #expect(dirs.last?.path == "/etc/aligners/criteria")
     }

@@ -271,12 +271,14 @@ struct EndToEndTests {
         bad.waitUntilExit()
         #expect(bad.terminationStatus == 2)
         #expect(group.log("c").contains("no-such-option"))
-        // A bad option and a missing config file: "could not run" (2), as README says.
-        for (args, name) in [(["filter", "--no-such-flag"], "d"), (["filter", "--config", "/nonexistent.yaml"], "e")] {
+        // A bad option, a missing config file, a models directory that does not exist: "could not run" (2).
+        for (args, name) in [(["filter", "--no-such-flag"], "d"), (["filter", "--config", "/nonexistent.yaml"], "e"),
+                             (["score", "--models-dir", "/nonexistent-models"], "f")] {
             let p = try group.start(builtExecutable("aligners"), args, name: name)
             p.waitUntilExit()
             #expect(p.terminationStatus == 2, "\(args): \(group.log(name))")
         }
+        #expect(group.log("f").contains("/nonexistent-models"), "the error names where it looked: \(group.log("f"))")
     }
 
     @Test("--metrics-port serves Prometheus metrics for the samples that went through", .timeLimit(.minutes(10)))

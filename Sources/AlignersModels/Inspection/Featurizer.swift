@@ -328,7 +328,7 @@ public final class FeatureCache: @unchecked Sendable {
             v.withUnsafeBytes { out.append(contentsOf: $0) }
         }
         if !FileManager.default.fileExists(atPath: url.path) {
-            FileManager.default.createFile(atPath: url.path, contents: nil)
+            _ = FileManager.default.createFile(atPath: url.path, contents: nil)   // FileHandle below reports a failure
         }
         let h = try FileHandle(forWritingTo: url)
         defer { try? h.close() }

@@ -242,7 +242,7 @@ final class PipelineClient {
                 lastSent = now
             }
         }
-        try? socket.send([WireMessage.disconnect("done").bytes()])
+        _ = try? socket.send([WireMessage.disconnect("done").bytes()])   // best effort: the router times us out anyway
         socket.close()
     }
 

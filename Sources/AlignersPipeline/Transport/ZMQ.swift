@@ -95,7 +95,8 @@ public final class ZMQSocket {
         var buffer = [CChar](repeating: 0, count: 512)
         var size = buffer.count
         zmq_getsockopt(handle, ZMQ_LAST_ENDPOINT, &buffer, &size)
-        return String(cString: buffer)
+        let bytes = buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
+        return String(decoding: bytes, as: UTF8.self)
     }
 
     /// Sends a multipart message. Returns false when it would block (`dontWait`) or, on a ROUTER
