@@ -9,7 +9,7 @@ struct GenerateCommand: ParsableCommand {
         commandName: "generate",
         abstract: "Generate text with the embedded causal LM (GGUF, CPU).",
         discussion: """
-            One prompt, streamed:   aligners generate --prompt "What is the capital of France?"
+            One prompt, streamed:   aligners generate "What is the capital of France?"   (or --prompt "…")
             JSONL (stdin or --input), one object per line, answered as one continuous batch:
               {"id": "a", "prompt": "…"}   or   {"id": "b", "messages": [{"role": "user", "content": "…"}]}
               optional per line: "max_tokens", "stop" (string or list), "raw" (true: no chat template)
@@ -18,6 +18,9 @@ struct GenerateCommand: ParsableCommand {
 
     @Option(help: "One prompt (a user turn, rendered with the chat template unless --raw); streamed to stdout.")
     var prompt: String?
+
+    @Argument(help: "The prompt, as with --prompt (`aligners generate \"What is the capital of France?\"`).")
+    var positionalPrompt: String?
 
     @Option(help: "JSONL file of prompts (default: stdin when --prompt is absent).")
     var input: String?
@@ -44,7 +47,12 @@ struct GenerateCommand: ParsableCommand {
     @Option(help: "Most sequences decoding at once.") var batch = 64
     @Flag(help: "Print timing to stderr.") var stats = false
 
+    func validate() throws {
+        if prompt != nil && positionalPrompt != nil { throw ValidationError("give the prompt once: as an argument or with --prompt") }
+    }
+
     func run() throws {
+        let prompt = self.prompt ?? positionalPrompt
         let path: String
         if let model { path = model } else { path = try ModelLocator.locate(TextGenerator.defaultModel, explicit: modelsDir).path }
         let gen = try TextGenerator(path: path, maxBatch: batch)

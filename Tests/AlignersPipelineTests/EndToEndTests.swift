@@ -252,6 +252,22 @@ struct EndToEndTests {
         #expect(group.log("score").contains("line 2: invalid input"))
     }
 
+    @Test("generate takes the prompt as an argument too", .timeLimit(.minutes(10)))
+    func generatePositionalPrompt() throws {
+        let models = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("models/decoder.ok")
+        guard FileManager.default.fileExists(atPath: models.path) else { return }   // `make models` not run
+        let group = try ProcessGroup()
+        let out = group.logDir.appendingPathComponent("gen.txt")
+        let p = try group.start(builtExecutable("aligners"), ["generate", "What is 2+2?", "--max-tokens", "8"], name: "gen", stdout: out)
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0, "\(group.log("gen"))")
+        #expect(!(try String(contentsOf: out, encoding: .utf8)).trimmingCharacters(in: .whitespacesAndNewlines).isEmpty)
+        let both = try group.start(builtExecutable("aligners"), ["generate", "a", "--prompt", "b"], name: "both")
+        both.waitUntilExit()
+        #expect(both.terminationStatus == 2)
+    }
+
     @Test("--config fills in options from YAML; the command line wins", .timeLimit(.minutes(10)))
     func configFile() throws {
         let group = try ProcessGroup()
