@@ -29,6 +29,9 @@ struct FilterCommand: AsyncParsableCommand {
     @OptionGroup var squad: SquadOptions
     @Flag(help: "Write each line as soon as it is ready instead of in input order.")
     var unordered = false
+
+    @Flag(help: "No progress on stderr (by default a status line redrawn on a terminal, else a line every 30 s).")
+    var noProgress = false
     @Option(help: "Most lines read ahead of the output (bounds memory).")
     var window = 256
     @Option(help: "Longer input lines become error records.")
@@ -54,6 +57,7 @@ struct FilterCommand: AsyncParsableCommand {
         settings.window = window
         settings.maxLineBytes = maxLineBytes
         settings.explain = explain
+        settings.progress = noProgress ? .off : isatty(STDERR_FILENO) == 1 ? .terminal : .log(seconds: 30)
         let context = ZMQContext()
         var local: LocalPipeline?
         let endpoint: String

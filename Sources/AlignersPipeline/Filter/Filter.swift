@@ -15,6 +15,8 @@ public struct FilterSettings: Sendable {
     public var heartbeat = HeartbeatSettings()
     /// Give up when the router has not answered for this long (it keeps retrying until then).
     public var routerTimeoutMs = 30_000
+    /// Report progress on stderr: a line redrawn in place on a terminal, else a line every 30 s.
+    public var progress: FilterProgress.Mode = .off
     public init() {}
 }
 
@@ -80,6 +82,8 @@ public final class Filter: @unchecked Sendable {
         }
         reader.name = "aligners-reader"
         reader.start()
+        let progress = FilterProgress(mode: settings.progress) { (read: sink.linesSeen, summary: sink.summary) }
+        defer { progress.stop() }
         try client.run(pull: pull, sink: sink)
         pull.close()
         while !readerDone.load(ordering: .acquiring) { Thread.sleep(forTimeInterval: 0.001) }
