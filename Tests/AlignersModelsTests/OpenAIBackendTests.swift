@@ -274,7 +274,9 @@ final class TinyHTTPServer: @unchecked Sendable {
         let start = Date()
         let error = #expect(throws: OpenAIBackendError.self) { try generator.generate([conversation]) }
         let elapsed = Date().timeIntervalSince(start)
-        #expect(elapsed >= 0.9 && elapsed < 2.9, "took \(elapsed)s for two tries with a 0.5s timeout")
+        // No upper bound on the time (a loaded runner may be slow): without the timeout the 3 s reply
+        // would arrive and nothing would be thrown.
+        #expect(elapsed >= 0.9, "took \(elapsed)s for two tries with a 0.5s timeout")
         #expect(server.requests.count == 2)  // one retry
         #expect(String(describing: error!).contains("timed out"))
     }
