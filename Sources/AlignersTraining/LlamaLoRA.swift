@@ -383,9 +383,9 @@ public final class LlamaLoRA: @unchecked Sendable {
     /// out += scale · dropout(x)·Aᵀ·Bᵀ for the slot, keeping t = dropout(x)·Aᵀ on the tape.
     func lora(_ p: LoRAParameters, _ layer: Int, _ target: LoRATarget, x: UnsafePointer<Float>, _ n: Int, out: UnsafeMutablePointer<Float>,
               ld: Int, tape: Tape, drop: DropoutMasks) {
-        guard let s = p.slot(layer: layer, target) else { return }
-        let r = p.config.rank
-        let t = tape.t(p.slots.firstIndex { $0.layer == layer && $0.target == target }!)
+        guard let i = p.slotIndex(layer: layer, target) else { return }
+        let s = p.slots[i], r = p.config.rank
+        let t = tape.t(i)
         let xin = drop.active ? drop.apply(x, rows: n, cols: s.inputs, stream: streamID(layer, target), into: tape.dropped, pool: pool) : x
         p.values.withUnsafeBufferPointer { v in
             BLAS.gemm(transposeA: false, transposeB: true, m: n, n: r, k: s.inputs, a: xin, lda: s.inputs, b: v.baseAddress! + s.a, ldb: s.inputs,
@@ -398,9 +398,9 @@ public final class LlamaLoRA: @unchecked Sendable {
     /// From dy = ∂/∂out (rows of stride `ld`): grads of A and B (added), and dx += ∂/∂x.
     func loraBackward(_ p: LoRAParameters, _ layer: Int, _ target: LoRATarget, dy: UnsafePointer<Float>, ld: Int, x: UnsafePointer<Float>, _ n: Int,
                       dx: UnsafeMutablePointer<Float>, tape: Tape, drop: DropoutMasks, grads: UnsafeMutablePointer<Float>) {
-        guard let s = p.slot(layer: layer, target) else { return }
-        let r = p.config.rank, sc = p.config.scale
-        let t = tape.t(p.slots.firstIndex { $0.layer == layer && $0.target == target }!)
+        guard let i = p.slotIndex(layer: layer, target) else { return }
+        let s = p.slots[i], r = p.config.rank, sc = p.config.scale
+        let t = tape.t(i)
         let dt = tape.dt
         let stream = streamID(layer, target)
         p.values.withUnsafeBufferPointer { v in

@@ -38,9 +38,12 @@ public struct LoRAParameters: Sendable {
         lookup = table
     }
 
-    public func slot(layer: Int, _ target: LoRATarget) -> Slot? {
-        guard layer < lookup.count, let n = lookup[layer][target.index] else { return nil }
-        return slots[n]
+    public func slot(layer: Int, _ target: LoRATarget) -> Slot? { slotIndex(layer: layer, target).map { slots[$0] } }
+
+    /// The position of that module in `slots` (and of its activations on the training tape).
+    public func slotIndex(layer: Int, _ target: LoRATarget) -> Int? {
+        guard layer < lookup.count else { return nil }
+        return lookup[layer][target.index]
     }
 
     /// PEFT's initialisation: A ~ kaiming-uniform(a = √5), i.e. U(−1/√in, 1/√in); B = 0 (so training

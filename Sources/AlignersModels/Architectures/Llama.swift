@@ -135,9 +135,11 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
                 throw DecoderError.beyondModelContext(positions: s.cache.count + s.tokens.count, contextLength: c.contextLength)
             }
             for t in s.tokens where t < 0 || t >= c.vocabulary { throw DecoderError.tokenOutOfRange(t, vocabulary: c.vocabulary) }
-            try s.adapter?.check(against: c)
             total += s.tokens.count
         }
+        // Each adapter once per call, not once per segment (64 segments may share one).
+        var checked = Set<ObjectIdentifier>()
+        for a in segments.compactMap(\.adapter) where checked.insert(ObjectIdentifier(a)).inserted { try a.check(against: c) }
         if total == 0 { return }
         let T = total, d = c.embedding, qd = c.qDim, kvd = c.kvDim, ff = c.feedForward
 
