@@ -162,7 +162,7 @@ public final class LlamaLoRA: @unchecked Sendable {
         let scratchA = tape.ffScratch[0]
         let drop = DropoutMasks(p: p.config.dropout, seed: dropoutSeed)
 
-        try positions.withUnsafeBufferPointer { posBuf in
+        positions.withUnsafeBufferPointer { posBuf in
             let pos = posBuf.baseAddress!
             for l in 0..<L {
                 let b = base.blocks[l], t = tape.layers[l]
