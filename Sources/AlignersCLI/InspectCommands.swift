@@ -277,15 +277,13 @@ struct EncoderSpeedCommand: ParsableCommand {
         abstract: "Encoder throughput (samples/s) on synthetic inputs of fixed length; see scripts/bench-encoder.sh.")
     @Option(help: "Comma-separated sequence lengths.") var lengths = "128,256"
     @Option(help: "Comma-separated batch sizes.") var batches = "1,32"
-    @Option(help: "Threads (BLAS and ours).") var threads = 2
+    @Option(help: "Threads.") var threads = 2
     @Option(help: "Seconds per measurement.") var seconds = 3.0
     @Option(help: "Directory holding installed model packages.") var modelsDir: String?
     @Flag(help: "Also time full inspector scoring (pair + response alone + head), with response = half the length.") var inspector = false
 
     func run() throws {
-        BLAS.setThreads(threads)
-        let f = try InspectorFeaturizer.load(modelsDir: modelsDir, maxLength: 512)
-        f.encoder.threads = threads
+        let f = try InspectorFeaturizer.load(modelsDir: modelsDir, maxLength: 512, pool: ComputePool(threads: threads))
         var rng = SplitMix64(seed: 7)
         print("impl\tlength\tbatch\tsamples_per_s")
         for L in lengths.split(separator: ",").compactMap({ Int($0) }) {

@@ -98,7 +98,7 @@ extension BLAS {
 extension BLAS {
     /// `gemm` split over the pool's threads, each calling single-threaded OpenBLAS on its slice: over
     /// C's columns when there are enough of them, else over its rows (the split needs no copy for
-    /// either transpose). Keep OpenBLAS at one thread (`setThreads(1)`) when using it.
+    /// either transpose). OpenBLAS runs single-threaded once a pool exists.
     public static func gemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int,
                             a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
                             c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float = 1, beta: Float = 0, pool: ComputePool) {

@@ -399,7 +399,6 @@ public enum QuantKernels {
 
     /// Y[m×n] = X[m×k] · Wᵀ for F32 weights W[n×k] (row-major), splitting the n output columns
     /// over the pool's threads, each calling single-threaded sgemm.
-    /// Call `BLAS.setThreads(1)` once first so OpenBLAS's own threads stay out of the way.
     public static func sgemmNT(m: Int, n: Int, k: Int, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
                                y: UnsafeMutablePointer<Float>, ldy: Int? = nil, beta: Float = 0, pool: ComputePool) {
         let ldc = ldy ?? n

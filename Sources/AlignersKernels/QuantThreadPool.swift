@@ -32,8 +32,11 @@ public final class ComputePool: @unchecked Sendable {
     private let cond: UnsafeMutablePointer<pthread_cond_t>
     private let busy = Mutex<Void>(())
 
+    /// Creating a pool makes OpenBLAS single-threaded for the whole process: parallelism is the
+    /// pools' (each thread calls OpenBLAS on its own slice), and nothing sets it back.
     public init(threads: Int) {
         self.threads = threads
+        BLAS.setThreads(1)
         mutex = .allocate(capacity: 1)
         cond = .allocate(capacity: 1)
         pthread_mutex_init(mutex, nil)

@@ -121,7 +121,6 @@ public final class LlamaLoRA: @unchecked Sendable {
     public init(base: FrozenLlama, pool: ComputePool) {
         self.base = base
         self.pool = pool
-        BLAS.setThreads(1)  // products are split over the pool, each thread calling OpenBLAS alone
     }
 
     /// Σ cross-entropy over the batch's loss tokens, and `gradients += lossScale · ∂Σ/∂θ`.

@@ -42,6 +42,8 @@ public struct BERTError: Error, CustomStringConvertible {
 /// Batches are packed: the sequences of a batch are laid end to end (no padding rows), the dense
 /// layers run as one sgemm over all tokens, and attention runs per sequence and head, spread over
 /// the cores. This is what "pad to the longest + attention mask" computes, without the wasted rows.
+/// All parallel work runs on `pool` (OpenBLAS stays single-threaded; the process-wide thread
+/// count is never toggled, so a decoder or trainer in the same process is not disturbed).
 public final class BERTEncoder: @unchecked Sendable {
     public let config: BERTConfig
     let wordEmb, posEmb, typeEmb, embLNg, embLNb: [Float]
@@ -49,12 +51,11 @@ public final class BERTEncoder: @unchecked Sendable {
         var wqkv, bqkv, wo, bo, ln1g, ln1b, w1, b1, w2, b2, ln2g, ln2b: [Float]
     }
     let layers: [Layer]
-    /// Threads used by the element-wise stages and attention (BLAS threads are set separately).
-    public var threads: Int
+    /// Where the products, attention and element-wise stages run.
+    public let pool: ComputePool
 
     /// Loads weights from a safetensors file, checking every tensor's dtype and shape.
-    public init(weights file: SafetensorsFile, config: BERTConfig = .miniLML6,
-                threads: Int = ProcessInfo.processInfo.activeProcessorCount) throws {
+    public init(weights file: SafetensorsFile, config: BERTConfig = .miniLML6, pool: ComputePool = .shared) throws {
         guard config.hiddenAct == "gelu" else {
             throw BERTError(description: "\(file.path): hidden_act \(config.hiddenAct) is not supported (gelu only)")
         }
@@ -62,7 +63,7 @@ public final class BERTEncoder: @unchecked Sendable {
             throw BERTError(description: "\(file.path): hidden size not divisible by heads")
         }
         self.config = config
-        self.threads = threads
+        self.pool = pool
         let h = config.hiddenSize, f = config.intermediateSize
         let prefix = file.tensors["embeddings.word_embeddings.weight"] == nil
             && file.tensors["bert.embeddings.word_embeddings.weight"] != nil ? "bert." : ""
@@ -101,11 +102,11 @@ public final class BERTEncoder: @unchecked Sendable {
     }
 
     /// Loads `model.safetensors` and `config.json` from a model directory.
-    public convenience init(modelDirectory dir: URL, threads: Int = ProcessInfo.processInfo.activeProcessorCount) throws {
+    public convenience init(modelDirectory dir: URL, pool: ComputePool = .shared) throws {
         let configURL = dir.appendingPathComponent("config.json")
         let config = FileManager.default.fileExists(atPath: configURL.path) ? try BERTConfig.load(configURL) : .miniLML6
         let file = try SafetensorsFile(path: dir.appendingPathComponent("model.safetensors").path)
-        try self.init(weights: file, config: config, threads: threads)
+        try self.init(weights: file, config: config, pool: pool)
     }
 
     /// Last hidden states of each sequence, packed: row `offsets[i] + t` is token `t` of sequence
@@ -138,7 +139,7 @@ public final class BERTEncoder: @unchecked Sendable {
         let heads = config.numAttentionHeads, hd = h / heads
         let scale = 1 / Float(hd).squareRoot()
         let eps = config.layerNormEps
-        let threads = self.threads
+        let pool = self.pool
 
         // Embeddings + LayerNorm.
         x.withUnsafeMutableBufferPointer { xb in
@@ -170,19 +171,18 @@ public final class BERTEncoder: @unchecked Sendable {
             ff.withUnsafeMutableBufferPointer { fb in
                 let xp = xb.baseAddress!, qp = qb.baseAddress!, cp = cb.baseAddress!, fp = fb.baseAddress!
                 // qkv = x · Wqkv^T + b
-                Self.fillRows(qp, rows: n, bias: L.bqkv, residual: nil, threads: threads)
+                Self.fillRows(qp, rows: n, bias: L.bqkv, residual: nil, pool: pool)
                 L.wqkv.withUnsafeBufferPointer { w in
-                    BLAS.sgemm(m: n, n: 3 * h, k: h, a: xp, lda: h, b: w.baseAddress!, ldb: h, transposeB: true,
-                               c: qp, ldc: 3 * h, beta: 1)
+                    BLAS.gemm(transposeA: false, transposeB: true, m: n, n: 3 * h, k: h, a: xp, lda: h, b: w.baseAddress!, ldb: h,
+                              c: qp, ldc: 3 * h, beta: 1, pool: pool)
                 }
                 // Self-attention per sequence and head.
                 let qkvp = UnsafePointer(qp)
-                // Small per-head products: one BLAS thread each, our threads across (sequence, head).
-                if threads > 1 { BLAS.setThreads(1) }
-                Dense.parallelFor(items.count, parts: threads) { lo, hi in
+                // Small per-head products, each on one thread; the threads share out (sequence, head).
+                pool.parallelFor(items.count) { range in
                     let scores = UnsafeMutablePointer<Float>.allocate(capacity: maxLen * maxLen)
                     defer { scores.deallocate() }
-                    for it in lo..<hi {
+                    for it in range {
                         let (s, head) = items[it]
                         let len = offsets[s + 1] - offsets[s]
                         let base = qkvp + offsets[s] * 3 * h + head * hd
@@ -193,25 +193,27 @@ public final class BERTEncoder: @unchecked Sendable {
                                    c: cp + offsets[s] * h + head * hd, ldc: h)
                     }
                 }
-                if threads > 1 { BLAS.setThreads(threads) }
                 // x = LN(ctx · Wo^T + bo + x)
-                Self.fillRows(xp, rows: n, bias: L.bo, residual: xp, threads: threads)
+                Self.fillRows(xp, rows: n, bias: L.bo, residual: xp, pool: pool)
                 L.wo.withUnsafeBufferPointer { w in
-                    BLAS.sgemm(m: n, n: h, k: h, a: cp, lda: h, b: w.baseAddress!, ldb: h, transposeB: true, c: xp, ldc: h, beta: 1)
+                    BLAS.gemm(transposeA: false, transposeB: true, m: n, n: h, k: h, a: cp, lda: h, b: w.baseAddress!, ldb: h,
+                              c: xp, ldc: h, beta: 1, pool: pool)
                 }
-                Self.layerNormRows(xp, rows: n, dim: h, gamma: L.ln1g, beta: L.ln1b, eps: eps, threads: threads)
+                Self.layerNormRows(xp, rows: n, dim: h, gamma: L.ln1g, beta: L.ln1b, eps: eps, pool: pool)
                 // ff = gelu(x · W1^T + b1)
-                Self.fillRows(fp, rows: n, bias: L.b1, residual: nil, threads: threads)
+                Self.fillRows(fp, rows: n, bias: L.b1, residual: nil, pool: pool)
                 L.w1.withUnsafeBufferPointer { w in
-                    BLAS.sgemm(m: n, n: f, k: h, a: xp, lda: h, b: w.baseAddress!, ldb: h, transposeB: true, c: fp, ldc: f, beta: 1)
+                    BLAS.gemm(transposeA: false, transposeB: true, m: n, n: f, k: h, a: xp, lda: h, b: w.baseAddress!, ldb: h,
+                              c: fp, ldc: f, beta: 1, pool: pool)
                 }
-                Dense.parallelFor(n, parts: threads) { lo, hi in Dense.geluErf(fp + lo * f, count: (hi - lo) * f) }
+                pool.parallelFor(n, granule: 8) { rs in Dense.geluErf(fp + rs.lowerBound * f, count: rs.count * f) }
                 // x = LN(ff · W2^T + b2 + x)
-                Self.fillRows(xp, rows: n, bias: L.b2, residual: xp, threads: threads)
+                Self.fillRows(xp, rows: n, bias: L.b2, residual: xp, pool: pool)
                 L.w2.withUnsafeBufferPointer { w in
-                    BLAS.sgemm(m: n, n: h, k: f, a: fp, lda: f, b: w.baseAddress!, ldb: f, transposeB: true, c: xp, ldc: h, beta: 1)
+                    BLAS.gemm(transposeA: false, transposeB: true, m: n, n: h, k: f, a: fp, lda: f, b: w.baseAddress!, ldb: f,
+                              c: xp, ldc: h, beta: 1, pool: pool)
                 }
-                Self.layerNormRows(xp, rows: n, dim: h, gamma: L.ln2g, beta: L.ln2b, eps: eps, threads: threads)
+                Self.layerNormRows(xp, rows: n, dim: h, gamma: L.ln2g, beta: L.ln2b, eps: eps, pool: pool)
                 observe?(li + 1, xp)
             }}}}
         }
@@ -219,12 +221,12 @@ public final class BERTEncoder: @unchecked Sendable {
     }
 
     /// rows of `c` ← bias (+ the same row of `residual`, which may alias `c`).
-    static func fillRows(_ c: UnsafeMutablePointer<Float>, rows: Int, bias: [Float], residual: UnsafeMutablePointer<Float>?, threads: Int) {
+    static func fillRows(_ c: UnsafeMutablePointer<Float>, rows: Int, bias: [Float], residual: UnsafeMutablePointer<Float>?, pool: ComputePool) {
         let d = bias.count
         bias.withUnsafeBufferPointer { bb in
             let b = bb.baseAddress!
-            Dense.parallelFor(rows, parts: rows * d > 65536 ? threads : 1) { lo, hi in
-                for r in lo..<hi {
+            pool.parallelFor(rows, granule: max(1, 65536 / d)) { rs in
+                for r in rs {
                     let row = c + r * d
                     if let residual {
                         let res = residual + r * d
@@ -237,11 +239,11 @@ public final class BERTEncoder: @unchecked Sendable {
         }
     }
 
-    static func layerNormRows(_ x: UnsafeMutablePointer<Float>, rows: Int, dim: Int, gamma: [Float], beta: [Float], eps: Float, threads: Int) {
+    static func layerNormRows(_ x: UnsafeMutablePointer<Float>, rows: Int, dim: Int, gamma: [Float], beta: [Float], eps: Float, pool: ComputePool) {
         gamma.withUnsafeBufferPointer { g in
             beta.withUnsafeBufferPointer { b in
-                Dense.parallelFor(rows, parts: rows * dim > 65536 ? threads : 1) { lo, hi in
-                    Dense.layerNorm(x + lo * dim, rows: hi - lo, dim: dim, gamma: g.baseAddress!, beta: b.baseAddress!, eps: eps)
+                pool.parallelFor(rows, granule: max(1, 65536 / dim)) { rs in
+                    Dense.layerNorm(x + rs.lowerBound * dim, rows: rs.count, dim: dim, gamma: g.baseAddress!, beta: b.baseAddress!, eps: eps)
                 }
             }
         }

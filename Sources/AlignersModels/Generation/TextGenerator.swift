@@ -32,7 +32,6 @@ public final class TextGenerator: @unchecked Sendable {
     }
 
     public init(path: String, maxBatch: Int = 64) throws {
-        BLAS.setThreads(1)  // our pool splits sgemm calls itself
         gguf = try GGUFFile(path: path)
         model = try DecoderRegistry.load(gguf)
         tokenizer = try BPETokenizer(gguf: gguf)

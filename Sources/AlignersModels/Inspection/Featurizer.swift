@@ -1,5 +1,6 @@
 import Foundation
 import AlignersCore
+import AlignersKernels
 
 /// One pooled view of the encoder's hidden states: which tokens, after which layer, pooled how.
 /// `pair` = all tokens of `[CLS] x [SEP] y [SEP]`, `x` / `y` = that pair's `x` / `y` tokens (the first
@@ -135,10 +136,11 @@ public final class InspectorFeaturizer: Sendable {
     }
 
     /// Loads the encoder found through `ModelLocator` (`modelsDir` first when given).
-    public static func load(modelsDir: String? = nil, maxLength: Int = 256, views: [FeatureView]? = nil) throws -> InspectorFeaturizer {
+    public static func load(modelsDir: String? = nil, maxLength: Int = 256, views: [FeatureView]? = nil,
+                            pool: ComputePool = .shared) throws -> InspectorFeaturizer {
         let weights = try ModelLocator.locate(encoderRelativePath + "/model.safetensors", explicit: modelsDir)
         let dir = weights.deletingLastPathComponent()
-        let encoder = try BERTEncoder(modelDirectory: dir)
+        let encoder = try BERTEncoder(modelDirectory: dir, pool: pool)
         let tokenizer = try WordPieceTokenizer(vocabFile: dir.appendingPathComponent("vocab.txt"))
         return InspectorFeaturizer(encoder: encoder, tokenizer: tokenizer, maxLength: maxLength, views: views)
     }
