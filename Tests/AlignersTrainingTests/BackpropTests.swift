@@ -78,13 +78,48 @@ struct BackpropTests {
         Self.check(up, analytic: du) { Self.dot(forward(gate, $0), g) }
     }
 
-    /// 1 and 5 rows fit one block; 70 and 130 span two and three (blocks of 64).
-    @Test(arguments: [1, 5, 70, 130])
-    func causalAttention(n: Int) {
+    @Test func layerNorm() {
+        var rng = SplitMix64(seed: 7)
+        let rows = 3, d = 8
+        let x = Self.random(rows * d, &rng, scale: 2), gamma = Self.random(d, &rng), beta = Self.random(d, &rng)
+        let g = Self.random(rows * d, &rng)
+        var mean = [Float](repeating: 0, count: rows), r = mean
+        func forward(_ x: [Float]) -> [Float] {
+            var h = [Float](repeating: 0, count: rows * d)
+            Backprop.layerNorm(x, gamma, beta, rows: rows, dim: d, eps: 1e-5, h: &h, mean: &mean, r: &r)
+            return h
+        }
+        // Against the kernel the encoder serves with.
+        var served = x
+        Dense.layerNorm(&served, rows: rows, dim: d, gamma: gamma, beta: beta, eps: 1e-5)
+        for (a, b) in zip(forward(x), served) { #expect(abs(a - b) < 1e-5) }
+        _ = forward(x)
+        var dx = [Float](repeating: 0.5, count: rows * d)
+        Backprop.layerNormBackward(g, x, gamma, mean: mean, r: r, rows: rows, dim: d, dx: &dx)
+        Self.check(x, analytic: dx.map { $0 - 0.5 }) { Self.dot(forward($0), g) }
+    }
+
+    @Test func gelu() {
+        var rng = SplitMix64(seed: 8)
+        let n = 37
+        let x = Self.random(n, &rng, scale: 3), g = Self.random(n, &rng)
+        var dx = [Float](repeating: 0, count: n)
+        Backprop.geluBackward(g, x, count: n, dx: &dx)
+        Self.check(x, analytic: dx) { x in
+            var a = x
+            Dense.geluErf(&a, count: n)
+            return Self.dot(a, g)
+        }
+    }
+
+    /// 1 and 5 rows fit one block; 70 and 130 span two and three (blocks of 64). Causal (the
+    /// decoder's) and bidirectional (the encoder's).
+    @Test(arguments: [1, 5, 70, 130], [true, false])
+    func attention(n: Int, causal: Bool) {
         var rng = SplitMix64(seed: 4)
         // Two KV heads, two query heads each: check the slice of KV head 1 (its q columns 8..<16).
         let hd = 4, group = 2, kvHeads = 2, qStride = kvHeads * group * hd, kvStride = kvHeads * hd
-        let s = Backprop.AttentionSlice(n: n, headDim: hd, group: group, kvHead: 1, qStride: qStride, kvStride: kvStride)
+        let s = Backprop.AttentionSlice(n: n, headDim: hd, group: group, kvHead: 1, qStride: qStride, kvStride: kvStride, causal: causal)
         let q = Self.random(n * qStride, &rng), k = Self.random(n * kvStride, &rng), v = Self.random(n * kvStride, &rng)
         let g = Self.random(n * qStride, &rng)
         var p = [Float](repeating: 0, count: n * n), dp = p
@@ -92,6 +127,20 @@ struct BackpropTests {
             var out = [Float](repeating: 0, count: n * qStride), scratch = [Float](repeating: 0, count: n * n)
             Backprop.attention(s, q: q, k: k, v: v, out: &out, p: &scratch)
             return out
+        }
+        // The forward against softmax(q·k/√hd) over the keys each row sees.
+        let out = forward(q, k, v)
+        for i in 0..<n {
+            for h in 0..<group {
+                let qc = (group + h) * hd, kc = hd
+                let seen = causal ? i + 1 : n
+                let z = (0..<seen).map { j in (0..<hd).reduce(0.0) { $0 + Double(q[i * qStride + qc + $1]) * Double(k[j * kvStride + kc + $1]) } / 2 }
+                let mx = z.max()!, w = z.map { exp($0 - mx) }, sum = w.reduce(0, +)
+                for c in 0..<hd {
+                    let want = (0..<seen).reduce(0.0) { $0 + w[$1] / sum * Double(v[$1 * kvStride + kc + c]) }
+                    #expect(abs(Double(out[i * qStride + qc + c]) - want) < 1e-5)
+                }
+            }
         }
         // Only the slice's columns of G matter (the rest of `out` is not written).
         let gs = (0..<n * qStride).map { (($0 % qStride) / (group * hd)) == 1 ? g[$0] : 0 }

@@ -46,11 +46,12 @@ public struct BERTError: Error, CustomStringConvertible {
 /// count is never toggled, so a decoder or trainer in the same process is not disturbed).
 public final class BERTEncoder: @unchecked Sendable {
     public let config: BERTConfig
-    let wordEmb, posEmb, typeEmb, embLNg, embLNb: [Float]
-    struct Layer {
-        var wqkv, bqkv, wo, bo, ln1g, ln1b, w1, b1, w2, b2, ln2g, ln2b: [Float]
+    public let wordEmb, posEmb, typeEmb, embLNg, embLNb: [Float]
+    /// One transformer block's weights; matrices are [out × in] as in the checkpoint, q|k|v stacked.
+    public struct Layer: Sendable {
+        public var wqkv, bqkv, wo, bo, ln1g, ln1b, w1, b1, w2, b2, ln2g, ln2b: [Float]
     }
-    let layers: [Layer]
+    public let layers: [Layer]
     /// Where the products, attention and element-wise stages run.
     public let pool: ComputePool
 
@@ -99,6 +100,14 @@ public final class BERTEncoder: @unchecked Sendable {
                 ln2b: try t(p + "output.LayerNorm.bias", [h])))
         }
         self.layers = layers
+    }
+
+    /// The same encoder with other block weights (an adapter merged in); the embeddings are shared.
+    public init(_ base: BERTEncoder, layers: [Layer]) {
+        config = base.config
+        wordEmb = base.wordEmb; posEmb = base.posEmb; typeEmb = base.typeEmb; embLNg = base.embLNg; embLNb = base.embLNb
+        self.layers = layers
+        pool = base.pool
     }
 
     /// Loads `model.safetensors` and `config.json` from a model directory.
