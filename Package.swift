@@ -109,7 +109,7 @@ let package = Package(
         .testTarget(name: "AlignersEvaluationTests", dependencies: ["AlignersEvaluation", "AlignersModels"]),
         .testTarget(name: "AlignersModelsTests", dependencies: ["AlignersModels", "AlignersKernels"],
                     resources: [.copy("Fixtures")]),
-        .testTarget(name: "AlignersTrainingTests", dependencies: ["AlignersTraining", "AlignersModels", "AlignersKernels"],
+        .testTarget(name: "AlignersTrainingTests", dependencies: ["AlignersTraining", "AlignersModels", "AlignersKernels", "AlignersCore"],
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "AlignersPipelineTests",
                     dependencies: ["AlignersPipeline", "AlignersCore", "AlignersSchema", "PipelineTestDoubles"]),

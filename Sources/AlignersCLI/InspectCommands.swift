@@ -223,15 +223,26 @@ struct ScoreCommand: ParsableCommand {
             """)
     @Option(help: "Comma-separated criteria.") var criteria = "ethical,factuality,helpful"
     @OptionGroup var model: InspectorModelOptions
+    @Option(help: "Directory holding criterion files, which name each criterion's inspector (default: $ALIGNERS_CRITERIA_DIR, ./Criteria, the checkout's Criteria/); a criterion without a file uses the head of its name.")
+    var criteriaDir: String?
 
     func run() throws {
         let names = criteria.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
-        let set = try EncoderInspectorSet.load(criteria: names, modelsDir: model.modelsDir, inspectorsDir: model.inspectorsDir)
+        let library = CriteriaLibrary(searchDir: criteriaDir)
+        let loader = InspectorLoader(modelsDir: model.modelsDir, inspectorsDir: model.inspectorsDir)
+        let inspectors = try names.map { name in
+            let file = try? library.locate(name)
+            return try loader.inspector(criterion: name, head: try file.map { try CriteriaLibrary.load(file: $0).inspector.headName } ?? name)
+        }
         var pending: [(line: Int, object: [String: Any], exchange: Exchange)] = []
         var lineNo = 0
         func flush() throws {
             if pending.isEmpty { return }
-            let scores = try set.score(pending.map(\.exchange))
+            let batch = pending.map(\.exchange)
+            var scores = [[String: Double]](repeating: [:], count: batch.count)
+            for ins in inspectors {
+                for (i, s) in try ins.score(batch).enumerated() { scores[i][ins.criterion] = s }
+            }
             for (p, s) in zip(pending, scores) {
                 var o = p.object
                 o["scores"] = s

@@ -45,10 +45,11 @@ final class ModelCatalog: @unchecked Sendable {
 
     func criterion(_ name: String) throws -> Criterion { try criteria.load(name) }
 
+    private lazy var inspectors = InspectorLoader(modelsDir: options.modelsDir, inspectorsDir: options.inspectorsDir)
+
     func inspector(for name: String) throws -> any Inspector {
         let criterion = try criterion(name)
-        return try EncoderInspector.load(criterion: criterion.inspector.headName, modelsDir: options.modelsDir,
-                                         inspectorsDir: options.inspectorsDir)
+        return try inspectors.inspector(criterion: criterion.name, head: criterion.inspector.headName)
     }
 
     func aligner(for name: String) throws -> any Aligner {
@@ -83,6 +84,36 @@ final class ModelCatalog: @unchecked Sendable {
         case .aligner: AlignerStage(try aligner(for: criterion!))
         case .generator: GeneratorStage(try generator())
         }
+    }
+}
+
+/// Loads inspectors by the head their criterion names: a frozen-feature head (`inspectors/ethical`),
+/// or fine-tuned inspectors (`inspectors/fine-tuned`, one file for several criteria) whose criteria
+/// share one merged encoder and one pass per exchange.
+final class InspectorLoader: @unchecked Sendable {
+    let modelsDir: String?
+    let inspectorsDir: String?
+    private var fineTuned: [String: FineTunedInspectors] = [:]
+    private let lock = NSLock()
+
+    init(modelsDir: String?, inspectorsDir: String?) {
+        self.modelsDir = modelsDir
+        self.inspectorsDir = inspectorsDir
+    }
+
+    func inspector(criterion: String, head: String) throws -> any Inspector {
+        let url = try InspectorStore.locate(criterion: head, explicit: inspectorsDir)
+        guard FineTunedInspectors.isFineTuned(try SafetensorsFile(path: url.path)) else {
+            return try EncoderInspector.load(criterion: head, modelsDir: modelsDir, inspectorsDir: inspectorsDir)
+        }
+        let key = url.standardizedFileURL.path
+        let set: FineTunedInspectors = try lock.withLock {
+            if let s = fineTuned[key] { return s }
+            let s = try FineTunedInspectors(file: url, modelsDir: modelsDir)
+            fineTuned[key] = s
+            return s
+        }
+        return try set.inspector(for: criterion)
     }
 }
 

@@ -88,14 +88,19 @@ public struct AlignerDataset: Sendable {
 /// attention's longest row, and steady memory), in an order fixed by (seed, epoch): examples are
 /// shuffled, sorted by length within windows of 50 batches, cut, and the batches shuffled again.
 public func lengthBucketedBatches(_ sequences: [TrainingSequence], batchSize: Int, seed: UInt64, epoch: Int) -> [[Int]] {
+    lengthBucketedBatches(lengths: sequences.map(\.tokens.count), batchSize: batchSize, seed: seed, epoch: epoch)
+}
+
+/// The same over examples of the given lengths.
+public func lengthBucketedBatches(lengths: [Int], batchSize: Int, seed: UInt64, epoch: Int) -> [[Int]] {
     var rng = SplitMix64(seed: seed &+ UInt64(epoch) &* 0x9E37_79B9)
-    var order = Array(sequences.indices)
+    var order = Array(lengths.indices)
     order.shuffle(using: &rng)
     let window = batchSize * 50
     var batches: [[Int]] = []
     var i = 0
     while i < order.count {
-        let w = order[i..<min(order.count, i + window)].sorted { sequences[$0].tokens.count < sequences[$1].tokens.count }
+        let w = order[i..<min(order.count, i + window)].sorted { lengths[$0] < lengths[$1] }
         var j = 0
         while j < w.count {
             batches.append(Array(w[j..<min(w.count, j + batchSize)]))
@@ -110,9 +115,14 @@ public func lengthBucketedBatches(_ sequences: [TrainingSequence], batchSize: In
 /// Splits one batch into micro-batches of at most `tokens` tokens (a sequence longer than that is
 /// a micro-batch of its own).
 public func microBatches(_ batch: [Int], _ sequences: [TrainingSequence], tokens: Int) -> [[Int]] {
+    microBatches(batch, lengths: sequences.map(\.tokens.count), tokens: tokens)
+}
+
+/// The same with each example's length given by `lengths[i]`.
+public func microBatches(_ batch: [Int], lengths: [Int], tokens: Int) -> [[Int]] {
     var out: [[Int]] = [], cur: [Int] = [], n = 0
     for i in batch {
-        let len = sequences[i].tokens.count
+        let len = lengths[i]
         if !cur.isEmpty && n + len > tokens { out.append(cur); cur = []; n = 0 }
         cur.append(i); n += len
     }

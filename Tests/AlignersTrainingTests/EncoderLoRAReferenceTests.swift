@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import AlignersCore
 import AlignersKernels
 @testable import AlignersModels
 @testable import AlignersTraining
@@ -16,6 +17,10 @@ enum EncoderTestModel {
     static var available: Bool { directory != nil }
     static let skipMessage: Comment = "MiniLM encoder not installed (run `make models` or set ALIGNERS_MODELS_DIR): skipping"
     static let encoder: BERTEncoder? = directory.flatMap { try? BERTEncoder(modelDirectory: $0, pool: ComputePool(threads: 2)) }
+    /// The models directory the encoder was found in.
+    static var modelsDir: String? {
+        directory.map { $0.deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path }
+    }
 }
 
 /// The inspectors' training step against PyTorch + PEFT (scripts/reference/encoder_lora_reference.py,
@@ -89,5 +94,70 @@ struct EncoderLoRAReferenceTests {
                 #expect(abs(Double(p[c]) - 1 / (1 + exp(-logits[i][c]))) < 2e-4)
             }
         }
+    }
+
+    /// Served as `FineTunedInspectors` (what `inspector: {head: inspectors/fine-tuned}` loads): every
+    /// criterion of an exchange from one pass, equal to the training forward on the same pair
+    /// encoding; repeated exchanges come from the memo; an unknown criterion is refused by name.
+    @Test func fineTunedInspectorsServeTheTrainedHeads() throws {
+        let base = try #require(EncoderTestModel.encoder)
+        let url = Self.dir.appendingPathComponent("parameters.safetensors")
+        let set = try FineTunedInspectors(file: url, modelsDir: EncoderTestModel.modelsDir, pool: ComputePool(threads: 2))
+        #expect(FineTunedInspectors.isFineTuned(try SafetensorsFile(path: url.path)))
+        let exchanges = [
+            Exchange(conversation: [Turn(role: "user", content: "How can I steal a stop sign?")], response: "You cannot steal a stop sign."),
+            Exchange(conversation: [Turn(role: "user", content: "Who was too lazy to work?")], response: "Cannot be determined."),
+        ]
+        let p = try set.probabilities(exchanges)
+        var params = EncoderInspectorParameters(config: set.adapter.config, model: base.config, criteria: set.adapter.criteria)
+        try params.load(set.adapter)
+        let batch = exchanges.map { EncodedVerdicts(encoding: set.featurizer.pairEncoding($0), labels: [0, 0, 0], weights: [0, 0, 0]) }
+        let forward = try BERTLoRA(base: base, pool: ComputePool(threads: 2)).run(batch, parameters: params, gradients: nil)
+        for i in exchanges.indices {
+            for c in 0..<3 { #expect(abs(p[i][c] - 1 / (1 + exp(-forward.logits[i][c]))) < 1e-4) }
+        }
+        #expect(try set.probabilities(exchanges.reversed()) == p.reversed())
+        let helpful = try set.inspector(for: "helpful")
+        #expect(try helpful.score(exchanges) == p.map { Double($0[2]) })
+        #expect(throws: InspectorError.self) { try set.inspector(for: "brevity") }
+    }
+}
+
+/// The label semantics of the inspectors' training set (Criteria/README.md): a row's rejected answer
+/// violates its own criterion only; its chosen answer meets its own and, at the cross weight, every
+/// other criterion; sources and sets are balanced by the exponent.
+struct InspectorTrainingSetTests {
+    static func row(_ criterion: String, _ source: String, _ i: Int, condition: String? = nil) throws -> PreferenceRow {
+        var o: [String: Any] = ["id": "\(source)-\(i)", "criterion": criterion, "source": source, "split": "train",
+                                "conversation": [["role": "user", "content": "q\(i)"]], "prompt": "q\(i)", "rejected": "bad", "chosen": "good"]
+        if let condition { o["context_condition"] = condition }
+        return try JSONDecoder().decode(PreferenceRow.self, from: JSONSerialization.data(withJSONObject: o))
+    }
+
+    @Test func labelsAndWeights() throws {
+        let ethical = try (0..<4).map { try Self.row("ethical", "pku", $0) }
+        let factual = try (0..<8).map { try Self.row("factuality", "bbq", $0, condition: "ambig") }
+            + [try Self.row("factuality", "truthfulqa", 9)]
+        var o = InspectorDataOptions()
+        o.crossWeight = 0.5
+        o.balance = 1
+        let set = InspectorTrainingSet.build(criteria: ["ethical", "factuality"], rows: [ethical, factual], options: o) { _ in
+            BertEncoding(ids: [101, 102], typeIds: [0, 0])
+        }
+        #expect(set.examples.count == 2 * (4 + 9))
+        // First ethical row: rejected, then chosen.
+        let bad = set.examples[0], good = set.examples[1]
+        #expect(bad.labels == [0, 0] && bad.weights[1] == 0 && bad.weights[0] > 0)
+        #expect(good.labels == [1, 1] && good.weights[0] == bad.weights[0] && good.weights[1] > 0)
+        #expect(set.origins[0] == VerdictOrigin(set: 0, source: "pku", good: false))
+        #expect(set.origins[8].source == "bbq-ambig")
+        // balance 1: the one TruthfulQA row weighs as much as the eight BBQ rows together.
+        let bbq = set.examples[8].weights[1], tqa = set.examples[2 * 12].weights[1]
+        #expect(abs(tqa - 8 * bbq) < 1e-4)
+        // Sets are balanced too: 4 ethical rows against 9 factuality rows, in total weight per set.
+        let ethicalTotal = (0..<4).reduce(Float(0)) { $0 + set.examples[2 * $1].weights[0] }
+        let factualTotal = (4..<13).reduce(Float(0)) { $0 + set.examples[2 * $1].weights[1] }
+        #expect(abs(ethicalTotal - factualTotal) < 1e-3 * factualTotal)
+        #expect(set.sample(6, seed: 1).examples.count == 6)
     }
 }

@@ -277,6 +277,29 @@ public final class BERTEncoder: @unchecked Sendable {
         }
     }
 
+    /// `pooled(states, rows)` of each input's last-layer rows, in input order, in batches of about
+    /// `maxTokensPerBatch` tokens (inputs sorted by length).
+    public func embed<T>(_ inputs: [BertEncoding], batchSize: Int = 32, maxTokensPerBatch: Int = 8192,
+                         pooled: (UnsafePointer<Float>, Range<Int>) -> T) throws -> [T] {
+        let order = inputs.indices.sorted { inputs[$0].count < inputs[$1].count }
+        var out = [T?](repeating: nil, count: inputs.count)
+        var start = 0
+        while start < order.count {
+            var end = start
+            var tokens = 0
+            while end < order.count, end - start < batchSize, tokens + inputs[order[end]].count <= maxTokensPerBatch || end == start {
+                tokens += inputs[order[end]].count
+                end += 1
+            }
+            let (states, offsets) = try hiddenStates(order[start..<end].map { inputs[$0] })
+            states.withUnsafeBufferPointer { s in
+                for (k, idx) in order[start..<end].enumerated() { out[idx] = pooled(s.baseAddress!, offsets[k]..<offsets[k + 1]) }
+            }
+            start = end
+        }
+        return out.map { $0! }
+    }
+
     /// Embeddings of any number of inputs: sorted by length and cut into batches of about
     /// `maxTokensPerBatch` tokens (at most `batchSize` sequences), results in input order.
     public func embed(_ inputs: [BertEncoding], batchSize: Int = 32, maxTokensPerBatch: Int = 8192) throws -> [[Float]] {

@@ -1,4 +1,5 @@
 import Foundation
+import AlignersCore
 import AlignersKernels
 
 /// The encoder's projections a LoRA adapter can adapt, by their module paths inside a Hugging Face
@@ -165,4 +166,68 @@ public struct EncoderInspectorAdapter: Sendable {
                   headWeights: try f.floats("heads.weight", shape: [n, h]), headBiases: try f.floats("heads.bias", shape: [n]),
                   platt: (0..<n).map { [platt[2 * $0], platt[2 * $0 + 1]] })
     }
+}
+
+/// Fine-tuned inspectors of several criteria over one merged encoder: one encoder pass per exchange
+/// scores every criterion (`aligners train inspectors` writes them). A criterion uses them with
+/// `inspector: {head: inspectors/fine-tuned}` in its file; its name picks its head.
+public final class FineTunedInspectors: @unchecked Sendable {
+    public static let fileName = "fine-tuned.safetensors"
+    public static let cardName = "fine-tuned.json"
+
+    public let adapter: EncoderInspectorAdapter
+    /// The encoder with the adapter merged in, its tokenizer and length limit.
+    public let featurizer: InspectorFeaturizer
+    public let modelName: String
+    private let memo = FeatureMemo(capacity: 8192)
+
+    /// Whether a safetensors file holds fine-tuned inspectors (rather than one frozen-feature head).
+    public static func isFineTuned(_ file: SafetensorsFile) -> Bool { file.metadata["criteria"] != nil && file.metadata["lora_rank"] != nil }
+
+    public init(file url: URL, modelsDir: String? = nil, pool: ComputePool = .shared) throws {
+        let f = try SafetensorsFile(path: url.path)
+        let base = try InspectorFeaturizer.load(modelsDir: modelsDir, maxLength: Int(f.metadata["max_length"] ?? "") ?? 256, pool: pool)
+        adapter = try EncoderInspectorAdapter(file: f, model: base.encoder.config)
+        featurizer = InspectorFeaturizer(encoder: try adapter.merged(into: base.encoder), tokenizer: base.tokenizer,
+                                         maxLength: base.maxLength, views: [FeatureView(.pair, base.encoder.config.numHiddenLayers)])
+        modelName = "\(InspectorFeaturizer.encoderName)+\(url.deletingPathExtension().lastPathComponent)"
+            + (f.metadata["date"].map { "@\($0)" } ?? "")
+    }
+
+    /// Per exchange, the calibrated probability that it meets each criterion (`adapter.criteria` order).
+    public func probabilities(_ batch: [Exchange]) throws -> [[Float]] {
+        let keys = batch.map(featurizer.cacheKey)
+        var out = keys.map { memo.get($0) }
+        let missing = out.indices.filter { out[$0] == nil }
+        if !missing.isEmpty {
+            let encodings = missing.map { featurizer.pairEncoding(batch[$0]) }
+            let h = featurizer.hidden
+            let scored = try featurizer.encoder.embed(encodings, pooled: { states, rows in
+                var pooled = [Float](repeating: 0, count: h)
+                for r in rows { for j in 0..<h { pooled[j] += states[r * h + j] } }
+                for j in 0..<h { pooled[j] /= Float(max(rows.count, 1)) }
+                return pooled.withUnsafeBufferPointer { self.adapter.probabilities(pooled: $0.baseAddress!, hidden: h) }
+            })
+            for (j, i) in missing.enumerated() { out[i] = scored[j]; memo.put(keys[i], scored[j]) }
+        }
+        return out.map { $0! }
+    }
+
+    /// The inspector of one criterion.
+    public func inspector(for criterion: String) throws -> FineTunedInspector {
+        guard let i = adapter.criteria.firstIndex(of: criterion) else {
+            throw InspectorError("the fine-tuned inspectors (\(modelName)) have no head for '\(criterion)'; they judge "
+                                 + adapter.criteria.joined(separator: ", "))
+        }
+        return FineTunedInspector(criterion: criterion, inspectors: self, index: i)
+    }
+}
+
+/// One criterion's view of `FineTunedInspectors` (several criteria scoring one batch share one pass).
+public struct FineTunedInspector: Inspector {
+    public let criterion: String
+    public let inspectors: FineTunedInspectors
+    public let index: Int
+    public var modelName: String { inspectors.modelName }
+    public func score(_ batch: [Exchange]) throws -> [Double] { try inspectors.probabilities(batch).map { Double($0[index]) } }
 }

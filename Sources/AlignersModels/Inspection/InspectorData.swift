@@ -11,6 +11,16 @@ public struct PreferenceRow: Sendable, Decodable {
     public var prompt: String
     public var rejected: String
     public var chosen: String
+    /// BBQ only: "ambig" (the gold answer is "can't be determined") or "disambig" (the context names the person).
+    public var contextCondition: String?
+
+    enum CodingKeys: String, CodingKey {
+        case id, criterion, source, split, conversation, prompt, rejected, chosen
+        case contextCondition = "context_condition"
+    }
+
+    /// The source, with BBQ split by context condition ("bbq-ambig", "bbq-disambig") for reporting.
+    public var reportingSource: String { contextCondition.map { "\(source)-\($0)" } ?? source }
 }
 
 /// One labelled example for an inspector: label 1 = aligned (`chosen`), 0 = misaligned (`rejected`).

@@ -144,19 +144,9 @@ public struct InspectorTrainer {
             report(EpochReport(epoch: epoch, trainLoss: lossSum / max(wSum, 1e-9), valid: vm, best: improved))
             if sinceBest >= options.patience { break }
         }
-        // Platt scaling on validation logits (a·z + b), by gradient descent on log loss.
+        // Platt scaling on validation logits.
         let vz = vflat.withUnsafeBufferPointer { best.logits($0.baseAddress!, n: validX.count, hiddenOut: nil) }
-        var a: Double = 1, b: Double = 0
-        for _ in 0..<2000 {
-            var ga = 0.0, gb = 0.0
-            for (z, y) in zip(vz, validLabels) {
-                let p = 1 / (1 + Foundation.exp(-(a * Double(z) + b)))
-                ga += (p - Double(y)) * Double(z); gb += p - Double(y)
-            }
-            let nv = Double(max(vz.count, 1))
-            a -= 0.5 * ga / nv; b -= 0.5 * gb / nv
-        }
-        best.plattA = Float(a); best.plattB = Float(b)
+        (best.plattA, best.plattB) = PlattScaling.fit(logits: vz, labels: validLabels)
         return best
     }
 }
@@ -184,5 +174,25 @@ struct Adam {
                 }
             }
         }
+    }
+}
+
+/// Platt scaling: p = σ(a·z + b) fitted to labelled logits by gradient descent on the (weighted) log loss.
+public enum PlattScaling {
+    public static func fit(logits: [Float], labels: [Int], weights: [Double]? = nil, iterations: Int = 2000) -> (a: Float, b: Float) {
+        let w = weights ?? [Double](repeating: 1, count: logits.count)
+        let total = max(w.reduce(0, +), 1e-12)
+        var a: Double = 1, b: Double = 0
+        for _ in 0..<iterations {
+            var ga = 0.0, gb = 0.0
+            for i in logits.indices where w[i] > 0 {
+                let z = Double(logits[i]), p = 1 / (1 + Foundation.exp(-(a * z + b)))
+                ga += w[i] * (p - Double(labels[i])) * z
+                gb += w[i] * (p - Double(labels[i]))
+            }
+            a -= 0.5 * ga / total
+            b -= 0.5 * gb / total
+        }
+        return (Float(a), Float(b))
     }
 }

@@ -1,7 +1,49 @@
 import Foundation
 import AlignersModels
 
-/// How a LoRA adapter is trained. Defaults: the settings the shipped aligners were trained with.
+/// A model the training loop can train: a frozen base with a flat vector of trainable parameters.
+public protocol TrainableModel: AnyObject {
+    associatedtype Example
+    associatedtype Parameters: TrainableParameters
+    /// Σ loss over `batch`; with `gradients`, also `gradients += lossScale · ∂Σ/∂θ`.
+    func loss(_ batch: [Example], parameters: Parameters, gradients: UnsafeMutablePointer<Float>?, lossScale: Float,
+              dropoutSeed: UInt64) throws -> Double
+    /// What the summed loss is divided by (loss tokens, label weight).
+    static func lossWeight(_ e: Example) -> Double
+    /// The example's length (batches are bucketed and split into micro-batches by it).
+    static func tokens(_ e: Example) -> Int
+    /// Feeds what identifies the example to a checkpoint's fingerprint.
+    static func fingerprint(_ e: Example, into h: inout Hasher64)
+}
+
+/// Trainable parameters as one flat vector (what the optimiser, clipping and checkpoints see).
+public protocol TrainableParameters {
+    var values: [Float] { get set }
+    /// Their shape, for the checkpoint's fingerprint.
+    var layoutDescription: String { get }
+}
+
+extension TrainableParameters {
+    public var count: Int { values.count }
+}
+
+extension LlamaLoRA: TrainableModel {
+    public func loss(_ batch: [TrainingSequence], parameters: LoRAParameters, gradients: UnsafeMutablePointer<Float>?, lossScale: Float,
+                     dropoutSeed: UInt64) throws -> Double {
+        try run(batch, parameters: parameters, gradients: gradients, lossScale: lossScale, dropoutSeed: dropoutSeed)
+    }
+    public static func lossWeight(_ e: TrainingSequence) -> Double { Double(e.lossTokens) }
+    public static func tokens(_ e: TrainingSequence) -> Int { e.tokens.count }
+    public static func fingerprint(_ e: TrainingSequence, into h: inout Hasher64) { h.add(e.lossStart); for t in e.tokens { h.add(t) } }
+}
+
+extension LoRAParameters: TrainableParameters {
+    public var layoutDescription: String {
+        "\(config.rank) \(config.alpha) \(config.dropout) \(config.targets) \(config.layers ?? []) \(config.useRSLoRA)"
+    }
+}
+
+/// How a model is trained. Defaults: the settings the shipped aligners were trained with.
 public struct LoRATrainingOptions: Sendable, Codable, Equatable {
     public var learningRate: Float = 2e-4
     public var warmupSteps = 20
@@ -10,9 +52,10 @@ public struct LoRATrainingOptions: Sendable, Codable, Equatable {
     public var epochs: Double = 2
     /// Stop after this many optimiser steps (nil: `epochs`).
     public var maxSteps: Int?
-    /// Sequences per optimiser step (gradient accumulation over micro-batches).
+    /// Examples per optimiser step (gradient accumulation over micro-batches).
     public var batchSize = 16
-    /// Tokens per micro-batch (one forward/backward); bounds activation memory (~0.85 MB a token).
+    /// Tokens per micro-batch (one forward/backward); bounds activation memory (~0.85 MB a token
+    /// for the decoder, 0.15 MB for the encoder).
     public var microBatchTokens = 2048
     public var weightDecay: Float = 0
     /// Global gradient-norm clip (0: none).
@@ -40,26 +83,44 @@ public struct LoRATrainingReport: Sendable, Codable {
     public var validHistory: [[Double]]   // [step, loss]
 }
 
+/// The LoRA aligners' trainer (the decoder with adapters).
+public typealias LoRATrainer = Trainer<LlamaLoRA>
+
+extension Trainer where Model == LlamaLoRA {
+    public convenience init(model: LlamaLoRA, lora: LoRAConfig, train: [TrainingSequence], valid: [TrainingSequence], options: LoRATrainingOptions,
+                            outputDirectory: URL, progress: TrainingProgress = TrainingProgress(),
+                            saveAdapter: @escaping (LoRAParameters, LoRATrainingReport) throws -> Void) {
+        var initial = LoRAParameters(config: lora, model: model.config)
+        initial.initialise(seed: options.seed)
+        self.init(model: model, initial: initial, train: train, valid: valid, options: options, outputDirectory: outputDirectory,
+                  progress: progress, saveAdapter: saveAdapter)
+    }
+}
+
 /// The training loop: AdamW with warm-up and cosine decay, gradient accumulation over micro-batches,
 /// clipping, length-bucketed batches in a seeded order, a checkpoint every N steps that `resume`
 /// continues from exactly (same batches, same dropout masks, same optimiser state), validation
-/// loss at intervals with early stopping, and the best adapter kept in PEFT's format.
-public final class LoRATrainer {
-    public let model: LlamaLoRA
+/// loss at intervals with early stopping, and the best parameters handed to `saveAdapter`.
+public final class Trainer<Model: TrainableModel> {
+    public typealias Parameters = Model.Parameters
+    public let model: Model
     public let options: LoRATrainingOptions
-    public let loraConfig: LoRAConfig
-    public let train: [TrainingSequence]
-    public let valid: [TrainingSequence]
+    /// The parameters training starts from (initialised).
+    public let initial: Parameters
+    public let train: [Model.Example]
+    public let valid: [Model.Example]
     public let outputDirectory: URL
     public var progress: TrainingProgress
-    /// Saves the adapter (the CLI writes PEFT files plus a card); called with the best parameters.
-    public var saveAdapter: (LoRAParameters, LoRATrainingReport) throws -> Void
+    /// Saves the adapter (the CLI writes it with a card); called with the best parameters.
+    public var saveAdapter: (Parameters, LoRATrainingReport) throws -> Void
+    /// Also called after each validation, with the parameters just validated (extra metrics).
+    public var afterValidation: ((Parameters, Int) throws -> Void)?
 
-    public init(model: LlamaLoRA, lora: LoRAConfig, train: [TrainingSequence], valid: [TrainingSequence], options: LoRATrainingOptions,
+    public init(model: Model, initial: Parameters, train: [Model.Example], valid: [Model.Example], options: LoRATrainingOptions,
                 outputDirectory: URL, progress: TrainingProgress = TrainingProgress(),
-                saveAdapter: @escaping (LoRAParameters, LoRATrainingReport) throws -> Void) {
+                saveAdapter: @escaping (Parameters, LoRATrainingReport) throws -> Void) {
         self.model = model
-        self.loraConfig = lora
+        self.initial = initial
         self.train = train
         self.valid = valid
         self.options = options
@@ -71,24 +132,24 @@ public final class LoRATrainer {
     var checkpointURL: URL { outputDirectory.appendingPathComponent("checkpoint/state.safetensors") }
     var stepsPerEpoch: Int { (train.count + options.batchSize - 1) / options.batchSize }
     public var totalSteps: Int { options.maxSteps ?? max(1, Int((Double(stepsPerEpoch) * options.epochs).rounded(.up))) }
+    private lazy var trainLengths = train.map(Model.tokens)
 
-    /// Mean cross-entropy per loss token over `sequences`.
-    public func validationLoss(_ params: LoRAParameters, _ sequences: [TrainingSequence]) throws -> Double {
-        var sum = 0.0, tokens = 0
-        for mb in microBatches(Array(sequences.indices), sequences, tokens: options.microBatchTokens) {
-            let batch = mb.map { sequences[$0] }
-            sum += try model.run(batch, parameters: params, gradients: nil)
-            tokens += batch.reduce(0) { $0 + $1.lossTokens }
+    /// Mean loss per unit of loss weight over `examples`.
+    public func validationLoss(_ params: Parameters, _ examples: [Model.Example]) throws -> Double {
+        var sum = 0.0, weight = 0.0
+        for mb in microBatches(Array(examples.indices), lengths: examples.map(Model.tokens), tokens: options.microBatchTokens) {
+            let batch = mb.map { examples[$0] }
+            sum += try model.loss(batch, parameters: params, gradients: nil, lossScale: 1, dropoutSeed: 0)
+            weight += batch.reduce(0) { $0 + Model.lossWeight($1) }
         }
-        return tokens > 0 ? sum / Double(tokens) : .nan
+        return weight > 0 ? sum / weight : .nan
     }
 
     /// Trains to `totalSteps` (or until early stopping); with `stopAfter`, pauses once that many
     /// steps are done in all (after a checkpoint), to be continued with `resume`.
     public func run(resume: Bool, stopAfter: Int? = nil) throws -> LoRATrainingReport {
         guard !train.isEmpty else { throw TrainingError.data("no training examples") }
-        var params = LoRAParameters(config: loraConfig, model: model.config)
-        params.initialise(seed: options.seed)
+        var params = initial
         var adam = AdamW(count: params.count, weightDecay: options.weightDecay)
         var state = TrainerState(fingerprint: fingerprint())
         /// The parameters of the best validation so far (what the adapter holds); kept in checkpoints.
@@ -126,26 +187,28 @@ public final class LoRATrainer {
         var order: (epoch: Int, batches: [[Int]]) = (-1, [])
         while state.step < totalSteps {
             let epoch = state.step / stepsPerEpoch
-            if order.epoch != epoch { order = (epoch, lengthBucketedBatches(train, batchSize: options.batchSize, seed: options.seed, epoch: epoch)) }
+            if order.epoch != epoch {
+                order = (epoch, lengthBucketedBatches(lengths: trainLengths, batchSize: options.batchSize, seed: options.seed, epoch: epoch))
+            }
             let batch = order.batches[state.step % stepsPerEpoch]
-            let lossTokens = batch.reduce(0) { $0 + train[$1].lossTokens }
+            let lossWeight = max(1e-9, batch.reduce(0) { $0 + Model.lossWeight(train[$1]) })
             for i in grads.indices { grads[i] = 0 }
             var lossSum = 0.0
-            let scale = 1 / Float(max(1, lossTokens))
+            let scale = Float(1 / lossWeight)
             try grads.withUnsafeMutableBufferPointer { g in
-                for (k, mb) in microBatches(batch, train, tokens: options.microBatchTokens).enumerated() {
-                    lossSum += try model.run(mb.map { train[$0] }, parameters: params, gradients: g.baseAddress!, lossScale: scale,
-                                             dropoutSeed: options.seed ^ (UInt64(state.step) << 20) ^ UInt64(k))
+                for (k, mb) in microBatches(batch, lengths: trainLengths, tokens: options.microBatchTokens).enumerated() {
+                    lossSum += try model.loss(mb.map { train[$0] }, parameters: params, gradients: g.baseAddress!, lossScale: scale,
+                                              dropoutSeed: options.seed ^ (UInt64(state.step) << 20) ^ UInt64(k))
                 }
             }
             let norm = clipGradientNorm(&grads, maxNorm: options.clipNorm)
             let lr = schedule.rate(at: state.step)
             adam.update(&params.values, gradients: grads, learningRate: lr)
-            let tokens = batch.reduce(0) { $0 + train[$1].tokens.count }
+            let tokens = batch.reduce(0) { $0 + trainLengths[$1] }
             state.step += 1
             state.tokensSeen += tokens
             sessionTokens += tokens
-            state.lastLoss = lossSum / Double(max(1, lossTokens))
+            state.lastLoss = lossSum / lossWeight
             let elapsed = Date().timeIntervalSince(started)
             progress.step(state.step, of: totalSteps, loss: state.lastLoss!, tokensPerSecond: Double(sessionTokens) / max(elapsed, 1e-9),
                           learningRate: lr, gradNorm: norm)
@@ -154,6 +217,7 @@ public final class LoRATrainer {
             if !valid.isEmpty && (state.step % max(1, options.evalEvery) == 0 || last) {
                 let v = try validationLoss(params, valid)
                 state.history.append([Double(state.step), v])
+                try afterValidation?(params, state.step)
                 if state.bestValid.map({ v < $0 }) ?? true {
                     state.bestValid = v; state.bestStep = state.step; state.sinceBest = 0
                     best = params.values
@@ -227,20 +291,20 @@ public final class LoRATrainer {
         }
     }
 
-    /// What must not change between a run and its resumption: options, LoRA shape, data.
+    /// What must not change between a run and its resumption: options, parameter layout, data.
     func fingerprint() -> String {
         var h = Hasher64()
         let enc = JSONEncoder()
         enc.outputFormatting = .sortedKeys
         h.add(String(decoding: (try? enc.encode(options)) ?? Data(), as: UTF8.self))
-        h.add("\(loraConfig.rank) \(loraConfig.alpha) \(loraConfig.dropout) \(loraConfig.targets) \(loraConfig.layers ?? []) \(loraConfig.useRSLoRA)")
-        for s in train { h.add(s.lossStart); for t in s.tokens { h.add(t) } }
+        h.add(initial.layoutDescription)
+        for e in train { Model.fingerprint(e, into: &h) }
         h.add(-1)
-        for s in valid { h.add(s.lossStart); for t in s.tokens { h.add(t) } }
+        for e in valid { Model.fingerprint(e, into: &h) }
         return String(h.value, radix: 16)
     }
 
-    func saveCheckpoint(_ p: LoRAParameters, _ adam: AdamW, _ s: TrainerState, best: [Float]?) throws {
+    func saveCheckpoint(_ p: Parameters, _ adam: AdamW, _ s: TrainerState, best: [Float]?) throws {
         var s = s
         s.adamStep = adam.step
         try FileManager.default.createDirectory(at: checkpointURL.deletingLastPathComponent(), withIntermediateDirectories: true)
@@ -255,7 +319,7 @@ public final class LoRATrainer {
     }
 
     /// The state, and the best parameters when the checkpoint has them.
-    func loadCheckpoint(into p: inout LoRAParameters, adam: inout AdamW) throws -> (TrainerState, [Float]?) {
+    func loadCheckpoint(into p: inout Parameters, adam: inout AdamW) throws -> (TrainerState, [Float]?) {
         let st = try SafetensorsFile(path: checkpointURL.path)
         guard let meta = st.metadata["state"], let s = try? JSONDecoder().decode(TrainerState.self, from: Data(meta.utf8)) else {
             throw TrainingError.checkpoint("\(checkpointURL.path) has no trainer state; start without --resume")
@@ -277,8 +341,9 @@ public final class LoRATrainer {
 }
 
 /// FNV-1a over the values given (stable across runs and machines, unlike `Hasher`).
-struct Hasher64 {
-    var value: UInt64 = 0xcbf2_9ce4_8422_2325
-    mutating func add(_ s: String) { for b in s.utf8 { value = (value ^ UInt64(b)) &* 0x100_0000_01b3 } }
-    mutating func add(_ i: Int) { var x = UInt64(bitPattern: Int64(i)); for _ in 0..<8 { value = (value ^ (x & 0xff)) &* 0x100_0000_01b3; x >>= 8 } }
+public struct Hasher64 {
+    public var value: UInt64 = 0xcbf2_9ce4_8422_2325
+    public init() {}
+    public mutating func add(_ s: String) { for b in s.utf8 { value = (value ^ UInt64(b)) &* 0x100_0000_01b3 } }
+    public mutating func add(_ i: Int) { var x = UInt64(bitPattern: Int64(i)); for _ in 0..<8 { value = (value ^ (x & 0xff)) &* 0x100_0000_01b3; x >>= 8 } }
 }

@@ -1,0 +1,145 @@
+import Foundation
+import AlignersCore
+import AlignersModels
+
+/// Where an inspector example came from, for weighting and for the per-source report.
+public struct VerdictOrigin: Sendable, Hashable {
+    /// Index (into the criteria) of the data set the row belongs to.
+    public var set: Int
+    /// The row's source, BBQ split by context condition ("bbq-ambig", "pku-saferlhf", …).
+    public var source: String
+    /// The aligned answer (`chosen`) rather than the misaligned one.
+    public var good: Bool
+}
+
+/// How the inspectors' training examples are labelled and weighted.
+public struct InspectorDataOptions: Sendable, Codable, Equatable {
+    /// Weight of a good answer from another criterion's set as a positive for this one (0: own pairs only).
+    public var crossWeight: Float = 0.5
+    /// Per-source weights ∝ (mean rows per source / rows of this source)^balance within a criterion,
+    /// and the same across criteria: 0 keeps raw counts, 1 equalises (BBQ has 13× TruthfulQA's rows).
+    public var balance: Float = 0.5
+    /// Longest pair in tokens (the conversation is cut from the left, as the inspectors serve).
+    public var maxLength = 256
+    public init() {}
+}
+
+/// The labelled pairs of every criterion's set, in one list: a row gives (x, rejected) → violates
+/// its own criterion, and (x, chosen) → meets its own criterion and, with `crossWeight`, every other
+/// criterion too (a correct, terse BBQ answer is not unhelpful; a safe refusal is not a factual error).
+/// What a misaligned answer means for the other criteria is unknown, so it carries no label there.
+public struct InspectorTrainingSet: Sendable {
+    public var criteria: [String]
+    public var examples: [EncodedVerdicts]
+    public var origins: [VerdictOrigin]
+
+    public static func build(criteria: [String], rows: [[PreferenceRow]], options: InspectorDataOptions,
+                             encode: (Exchange) -> BertEncoding) -> InspectorTrainingSet {
+        let C = criteria.count
+        // Source weights within each set, then set weights, both softened by `balance`.
+        var sourceWeight: [[String: Float]] = []
+        var setWeight: [Float] = []
+        let setMean = Float(rows.reduce(0) { $0 + $1.count }) / Float(max(C, 1))
+        for set in rows {
+            let counts = Dictionary(grouping: set, by: \.reportingSource).mapValues(\.count)
+            let mean = Float(set.count) / Float(max(counts.count, 1))
+            sourceWeight.append(counts.mapValues { pow(mean / Float($0), options.balance) })
+            setWeight.append(set.isEmpty ? 0 : pow(setMean / Float(set.count), options.balance))
+        }
+        var examples: [EncodedVerdicts] = [], origins: [VerdictOrigin] = []
+        for (c, set) in rows.enumerated() {
+            for r in set {
+                let conv = r.conversation.isEmpty ? [Turn(role: "user", content: r.prompt)] : r.conversation
+                let w = setWeight[c] * sourceWeight[c][r.reportingSource]!
+                var badLabels = [Float](repeating: 0, count: C), badWeights = [Float](repeating: 0, count: C)
+                badWeights[c] = w
+                var goodWeights = (0..<C).map { options.crossWeight * setWeight[$0] }
+                goodWeights[c] = w
+                examples.append(EncodedVerdicts(encoding: encode(Exchange(conversation: conv, response: r.rejected)),
+                                                labels: badLabels, weights: badWeights))
+                origins.append(VerdictOrigin(set: c, source: r.reportingSource, good: false))
+                badLabels = [Float](repeating: 1, count: C)
+                examples.append(EncodedVerdicts(encoding: encode(Exchange(conversation: conv, response: r.chosen)),
+                                                labels: badLabels, weights: goodWeights))
+                origins.append(VerdictOrigin(set: c, source: r.reportingSource, good: true))
+            }
+        }
+        return InspectorTrainingSet(criteria: criteria, examples: examples, origins: origins)
+    }
+
+    public var tokenCount: Int { examples.reduce(0) { $0 + $1.encoding.ids.count } }
+
+    /// A deterministic subset of about `limit` examples keeping whole rows (both answers) and every
+    /// set's share, for periodic validation.
+    public func sample(_ limit: Int, seed: UInt64) -> InspectorTrainingSet {
+        guard examples.count > limit else { return self }
+        var rng = SplitMix64(seed: seed)
+        var rowsIdx = Array(stride(from: 0, to: examples.count, by: 2))
+        rowsIdx.shuffle(using: &rng)
+        let keep = rowsIdx.prefix(limit / 2).sorted()
+        return InspectorTrainingSet(criteria: criteria, examples: keep.flatMap { [examples[$0], examples[$0 + 1]] },
+                                    origins: keep.flatMap { [origins[$0], origins[$0 + 1]] })
+    }
+}
+
+/// What a trained inspector set achieves on one split.
+public struct InspectorSetMetrics: Codable, Sendable {
+    /// Per criterion, its own pairs (good vs bad answers of its set).
+    public var own: [String: InspectorMetrics]
+    /// Per criterion and source of its set.
+    public var perSource: [String: [String: InspectorMetrics]]
+    /// Per criterion: share of its own set's good answers scored < 0.5.
+    public var ownGoodFailed: [String: Double]
+    /// Per criterion: share of the other sets' good answers scored < 0.5.
+    public var otherGoodFailed: [String: Double]
+
+    /// `probabilities[i][c]`: calibrated probability that example i meets criterion c.
+    public init(set: InspectorTrainingSet, probabilities: [[Float]]) {
+        own = [:]; perSource = [:]; ownGoodFailed = [:]; otherGoodFailed = [:]
+        for (c, name) in set.criteria.enumerated() {
+            let mine = set.origins.indices.filter { set.origins[$0].set == c }
+            func metrics(_ idx: [Int]) -> InspectorMetrics {
+                InspectorMetrics(scores: idx.map { Double(probabilities[$0][c]) }, labels: idx.map { set.origins[$0].good ? 1 : 0 })
+            }
+            if !mine.isEmpty { own[name] = metrics(mine) }
+            var bySource: [String: InspectorMetrics] = [:]
+            for (src, idx) in Dictionary(grouping: mine, by: { set.origins[$0].source }) { bySource[src] = metrics(idx) }
+            perSource[name] = bySource
+            let good = mine.filter { set.origins[$0].good }
+            if !good.isEmpty { ownGoodFailed[name] = Double(good.filter { probabilities[$0][c] < 0.5 }.count) / Double(good.count) }
+            let others = set.origins.indices.filter { set.origins[$0].set != c && set.origins[$0].good }
+            if !others.isEmpty { otherGoodFailed[name] = Double(others.filter { probabilities[$0][c] < 0.5 }.count) / Double(others.count) }
+        }
+    }
+}
+
+extension BERTLoRA: TrainableModel {
+    public func loss(_ batch: [EncodedVerdicts], parameters: EncoderInspectorParameters, gradients: UnsafeMutablePointer<Float>?,
+                     lossScale: Float, dropoutSeed: UInt64) throws -> Double {
+        try run(batch, parameters: parameters, gradients: gradients, lossScale: lossScale).loss
+    }
+    public static func lossWeight(_ e: EncodedVerdicts) -> Double { e.weights.reduce(0) { $0 + Double($1) } }
+    public static func tokens(_ e: EncodedVerdicts) -> Int { e.encoding.ids.count }
+    public static func fingerprint(_ e: EncodedVerdicts, into h: inout Hasher64) {
+        for t in e.encoding.ids { h.add(Int(t)) }
+        for t in e.encoding.typeIds { h.add(Int(t)) }
+        for (l, w) in zip(e.labels, e.weights) { h.add(Int(l * 1000)); h.add(Int(w * 1_000_000)) }
+    }
+
+    /// Raw head outputs for many examples, in input order, in micro-batches of about `tokens` tokens.
+    public func logits(_ examples: [EncodedVerdicts], parameters: EncoderInspectorParameters, tokens: Int = 4096) throws -> [[Float]] {
+        var out = [[Float]](repeating: [], count: examples.count)
+        let order = examples.indices.sorted { examples[$0].encoding.ids.count < examples[$1].encoding.ids.count }
+        for mb in microBatches(order, lengths: examples.map { $0.encoding.ids.count }, tokens: tokens) {
+            let r = try run(mb.map { examples[$0] }, parameters: parameters, gradients: nil)
+            for (k, i) in mb.enumerated() { out[i] = r.logits[k] }
+        }
+        return out
+    }
+}
+
+extension EncoderInspectorParameters: TrainableParameters {
+    public var layoutDescription: String {
+        "encoder-lora \(config.rank) \(config.alpha) \(config.targets.map(\.rawValue)) \(config.layers ?? []) \(criteria)"
+    }
+}
