@@ -112,3 +112,27 @@ struct SquadOptions: ParsableArguments {
         return s
     }
 }
+
+extension String {
+    /// Help text as paragraphs: the source's hard-wrapped lines are joined so that argument-parser
+    /// wraps them once, at the terminal's width. Blank lines, indented lines (examples) and lines
+    /// starting a list item ("- ", "1. ") keep their line breaks.
+    var reflowed: String {
+        var out: [String] = []
+        var joinable = false
+        for line in split(separator: "\n", omittingEmptySubsequences: false).map(String.init) {
+            let startsItem = line.hasPrefix(" ") || line.hasPrefix("\t") || line.hasPrefix("- ")
+                || line.prefix(while: \.isNumber).count > 0 && line.drop(while: \.isNumber).hasPrefix(". ")
+            if line.isEmpty {
+                out.append(line)
+                joinable = false
+            } else if joinable && !startsItem {
+                out[out.count - 1] += " " + line
+            } else {
+                out.append(line)
+                joinable = !line.hasPrefix(" ") && !line.hasPrefix("\t")
+            }
+        }
+        return out.joined(separator: "\n")
+    }
+}

@@ -39,7 +39,7 @@ struct TrainJudgeCommand: ParsableCommand {
             The judge compares two answers to one conversation: a Bradley–Terry logistic model over MiniLM
             sentence embeddings, fitted on --train-split (default valid; inspectors train on train) with the
             L2 strength chosen by 5-fold cross-validation, and measured on --test-split pairs it never saw.
-            """)
+            """.reflowed)
     @Option(help: "Criterion name (saved as <criterion>.safetensors).") var criterion: String
     @Option(help: "Preference data JSONL (../shared/data/<criterion>.jsonl format).") var data: String
     @Option(help: "Split to train on.") var trainSplit = "valid"
@@ -207,7 +207,7 @@ struct EvalPrepareCommand: ParsableCommand {
                 aligners eval prepare --data ../shared/data/ethical.jsonl --limit 50 > in.jsonl
                 aligners filter --explain < in.jsonl > out.jsonl
                 aligners eval report out.jsonl --out eval/
-            """)
+            """.reflowed)
     @OptionGroup var input: EvalInputOptions
 
     func run() throws {
@@ -229,7 +229,7 @@ struct EvalReportCommand: ParsableCommand {
         guard !records.isEmpty else { throw ValidationError("\(aligned): no evaluation lines (lines with an \"eval\" field)") }
         _ = try report.write(records: records, unreadable: unreadable, command: "aligners eval report " + shellQuoted(CommandLine.arguments.dropFirst(3)),
                          modelsDir: modelsDir, criteriaDir: criteriaDir)
-        print("wrote \(report.out)/report.md, results.json, scores.svg, scores.png")
+        print("wrote \(URL(fileURLWithPath: report.out).appendingPathComponent("report.md").path), results.json, scores.svg, scores.png")
     }
 }
 
@@ -244,7 +244,7 @@ struct EvalSquadCommand: AsyncParsableCommand {
                 aligners eval squad --data ../shared/data/ethical.jsonl --data ../shared/data/factuality.jsonl \\
                     --data ../shared/data/helpful.jsonl --instructions ../shared/data/alpaca-eval-instructions.jsonl \\
                     --limit 40 --instruction-limit 40 --out eval
-            """)
+            """.reflowed)
     @OptionGroup var input: EvalInputOptions
     @OptionGroup var report: EvalReportOptions
     @OptionGroup var squad: SquadOptions
@@ -285,7 +285,7 @@ struct EvalSquadCommand: AsyncParsableCommand {
         let command = "aligners eval squad " + shellQuoted(CommandLine.arguments.dropFirst(3))
         let results = try report.write(records: records, unreadable: unreadable, command: command,
                                        modelsDir: models.modelsDir, criteriaDir: models.criteriaDir)
-        print("wrote \(report.out)/report.md (\(results.overall.samples) samples), results.json, scores.svg, scores.png, aligned.jsonl")
+        print("wrote \(URL(fileURLWithPath: report.out).appendingPathComponent("report.md").path) (\(results.overall.samples) samples), results.json, scores.svg, scores.png, aligned.jsonl")
     }
 }
 

@@ -22,7 +22,7 @@ struct FilterCommand: AsyncParsableCommand {
 
             Exit status: 0 every line was aligned or passed; 1 some lines yielded error records;
             2 the filter could not run (bad options, no models, router unreachable).
-            """)
+            """.reflowed)
 
     @Option(help: "A running router's front end (e.g. tcp://127.0.0.1:5555); default: run everything in process.")
     var connect: String?

@@ -14,7 +14,7 @@ struct GenerateCommand: ParsableCommand {
               {"id": "a", "prompt": "…"}   or   {"id": "b", "messages": [{"role": "user", "content": "…"}]}
               optional per line: "max_tokens", "stop" (string or list), "raw" (true: no chat template)
             Output lines: {"id", "text", "finish_reason", "prompt_tokens", "completion_tokens"}.
-            """)
+            """.reflowed)
 
     @Option(help: "One prompt (a user turn, rendered with the chat template unless --raw); streamed to stdout.")
     var prompt: String?

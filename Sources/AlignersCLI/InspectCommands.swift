@@ -8,9 +8,9 @@ import AlignersPipeline
 // `aligners train inspector`, `aligners eval inspector`, `aligners score`, `aligners bench encoder`.
 
 struct InspectorModelOptions: ParsableArguments {
-    @Option(help: "Directory holding installed model packages (default: the ModelLocator search path).")
+    @Option(help: "Directory holding model packages (default: $ALIGNERS_MODELS_DIR, ./models, the checkout's models/).")
     var modelsDir: String?
-    @Option(help: "Directory of inspector heads (<criterion>.safetensors + .json). Default: the InspectorStore search path.")
+    @Option(help: "Directory holding inspector heads (<name>.safetensors + .json; default: $ALIGNERS_INSPECTORS_DIR, ./inspectors, the checkout's inspectors/).")
     var inspectorsDir: String?
     @Option(help: "Max tokens of the (x, y) pair and of y alone.")
     var maxLength = 256
@@ -23,6 +23,9 @@ final class ProgressBar: @unchecked Sendable {
     let label: String
     let start = Date()
     var last = Date.distantPast
+    /// The first progress seen: the rate is measured from there, so that set-up before the first
+    /// item (loading models, a first slow batch) does not inflate the estimate.
+    private var first: (done: Int, at: Date)?
     init(_ label: String) { self.label = label }
     func update(_ done: Int, _ total: Int) {
         let now = Date()
@@ -31,10 +34,20 @@ final class ProgressBar: @unchecked Sendable {
         let frac = total > 0 ? Double(done) / Double(total) : 1
         let width = 30, filled = Int(frac * Double(width))
         let el = now.timeIntervalSince(start)
-        let eta = frac > 0 ? el / frac - el : 0
+        let eta = Self.eta(done: done, total: total, now: now, first: first)
+        if first == nil && done > 0 { first = (done, now) }
         let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
-        FileHandle.standardError.write(Data(String(format: "\r%@ [%@] %d/%d %.0fs eta %.0fs ", label, bar, done, total, el, eta).utf8))
+        FileHandle.standardError.write(Data(String(format: "\r%@ [%@] %d/%d %.0fs eta %@ ", label, bar, done, total, el,
+                                                   eta.map { String(format: "%.0fs", $0) } ?? "–").utf8))
         if done == total { FileHandle.standardError.write(Data("\n".utf8)) }
+    }
+
+    /// Seconds left at the rate since the first progress; nil until there is a rate to go by.
+    static func eta(done: Int, total: Int, now: Date, first: (done: Int, at: Date)?) -> Double? {
+        if done >= total { return 0 }
+        guard let first, done > first.done else { return nil }
+        let rate = Double(done - first.done) / max(now.timeIntervalSince(first.at), 1e-9)
+        return Double(total - done) / rate
     }
 }
 
@@ -220,7 +233,7 @@ struct ScoreCommand: ParsableCommand {
             "scores" object added. A bad line yields the same error record as `aligners filter`
             ({"line": N, "error": {"code": "invalid_input", …}, "input": …}), is logged on stderr, and
             processing goes on; the exit status is then 1.
-            """)
+            """.reflowed)
     @Option(help: "Comma-separated criteria.") var criteria = "ethical,factuality,helpful"
     @OptionGroup var model: InspectorModelOptions
     @Option(help: "Directory holding criterion files, which name each criterion's inspector (default: $ALIGNERS_CRITERIA_DIR, ./Criteria, the checkout's Criteria/); a criterion without a file uses the head of its name.")

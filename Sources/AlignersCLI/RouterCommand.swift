@@ -12,7 +12,7 @@ struct RouterCommand: AsyncParsableCommand {
             each service (generate, inspect.<criterion>, align.<criterion>), least recently used first,
             within each worker's credit. SIGTERM drains in-flight samples before exiting. Speaks the
             systemd notify protocol when $NOTIFY_SOCKET is set.
-            """)
+            """.reflowed)
 
     @Option(help: "Endpoint clients connect to (ZeroMQ: tcp://HOST:PORT, ipc:///path).")
     var frontend = "tcp://127.0.0.1:5555"

@@ -39,7 +39,7 @@ struct TrainAlignerCommand: ParsableCommand {
             card (OUT/README.md, OUT/training.json). Use it from Criteria/<name>.yaml:
               aligner: {kind: trained, adapter: ../adapters/<name>}
             Takes about 10 s per step of 16 sequences on 2 Zen 4 cores; run long trainings under nohup.
-            """)
+            """.reflowed)
 
     @Option(help: "Criterion name (names the adapter).") var criterion: String
     @Option(help: "Preference data JSONL (../shared/data/<criterion>.jsonl format); split=train trains, split=valid validates.")

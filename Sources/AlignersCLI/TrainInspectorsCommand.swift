@@ -35,7 +35,7 @@ struct TrainInspectorsCommand: ParsableCommand {
             writes OUT/fine-tuned.safetensors with its card OUT/fine-tuned.json. Checkpoints go to
             OUT/fine-tuned-run/checkpoint every --checkpoint-every steps; continue with --resume and the same
             options. The inspectors then score every criterion in one encoder pass.
-            """)
+            """.reflowed)
 
     @Option(help: "Directory holding <criterion>.jsonl files (the ../shared/data format).") var dataDir = "../shared/data"
     @Option(help: "Comma list of criteria, each with a data file.") var criteria = "ethical,factuality,helpful"

@@ -10,7 +10,7 @@ struct WorkerCommand: AsyncParsableCommand {
         discussion: """
             Start as many as you like per service, on this host or others: the router spreads work over
             them and re-queues the jobs of any that dies. SIGTERM finishes the jobs held, then exits.
-            """)
+            """.reflowed)
 
     @Option(help: "inspector, aligner or generator.")
     var role: WorkerRole

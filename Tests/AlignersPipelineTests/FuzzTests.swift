@@ -76,6 +76,41 @@ struct FuzzTests {
         #expect(decoded > 0)
     }
 
+    @Test("a worker registering again from a new socket replaces its old registration", .timeLimit(.minutes(10)))
+    func reconnectedWorkerCountsOnce() throws {
+        var logger = Logger(label: "reconnect")
+        logger.logLevel = .critical
+        let context = ZMQContext()
+        var settings = RouterSettings(criteria: ["ethical"])
+        settings.batchWindowMs = 5
+        settings.heartbeat = HeartbeatSettings(intervalMs: 60_000, liveness: 5)   // nothing expires during the test
+        let pipeline = try LocalPipeline(context: context, settings: settings,
+                                         handlers: [InspectorStage(MarkerInspector(criterion: "ethical")),
+                                                    AlignerStage(MarkerAligner(criterion: "ethical"))],
+                                         logger: logger)
+        pipeline.start()
+        var sockets: [ZMQSocket] = []
+        for name in ["twin", "twin", "other"] {
+            let s = try ZMQSocket(context, .dealer)
+            try s.connect(pipeline.router.backendEndpoint)
+            var ready = Aligners_V1_Ready()
+            ready.service = "align.unused"
+            ready.worker = name
+            ready.credit = 1
+            _ = try s.send([WireMessage(.ready(ready)).bytes()], dontWait: false)
+            sockets.append(s)
+        }
+        // A stream through the pipeline afterwards (the registrations are handled by then).
+        let filter = Filter(context: context, endpoint: pipeline.frontend, settings: FilterSettings(), logger: logger,
+                            input: try fileDescriptor(for: (0..<5).map { #"{"prompt":"q","response":"r\#($0)"}"# }),
+                            output: open("/dev/null", O_WRONLY))
+        #expect(try filter.run().lines == 5)
+        pipeline.stop()
+        for s in sockets { s.close() }
+        // The pipeline's own inspector and aligner, one "twin" and one "other".
+        #expect(pipeline.router.stats.workers == 4)
+    }
+
     @Test("junk on the router's sockets is ignored and the pipeline keeps working", .timeLimit(.minutes(10)))
     func routerSocketFuzz() throws {
         var logger = Logger(label: "fuzz")

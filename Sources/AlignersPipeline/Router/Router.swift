@@ -431,6 +431,13 @@ public final class Router: @unchecked Sendable {
             return
         }
         if workers[id] != nil { forgetWorker(id, reason: "registered again") }
+        // A worker that found us silent reconnects on a new socket: its old registration goes (and
+        // the jobs it held are requeued) instead of counting it twice until its heartbeats expire.
+        if !ready.worker.isEmpty {
+            for (other, w) in workers where w.name == ready.worker && w.service == ready.service {
+                forgetWorker(other, reason: "reconnected")
+            }
+        }
         let credit = Int(min(ready.credit, 1024))
         workers[id] = WorkerState(service: ready.service, name: ready.worker.isEmpty ? "\(id)" : ready.worker,
                                   model: ready.model, credit: credit, lastSeen: now)
