@@ -304,23 +304,41 @@ struct EncoderSpeedCommand: ParsableCommand {
     @Option(help: "Threads.") var threads = 2
     @Option(help: "Seconds per measurement.") var seconds = 3.0
     @Option(help: "Directory holding installed model packages.") var modelsDir: String?
-    @Flag(help: "Also time full inspector scoring (pair + response alone + head), with response = half the length.") var inspector = false
+    @Option(help: "Also time fine-tuned inspectors (this fine-tuned.safetensors) scoring every criterion of new exchanges whose (conversation, response) pair is about each length: tokenizing, one encoder pass, the heads (printed as impl 'inspectors').")
+    var fineTuned: String?
 
     func run() throws {
-        let f = try InspectorFeaturizer.load(modelsDir: modelsDir, maxLength: 512, pool: ComputePool(threads: threads))
+        let pool = ComputePool(threads: threads)
+        let f = try InspectorFeaturizer.load(modelsDir: modelsDir, maxLength: 512, pool: pool)
+        let inspectors = try fineTuned.map { try FineTunedInspectors(file: URL(fileURLWithPath: $0), modelsDir: modelsDir, pool: pool) }
         var rng = SplitMix64(seed: 7)
         print("impl\tlength\tbatch\tsamples_per_s")
+        func measure(_ impl: String, _ L: Int, _ B: Int, _ body: () throws -> Void) rethrows {
+            try body() // warm-up
+            var n = 0
+            let t0 = Date()
+            while Date().timeIntervalSince(t0) < seconds { try body(); n += B }
+            print(String(format: "%@\t%d\t%d\t%.2f", impl, L, B, Double(n) / Date().timeIntervalSince(t0)))
+        }
+        // Whole words of the vocabulary, one token each.
+        let words = f.tokenizer.vocab[2000..<28000].filter { $0.allSatisfy(\.isLetter) }
         for L in lengths.split(separator: ",").compactMap({ Int($0) }) {
             for B in batches.split(separator: ",").compactMap({ Int($0) }) {
                 let batch = (0..<B).map { _ -> BertEncoding in
                     let ids = [Int32(101)] + (0..<(L - 2)).map { _ in Int32(1000 + Int(rng.next() % 28000)) } + [102]
                     return BertEncoding(ids: ids, typeIds: (0..<L).map { $0 < L / 2 ? 0 : 1 })
                 }
-                _ = try f.encoder.embedBatch(batch) // warm-up
-                var n = 0
-                let t0 = Date()
-                while Date().timeIntervalSince(t0) < seconds { _ = try f.encoder.embedBatch(batch); n += B }
-                print(String(format: "swift\t%d\t%d\t%.2f", L, B, Double(n) / Date().timeIntervalSince(t0)))
+                try measure("swift", L, B) { _ = try f.encoder.embedBatch(batch) }
+                if let inspectors {
+                    // New text every round, so the inspectors' memo never answers.
+                    func text(_ n: Int) -> String { (0..<n).map { _ in words[Int(rng.next() % UInt64(words.count))] }.joined(separator: " ") }
+                    try measure("inspectors", L, B) {
+                        let exchanges = (0..<B).map { _ in
+                            Exchange(conversation: [Turn(role: "user", content: text(L / 2 - 3))], response: text(L / 2 - 2))
+                        }
+                        _ = try inspectors.probabilities(exchanges)
+                    }
+                }
             }
         }
     }
