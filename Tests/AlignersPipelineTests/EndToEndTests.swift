@@ -328,7 +328,7 @@ func normalized(_ line: String) -> String {
         alignment["latency_ms"] = nil
         alignment["batch"] = nil
         if let steps = alignment["steps"] as? [[String: Any]] {
-            alignment["steps"] = steps.map { var s = $0; s["job_duration_ms"] = nil; return s }
+            alignment["steps"] = steps.map { var s = $0; s["duration_ms"] = nil; return s }
         }
         object["alignment"] = alignment
     }

@@ -175,7 +175,7 @@ public enum JSONLines {
         let steps: [[String: Any]] = e.steps.map { step in
             var s: [String: Any] = [
                 "criterion": step.criterion, "aligner": step.aligner, "changed": step.changed,
-                "score_before": rounded(step.scoreBefore), "job_duration_ms": Double(step.durationNs / 10_000) / 100,
+                "score_before": rounded(step.scoreBefore), "duration_ms": Double(step.durationNs / 10_000) / 100,
             ]
             if !step.scoreAfter.isNaN { s["score_after"] = rounded(step.scoreAfter) }
             if !step.note.isEmpty { s["note"] = step.note }
