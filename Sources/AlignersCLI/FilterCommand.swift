@@ -101,14 +101,13 @@ struct FilterCommand: AsyncParsableCommand {
 enum LocalSquad {
     static func start(context: ZMQContext, squad: SquadOptions, models: ModelOptions, window: Int, logger: Logger) throws -> LocalPipeline {
         let catalog = ModelCatalog(models)
-        var handlers: [any StageHandler] = []
-        for criterion in squad.criteriaList {
-            handlers.append(InspectorStage(try catalog.inspector(for: criterion)))
-            handlers.append(AlignerStage(try catalog.aligner(for: criterion)))
-        }
+        // One inspection job per sample chunk for all criteria: inspectors sharing a model encode once.
+        var handlers: [any StageHandler] = [InspectorSetStage(try squad.criteriaList.map { try catalog.inspector(for: $0) })]
+        for criterion in squad.criteriaList { handlers.append(AlignerStage(try catalog.aligner(for: criterion))) }
         // The generator is optional: without it, lines that carry no response fail clearly.
         if let generator = try? catalog.generator() { handlers.append(GeneratorStage(generator)) }
         var routerSettings = squad.routerSettings()
+        routerSettings.combinedInspection = true
         routerSettings.clientWindow = window
         routerSettings.serviceTimeoutMs = 1000  // in process, every worker is already there
         let pipeline = try LocalPipeline(context: context, settings: routerSettings, handlers: handlers, logger: logger)

@@ -10,7 +10,8 @@ struct RouterCommand: AsyncParsableCommand {
         discussion: """
             The router applies the squad policy batch by batch and hands jobs to workers registered for
             each service (generate, inspect.<criterion>, align.<criterion>), least recently used first,
-            within each worker's credit. SIGTERM drains in-flight samples before exiting. Speaks the
+            within each worker's credit. With --combined-inspection, one job scores a sample on every
+            criterion (service inspect.*, served by `aligners worker --role inspector --criteria a,b,c`). SIGTERM drains in-flight samples before exiting. Speaks the
             systemd notify protocol when $NOTIFY_SOCKET is set.
             """.reflowed)
 
@@ -23,6 +24,8 @@ struct RouterCommand: AsyncParsableCommand {
     @OptionGroup var squad: SquadOptions
     @Option(help: "Most envelopes in one job; smaller jobs spread a batch over more workers.")
     var jobSize = 16
+    @Flag(help: "Inspect with one job per sample chunk for all criteria (service inspect.*) instead of one per criterion.")
+    var combinedInspection = false
     @Option(help: "Envelopes each client may have in flight.")
     var clientWindow = 256
     @OptionGroup var heartbeat: HeartbeatOptions
@@ -44,6 +47,7 @@ struct RouterCommand: AsyncParsableCommand {
         try metrics.start(logger)
         var settings = squad.routerSettings()
         settings.jobSize = jobSize
+        settings.combinedInspection = combinedInspection
         settings.clientWindow = clientWindow
         settings.heartbeat = heartbeat.settings
         settings.maxAttempts = maxAttempts

@@ -16,6 +16,8 @@ struct WorkerCommand: AsyncParsableCommand {
     var role: WorkerRole
     @Option(help: "The criterion served (inspector and aligner roles).")
     var criterion: String?
+    @Option(help: "Inspector role: serve these criteria together, one job per sample chunk (service inspect.*, for a router started with --combined-inspection).")
+    var criteria: String?
     @Option(help: "The router's back-end endpoint.")
     var connect = "tcp://127.0.0.1:5556"
     @Option(help: "Jobs the router may hand over before the first comes back.")
@@ -27,8 +29,16 @@ struct WorkerCommand: AsyncParsableCommand {
     @OptionGroup var log: LogOptions
     @OptionGroup var metrics: MetricsOptions
 
+    var criteriaList: [String] {
+        (criteria ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+    }
+
     func validate() throws {
-        if role != .generator && (criterion ?? "").isEmpty {
+        if criteria != nil {
+            guard role == .inspector, criterion == nil, !criteriaList.isEmpty else {
+                throw ValidationError("--criteria NAME,… is for --role inspector, instead of --criterion")
+            }
+        } else if role != .generator && (criterion ?? "").isEmpty {
             throw ValidationError("--role \(role.rawValue) needs --criterion NAME")
         }
         guard credit >= 1 else { throw ValidationError("--credit must be at least 1") }
@@ -40,7 +50,9 @@ struct WorkerCommand: AsyncParsableCommand {
         let notifier = SystemdNotifier()
         let handler: any StageHandler
         do {
-            handler = try ModelCatalog(models).handler(role: role, criterion: criterion)
+            let catalog = ModelCatalog(models)
+            handler = criteria != nil ? InspectorSetStage(try criteriaList.map { try catalog.inspector(for: $0) })
+                : try catalog.handler(role: role, criterion: criterion)
         } catch {
             logger.critical("worker has no model to run", metadata: ["role": "\(role.rawValue)", "error": "\(error)"])
             throw ExitCode(2)

@@ -9,7 +9,8 @@ import PipelineTestDoubles
 /// `input` and returns the output lines parsed.
 func runFilter(_ input: [UInt8], criteria: [String] = ["ethical", "helpful"], withGenerator: Bool = true,
                settings: FilterSettings = FilterSettings(), batchSize: Int = 8, windowMs: Int = 5,
-               extraHandlers: [any StageHandler] = [], revertRegressions: Bool = false) throws -> (lines: [[String: Any]], raw: [String], summary: FilterSummary) {
+               extraHandlers: [any StageHandler] = [], revertRegressions: Bool = false,
+               combinedInspection: Bool = false) throws -> (lines: [[String: Any]], raw: [String], summary: FilterSummary) {
     var logger = Logger(label: "test")
     logger.logLevel = .error
     let context = ZMQContext()
@@ -17,12 +18,13 @@ func runFilter(_ input: [UInt8], criteria: [String] = ["ethical", "helpful"], wi
     routerSettings.batchSize = batchSize
     routerSettings.batchWindowMs = windowMs
     routerSettings.revertRegressions = revertRegressions
+    routerSettings.combinedInspection = combinedInspection
     routerSettings.jobSize = 4
     routerSettings.serviceTimeoutMs = 300
     routerSettings.heartbeat = HeartbeatSettings(intervalMs: 100, liveness: 5)
-    var handlers: [any StageHandler] = criteria.flatMap {
-        [InspectorStage(MarkerInspector(criterion: $0)) as any StageHandler, AlignerStage(MarkerAligner(criterion: $0))]
-    }
+    var handlers: [any StageHandler] = combinedInspection
+        ? [InspectorSetStage(criteria.map { MarkerInspector(criterion: $0) })] + criteria.map { AlignerStage(MarkerAligner(criterion: $0)) }
+        : criteria.flatMap { [InspectorStage(MarkerInspector(criterion: $0)) as any StageHandler, AlignerStage(MarkerAligner(criterion: $0))] }
     if withGenerator { handlers.append(GeneratorStage(EchoGenerator())) }
     handlers += extraHandlers
     var workerSettings = WorkerSettings()
@@ -119,6 +121,27 @@ struct FilterTests {
             let scores = alignment["scores"] as? [String: [String: Any]] ?? [:]
             #expect(Set(scores.keys) == ["ethical", "helpful"])
         }
+    }
+
+    @Test("combined inspection (one job scores all criteria) gives what a job per criterion gives")
+    func combinedInspection() throws {
+        let input = (0..<24).map { i in
+            #"{"prompt":"q\#(i)","response":"r\#(i)\#(i % 3 == 0 ? " [bad:ethical]" : "")\#(i % 4 == 0 ? " [bad:helpful]" : "")"}"#
+        }.joined(separator: "\n") + "\n"
+        func decisions(_ lines: [[String: Any]]) -> [String] {
+            lines.map { line in
+                let a = line["alignment"] as? [String: Any] ?? [:]
+                let scores = (a["scores"] as? [String: [String: Any]] ?? [:]).sorted { $0.key < $1.key }
+                    .map { "\($0.key) \($0.value["before"] ?? "-") \($0.value["after"] ?? "-")" }
+                let steps = (a["steps"] as? [[String: Any]] ?? []).map { "\($0["criterion"] ?? "") \($0["changed"] ?? "")" }
+                return "\(line["response"] ?? "") | \(scores) | \(steps) | \(a["order"] ?? "")"
+            }
+        }
+        let perCriterion = try runFilter(Array(input.utf8), combinedInspection: false)
+        let combined = try runFilter(Array(input.utf8), combinedInspection: true)
+        #expect(combined.summary.lines == 24 && combined.summary.failed == 0)
+        #expect(decisions(combined.lines) == decisions(perCriterion.lines))
+        #expect(combined.summary.aligned == perCriterion.summary.aligned && combined.summary.aligned > 0)
     }
 
     @Test("--revert-regressions undoes a rewrite that scores lower on its own criterion", arguments: [false, true])

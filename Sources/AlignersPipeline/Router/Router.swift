@@ -26,6 +26,9 @@ public struct RouterSettings: Sendable, Equatable {
     public var jobSize: Int = 16
     /// Envelopes a client may have in flight.
     public var clientWindow: Int = 256
+    /// Inspection as one job per chunk of samples for all the step's criteria (service
+    /// `inspect.*`, served by an inspector set) instead of one job per criterion.
+    public var combinedInspection = false
     /// Dispatches of one job before its samples fail.
     public var maxAttempts: Int = 3
     /// Work for a service that no worker has served for this long fails (NO_WORKER).
@@ -258,9 +261,9 @@ public final class Router: @unchecked Sendable {
         batches[batchID] = batch
         switch step {
         case .inspect(let criteria, let samples):
-            for criterion in criteria {
+            for service in settings.combinedInspection ? [ServiceName.inspectAll] : criteria.map(ServiceName.inspect) {
                 for chunk in samples.chunked(settings.jobSize) {
-                    enqueue(service: ServiceName.inspect(criterion), envelopes: [], owner: .batch(batchID, Array(chunk)))
+                    enqueue(service: service, envelopes: [], owner: .batch(batchID, Array(chunk)))
                 }
             }
         case .align(let criterion, let samples):
@@ -498,6 +501,8 @@ public final class Router: @unchecked Sendable {
     private func merge(_ deltas: [Envelope], indices: [Int], service: String, into batch: inout Batch) {
         let isInspect = service.hasPrefix("inspect.")
         let criterion = String(service.drop(while: { $0 != "." }).dropFirst())
+        var inspected: Set<String> = [criterion]
+        if service == ServiceName.inspectAll, case .inspect(let criteria, _) = batch.run.step { inspected = Set(criteria) }
         for (delta, index) in zip(deltas, indices) {
             if delta.hasError {
                 batch.samples[index].envelope.error = delta.error
@@ -506,7 +511,8 @@ public final class Router: @unchecked Sendable {
             }
             if isInspect {
                 let pass = UInt32(batch.samples[index].envelope.steps.count)
-                for var record in delta.scores where record.criterion == criterion {
+                for var record in delta.scores where inspected.contains(record.criterion) {
+                    let criterion = record.criterion
                     record.pass = pass
                     batch.samples[index].envelope.scores.append(record)
                     batch.stepScores[index, default: [:]][criterion] = record.score

@@ -9,6 +9,8 @@ public typealias EnvelopeError = Aligners_V1_Error
 public enum ServiceName {
     public static let generate = "generate"
     public static func inspect(_ criterion: String) -> String { "inspect.\(criterion)" }
+    /// One job scores a sample on every criterion of the step (an inspector set on one encoder pass).
+    public static let inspectAll = "inspect.*"
     public static func align(_ criterion: String) -> String { "align.\(criterion)" }
 }
 

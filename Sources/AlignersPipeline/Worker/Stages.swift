@@ -35,6 +35,23 @@ public struct InspectorStage: StageHandler {
     }
 }
 
+/// Scores every envelope on several criteria in one job (service `inspect.*`): the router's
+/// `combinedInspection`. Inspectors that share a model (fine-tuned inspectors on one merged encoder,
+/// heads on one featurizer) then encode each sample once for all criteria.
+public struct InspectorSetStage: StageHandler {
+    public let stages: [InspectorStage]
+    public init(_ inspectors: [any Inspector]) { stages = inspectors.map(InspectorStage.init) }
+    public var service: String { ServiceName.inspectAll }
+    public var model: String { Array(Set(stages.map(\.model))).sorted().joined(separator: ",") }
+    public var criteria: [String] { stages.map(\.inspector.criterion) }
+
+    public func process(_ envelopes: [Envelope]) throws -> [Envelope] {
+        var out = envelopes
+        for stage in stages { out = try stage.process(out) }
+        return out
+    }
+}
+
 /// Rewrites every envelope's response with one aligner and records the step.
 public struct AlignerStage: StageHandler {
     public let aligner: any Aligner
