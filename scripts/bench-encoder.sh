@@ -1,15 +1,22 @@
 #!/bin/bash
-# Encoder / inspector throughput: ours (Swift, OpenBLAS) vs a PyTorch CPU peer, same invocation.
+# Encoder / inspector throughput: ours (Swift, OpenBLAS) vs PyTorch CPU and onnxruntime CPU peers, same invocation.
 #   swift build -c release --product aligners
-#   python3 -m venv .venv-ref && .venv-ref/bin/pip install numpy safetensors tokenizers /opt/wheels/torch-*+cpu-*.whl
+#   python3 -m venv .venv-ref && .venv-ref/bin/pip install numpy safetensors tokenizers transformers onnxruntime onnx /opt/wheels/torch-*+cpu-*.whl
 #   scripts/bench-encoder.sh [BIN] [PYTHON]
+# The onnxruntime peer exports the model to .cache/onnx/ on its first run (and checks it against torch).
 set -euo pipefail
 BIN=${1:-.build/release/aligners}
 PY=${2:-.venv-ref/bin/python}
 MODELS=${ALIGNERS_MODELS_DIR:-models}
 ARGS="--lengths 128,256 --batches 1,32 --seconds ${SECONDS_PER:-4}"
 ours=$(OPENBLAS_NUM_THREADS=2 "$BIN" eval encoder-speed --threads 2 --models-dir "$MODELS" $ARGS | tail -n +2)
-peer=$(OMP_NUM_THREADS=2 "$PY" scripts/reference/encoder_bench_peer.py --threads 2 --models-dir "$MODELS" $ARGS)
-echo "| length | batch | ours (samples/s) | torch $("$PY" -c 'import torch;print(torch.__version__)') CPU (samples/s) | ours / torch |"
-echo "|---:|---:|---:|---:|---:|"
-paste <(echo "$ours") <(echo "$peer") | awk -F'\t' '{printf "| %d | %d | %.1f | %.1f | %.2f |\n", $2, $3, $4, $8, $4/$8}'
+torch=$(OMP_NUM_THREADS=2 "$PY" scripts/reference/encoder_bench_peer.py --impl torch --threads 2 --models-dir "$MODELS" $ARGS)
+ort=$(OMP_NUM_THREADS=2 "$PY" scripts/reference/encoder_bench_peer.py --impl onnxruntime --threads 2 --models-dir "$MODELS" $ARGS)
+echo "samples/s, 2 threads; torch $("$PY" -c 'import torch;print(torch.__version__)') CPU, onnxruntime $("$PY" -c 'import onnxruntime;print(onnxruntime.__version__)') CPU"
+echo
+echo "| length | batch | ours | torch | onnxruntime | ours / best peer |"
+echo "|---:|---:|---:|---:|---:|---:|"
+paste <(echo "$ours") <(echo "$torch") <(echo "$ort") | awk -F'\t' '
+  $2 != $6 || $2 != $10 || $3 != $7 || $3 != $11 { print "row mismatch: " $0 > "/dev/stderr"; exit 1 }
+  { best = $8 > $12 ? $8 : $12
+    printf "| %d | %d | %.1f | %.1f | %.1f | %.2f |\n", $2, $3, $4, $8, $12, $4 / best }'
