@@ -1,3 +1,4 @@
+import AlignersPipeline
 import ArgumentParser
 import Foundation
 
@@ -30,7 +31,7 @@ struct Aligners: AsyncParsableCommand {
             if code == .success || error is ExitCode {
                 exit(withError: error)
             }
-            FileHandle.standardError.write(Data((fullMessage(for: error) + "\n").utf8))
+            StandardStreams.error(fullMessage(for: error) + "\n")
             Foundation.exit(2)
         }
     }

@@ -211,7 +211,7 @@ struct EvalPrepareCommand: ParsableCommand {
     @OptionGroup var input: EvalInputOptions
 
     func run() throws {
-        FileHandle.standardOutput.write(try input.jsonl())
+        StandardStreams.output(Array(try input.jsonl()))
     }
 }
 

@@ -21,7 +21,7 @@ struct FilterCommand: AsyncParsableCommand {
             By default the router and workers run in this process; --connect feeds a running router.
 
             Exit status: 0 every line was aligned or passed; 1 some lines yielded error records;
-            2 the filter could not run (bad options, no models, router unreachable).
+            2 the filter could not run (bad options, no models, router unreachable) or could not write its output (then it stops reading input).
             """.reflowed)
 
     @Option(help: "A running router's front end (e.g. tcp://127.0.0.1:5555); default: run everything in process.")

@@ -1,3 +1,4 @@
+import AlignersPipeline
 import ArgumentParser
 import Foundation
 import AlignersCore
@@ -73,7 +74,7 @@ struct GenerateCommand: ParsableCommand {
             gen.submit(req) { ev in
                 switch ev {
                 case .text(let t):
-                    FileHandle.standardOutput.write(Data(t.utf8))
+                    StandardStreams.output(Array(t.utf8))
                     if box.first == nil { box.first = Date() }
                 case .done(let r):
                     box.result = r
@@ -81,15 +82,15 @@ struct GenerateCommand: ParsableCommand {
                 }
             }
             done.wait()
-            FileHandle.standardOutput.write(Data("\n".utf8))
+            StandardStreams.output([10])
             if let r = box.result {
                 if let e = r.error { throw ValidationError(e) }
                 if stats {
                     let total = Date().timeIntervalSince(start)
                     let ttft = (box.first ?? Date()).timeIntervalSince(start)
                     let decode = r.tokens.count > 1 ? Double(r.tokens.count - 1) / max(1e-9, total - ttft) : 0
-                    FileHandle.standardError.write(Data(String(format: "prompt %d tokens, %d generated (%@), first text %.0f ms, %.1f tok/s decode\n",
-                                                               r.promptTokens, r.tokens.count, r.finishReason.rawValue, ttft * 1000, decode).utf8))
+                    StandardStreams.error(String(format: "prompt %d tokens, %d generated (%@), first text %.0f ms, %.1f tok/s decode\n",
+                                                               r.promptTokens, r.tokens.count, r.finishReason.rawValue, ttft * 1000, decode))
                 }
             }
             return
@@ -124,12 +125,12 @@ struct GenerateCommand: ParsableCommand {
                                       "prompt_tokens": r.promptTokens, "completion_tokens": r.tokens.count]
             if let e = r.error { out["error"] = e }
             let bytes = try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys, .withoutEscapingSlashes])
-            FileHandle.standardOutput.write(bytes + Data("\n".utf8))
+            StandardStreams.output(Array(bytes) + [10])
         }
         if stats {
             let gen = results.reduce(0) { $0 + $1.tokens.count }
-            FileHandle.standardError.write(Data(String(format: "%d prompts, %d tokens generated in %.2f s (%.1f tok/s aggregate)\n",
-                                                       results.count, gen, elapsed, Double(gen) / elapsed).utf8))
+            StandardStreams.error(String(format: "%d prompts, %d tokens generated in %.2f s (%.1f tok/s aggregate)\n",
+                                                       results.count, gen, elapsed, Double(gen) / elapsed))
         }
     }
 }

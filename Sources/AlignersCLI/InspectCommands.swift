@@ -37,9 +37,9 @@ final class ProgressBar: @unchecked Sendable {
         let eta = Self.eta(done: done, total: total, now: now, first: first)
         if first == nil && done > 0 { first = (done, now) }
         let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
-        FileHandle.standardError.write(Data(String(format: "\r%@ [%@] %d/%d %.0fs eta %@ ", label, bar, done, total, el,
-                                                   eta.map { String(format: "%.0fs", $0) } ?? "–").utf8))
-        if done == total { FileHandle.standardError.write(Data("\n".utf8)) }
+        StandardStreams.error(String(format: "\r%@ [%@] %d/%d %.0fs eta %@ ", label, bar, done, total, el,
+                                                   eta.map { String(format: "%.0fs", $0) } ?? "–"))
+        if done == total { StandardStreams.error("\n") }
     }
 
     /// Seconds left at the rate since the first progress; nil until there is a rate to go by.
@@ -51,7 +51,7 @@ final class ProgressBar: @unchecked Sendable {
     }
 }
 
-func stderrLine(_ s: String) { FileHandle.standardError.write(Data((s + "\n").utf8)) }
+func stderrLine(_ s: String) { StandardStreams.error(s + "\n") }
 
 /// Encodes every example of the given rows, through the on-disk cache.
 func cachedFeatures(_ featurizer: InspectorFeaturizer, criterion: String, examples: [InspectorExample],
@@ -277,7 +277,7 @@ struct ScoreCommand: ParsableCommand {
                 try flush() // keep output in input order
                 bad += 1
                 let bytes = Array(line.utf8)
-                FileHandle.standardOutput.write(Data(JSONLines.errorRecord(seq: UInt64(lineNo), message: err.description,
+                StandardStreams.output((JSONLines.errorRecord(seq: UInt64(lineNo), message: err.description,
                                                                            input: bytes[...], totalBytes: bytes.count) + [10]))
                 stderrLine("line \(lineNo): invalid input: \(err.description)")
             }
@@ -291,7 +291,7 @@ func writeJSONLine(_ o: [String: Any]) {
     if let d = try? JSONSerialization.data(withJSONObject: o, options: [.sortedKeys, .withoutEscapingSlashes]) {
         var out = d
         out.append(UInt8(ascii: "\n"))
-        FileHandle.standardOutput.write(out)
+        StandardStreams.output(Array(out))
     }
 }
 

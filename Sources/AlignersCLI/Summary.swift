@@ -64,7 +64,7 @@ final class SummaryPrinter: @unchecked Sendable {
         for row in rows.sorted(by: { $0.seq < $1.seq }) { out += row.text }
         out += "\n\(summary.lines) lines: \(summary.aligned) aligned, \(summary.untouched) untouched, "
             + "\(summary.failed) failed, \(summary.invalid) invalid input\n"
-        FileHandle.standardError.write(Data(out.utf8))
+        StandardStreams.error(out)
     }
 
     static func clip(_ s: String, _ n: Int = 160) -> String {

@@ -42,7 +42,7 @@ public final class LocalPipeline: @unchecked Sendable {
         let thread = Thread { [finished] in
             defer { finished.leave() }
             do { try body() } catch {
-                FileHandle.standardError.write(Data("level=error msg=\"\(name) stopped\" error=\"\(error)\"\n".utf8))
+                StandardStreams.error("level=error msg=\"\(name) stopped\" error=\"\(error)\"\n")
             }
         }
         thread.name = name

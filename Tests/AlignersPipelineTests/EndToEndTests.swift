@@ -229,6 +229,56 @@ struct EndToEndTests {
         }
     }
 
+    @Test("an output that cannot be written stops the filter with exit 2; a closed stderr loses only the log", .timeLimit(.minutes(10)))
+    func outputAndLogFailures() throws {
+        let group = try ProcessGroup()
+        let front = "ipc://\(group.logDir.path)/front", back = "ipc://\(group.logDir.path)/back"
+        try group.start(builtExecutable("aligners"), ["router", "--frontend", front, "--backend", back, "--criteria", "ethical",
+                                                      "--batch-size", "8", "--window-ms", "5", "--log-level", "warning"], name: "router")
+        for service in ["inspect.ethical", "align.ethical"] {
+            try group.start(builtExecutable("aligners-testworker"), ["--service", service, "--connect", back], name: service)
+        }
+        let inputURL = group.logDir.appendingPathComponent("in.jsonl")
+        try Data(jsonl((0..<3000).map { ["prompt": "q\($0)", "response": "a\($0) [bad:ethical]"] })).write(to: inputURL)
+
+        // A full disk: exit 2, said on stderr, and the rest of the input is not read.
+        let full = Process()
+        full.executableURL = builtExecutable("aligners")
+        full.arguments = ["filter", "--connect", front, "--no-progress", "--window", "16"]
+        full.standardInput = try FileHandle(forReadingFrom: inputURL)
+        full.standardOutput = try #require(FileHandle(forWritingAtPath: "/dev/full"))
+        let log = group.logDir.appendingPathComponent("full.log")
+        FileManager.default.createFile(atPath: log.path, contents: nil)
+        full.standardError = try FileHandle(forWritingTo: log)
+        try full.run()
+        full.waitUntilExit()
+        let text = try String(contentsOf: log, encoding: .utf8)
+        #expect(full.terminationStatus == 2, "\(text)")
+        #expect(text.contains("cannot write the output"))
+        #expect(!text.contains("filter done") || !text.contains("lines=3000"))
+
+        // stderr is a pipe nobody reads any more: the log lines (a warning per bad line) fail, the
+        // filter goes on and writes every record.
+        let mixedURL = group.logDir.appendingPathComponent("mixed.jsonl")
+        try (String(decoding: jsonl((0..<50).map { ["prompt": "q\($0)", "response": "a\($0)"] }), as: UTF8.self) + "not json\n{\n")
+            .write(to: mixedURL, atomically: true, encoding: .utf8)
+        var fds: [Int32] = [0, 0]
+        #expect(pipe(&fds) == 0)
+        close(fds[0])
+        let output = group.logDir.appendingPathComponent("out.jsonl")
+        FileManager.default.createFile(atPath: output.path, contents: nil)
+        let quiet = Process()
+        quiet.executableURL = builtExecutable("aligners")
+        quiet.arguments = ["filter", "--connect", front, "--log-level", "debug"]
+        quiet.standardInput = try FileHandle(forReadingFrom: mixedURL)
+        quiet.standardOutput = try FileHandle(forWritingTo: output)
+        quiet.standardError = FileHandle(fileDescriptor: fds[1], closeOnDealloc: true)
+        try quiet.run()
+        quiet.waitUntilExit()
+        #expect(quiet.terminationReason == .exit && quiet.terminationStatus == 1)   // 1: two lines were errors
+        #expect(lineCount(output) == 52)
+    }
+
     @Test("score: one record per line, filter's error records for bad ones, exit 1", .timeLimit(.minutes(10)))
     func scoreBadLines() throws {
         let models = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()

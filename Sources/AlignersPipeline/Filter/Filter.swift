@@ -27,8 +27,10 @@ public struct FilterSummary: Sendable, Equatable {
     public var untouched = 0
     public var invalid = 0
     public var failed = 0
-    /// 0: every line aligned or passed; 1: some lines yielded error records.
-    public var exitCode: Int32 { invalid + failed > 0 ? 1 : 0 }
+    /// Why the output could not be written (a full disk, a closed pipe): the filter stopped reading.
+    public var outputError: String?
+    /// 0: every line aligned or passed; 1: some lines yielded error records; 2: the output could not be written.
+    public var exitCode: Int32 { outputError != nil ? 2 : invalid + failed > 0 ? 1 : 0 }
 }
 
 /// The Unix filter: JSONL in, JSONL out, one output record per input line, streaming. Input is
@@ -118,7 +120,7 @@ public final class Filter: @unchecked Sendable {
             lineBytes = 0
         }
 
-        while true {
+        while !sink.outputFailed {
             let n = buffer.withUnsafeMutableBytes { read(input, $0.baseAddress, $0.count) }
             if n < 0 {
                 if errno == EINTR { continue }
@@ -130,10 +132,13 @@ public final class Filter: @unchecked Sendable {
                 append(buffer[start..<i], to: &line, count: &lineBytes)
                 try emit()
                 start = i + 1
+                if sink.outputFailed { break }
             }
+            if sink.outputFailed { break }
             append(buffer[start..<n], to: &line, count: &lineBytes)
         }
-        if lineBytes > 0 { try emit() }
+        // Nothing can be written any more: the rest of the input is not read (as `| head` expects).
+        if lineBytes > 0 && !sink.outputFailed { try emit() }
         sink.finishInput(lines: Int(seq))
     }
 
@@ -301,6 +306,7 @@ final class OutputSink: @unchecked Sendable {
     }
 
     var linesSeen: Int { state.withLock { $0.linesSeen } }
+    var outputFailed: Bool { state.withLock { $0.summary.outputError != nil } }
     var summary: FilterSummary { state.withLock { $0.summary } }
 
     /// Blocks the reader until the output window has room for one more line.
@@ -385,24 +391,30 @@ final class OutputSink: @unchecked Sendable {
                     bytes.append(contentsOf: r)
                     bytes.append(UInt8(ascii: "\n"))
                 }
-                writeAll(bytes)
+                // After a failed write, records are dropped (still counted, so the run can end).
+                if state.withLock({ $0.summary.outputError == nil }), let error = writeAll(bytes) {
+                    state.withLock { $0.summary.outputError = error }
+                    logger.critical("cannot write the output; reading no more input", metadata: ["error": "\(error)"])
+                }
                 PipelineMetrics.shared.count("aligners_lines_total", [("event", "written")], by: records.count)
                 for _ in records { slots.signal() }
             }
         }
     }
 
-    private func writeAll(_ bytes: [UInt8]) {
+    /// Writes everything, or returns why it could not (stdout closed by `| head`, a full disk).
+    private func writeAll(_ bytes: [UInt8]) -> String? {
         var offset = 0
-        bytes.withUnsafeBytes { raw in
+        return bytes.withUnsafeBytes { raw -> String? in
             while offset < raw.count {
                 let n = write(fd, raw.baseAddress! + offset, raw.count - offset)
                 if n < 0 {
                     if errno == EINTR { continue }
-                    return  // stdout closed (e.g. `| head`): nothing more can be written
+                    return errno == EPIPE ? "the output was closed (EPIPE)" : String(cString: strerror(errno))
                 }
                 offset += n
             }
+            return nil
         }
     }
 }

@@ -18,7 +18,7 @@ public final class FilterProgress: Sendable {
     private let done = DispatchSemaphore(value: 0)
     private let started = Date()
 
-    public init(mode: Mode, write: @escaping @Sendable (String) -> Void = { FileHandle.standardError.write(Data($0.utf8)) },
+    public init(mode: Mode, write: @escaping @Sendable (String) -> Void = { StandardStreams.error($0) },
                 sample: @escaping @Sendable () -> (read: Int, summary: FilterSummary)) {
         self.mode = mode
         self.sample = sample

@@ -24,7 +24,7 @@ public struct LogfmtHandler: LogHandler {
         }
         line += "\n"
         Self.lock.lock()
-        FileHandle.standardError.write(Data(line.utf8))
+        StandardStreams.error(line)
         Self.lock.unlock()
     }
 
