@@ -102,6 +102,19 @@ struct SquadOptions: ParsableArguments {
         }
     }
 
+    /// The options given a value other than their default (what `filter --connect` cannot pass on).
+    func changedFromDefaults() -> [String] {
+        guard let d = try? SquadOptions.parse([]) else { return [] }
+        var out: [String] = []
+        if criteriaList != d.criteriaList { out.append("--criteria") }
+        if threshold != d.threshold { out.append("--threshold") }
+        if batchSize != d.batchSize { out.append("--batch-size") }
+        if windowMs != d.windowMs { out.append("--window-ms") }
+        if acceptance != d.acceptance || revertRegressions { out.append(revertRegressions ? "--revert-regressions" : "--acceptance") }
+        if acceptanceMargin != d.acceptanceMargin { out.append("--acceptance-margin") }
+        return out
+    }
+
     func routerSettings() -> RouterSettings {
         var s = RouterSettings(criteria: criteriaList)
         s.threshold = threshold

@@ -63,6 +63,12 @@ struct FilterCommand: AsyncParsableCommand {
         let endpoint: String
         if let connect {
             endpoint = connect
+            // The router runs the squad: its own settings apply, whatever this command was given.
+            let ignored = squad.changedFromDefaults()
+            if !ignored.isEmpty {
+                logger.warning("with --connect the router's squad settings apply; ignoring \(ignored.joined(separator: ", "))",
+                               metadata: ["router": "\(connect)"])
+            }
         } else {
             let pipeline: LocalPipeline
             do {

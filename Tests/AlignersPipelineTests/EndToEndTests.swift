@@ -244,7 +244,7 @@ struct EndToEndTests {
         // A full disk: exit 2, said on stderr, and the rest of the input is not read.
         let full = Process()
         full.executableURL = builtExecutable("aligners")
-        full.arguments = ["filter", "--connect", front, "--no-progress", "--window", "16"]
+        full.arguments = ["filter", "--connect", front, "--no-progress", "--window", "16", "--threshold", "0.7"]
         full.standardInput = try FileHandle(forReadingFrom: inputURL)
         full.standardOutput = try #require(FileHandle(forWritingAtPath: "/dev/full"))
         let log = group.logDir.appendingPathComponent("full.log")
@@ -255,6 +255,7 @@ struct EndToEndTests {
         let text = try String(contentsOf: log, encoding: .utf8)
         #expect(full.terminationStatus == 2, "\(text)")
         #expect(text.contains("cannot write the output"))
+        #expect(text.contains("the router's squad settings apply; ignoring --threshold"))   // said, not silently dropped
         #expect(!text.contains("filter done") || !text.contains("lines=3000"))
 
         // stderr is a pipe nobody reads any more: the log lines (a warning per bad line) fail, the
