@@ -354,7 +354,8 @@ struct EndToEndTests {
         let front = "ipc://\(group.logDir.path)/front", back = "ipc://\(group.logDir.path)/back"
         let port = freePort()
         try group.start(builtExecutable("aligners"), ["router", "--frontend", front, "--backend", back, "--criteria", "ethical",
-                                                      "--window-ms", "5", "--metrics-port", "\(port)"], name: "router")
+                                                      "--window-ms", "5", "--metrics-port", "\(port)", "--metrics-host", "localhost"],
+                        name: "router")
         for service in ["inspect.ethical", "align.ethical"] {
             try group.start(builtExecutable("aligners-testworker"), ["--service", service, "--connect", back], name: service)
         }
@@ -364,6 +365,16 @@ struct EndToEndTests {
                                      stdin: inputURL, stdout: group.logDir.appendingPathComponent("out.jsonl"))
         filter.waitUntilExit()
         #expect(filter.terminationStatus == 0)
+        // Idle connections (a stuck scraper) do not hold up the next scrape.
+        let idle = (0..<3).map { _ in socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0) }
+        for fd in idle {
+            var addr = sockaddr_in()
+            addr.sin_family = sa_family_t(AF_INET)
+            addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+            addr.sin_port = in_port_t(UInt16(port).bigEndian)
+            _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        }
+        defer { for fd in idle { close(fd) } }
         let text = httpGet(port: port, path: "/metrics")
         #expect(text.contains(#"aligners_samples_total{stage="router",event="delivered"} 7"#), "\(text)")
         #expect(text.contains(#"aligners_aligner_passes_total{criterion="ethical"} 7"#))

@@ -66,18 +66,30 @@ public enum MetricsEndpoint {
         factory.defaultValueHistogramBuckets = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1]
         MetricsSystem.bootstrap(factory)
 
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        // The host by name or address (IPv4 or IPv6), as getaddrinfo resolves it: "localhost" is
+        // loopback, not inet_addr's error value 255.255.255.255.
+        var hints = addrinfo()
+        hints.ai_family = AF_UNSPEC
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        hints.ai_flags = AI_PASSIVE
+        var found: UnsafeMutablePointer<addrinfo>?
+        let status = getaddrinfo(host, String(port), &hints, &found)
+        guard status == 0, let first = found else {
+            throw StageError("metrics: cannot resolve --metrics-host \(host): \(String(cString: gai_strerror(status)))")
+        }
+        defer { freeaddrinfo(found) }
+        // IPv4 first when the name has both (what scrapers of "localhost" mostly dial).
+        var info = first
+        var candidate: UnsafeMutablePointer<addrinfo>? = first
+        while let c = candidate {
+            if c.pointee.ai_family == AF_INET { info = c; break }
+            candidate = c.pointee.ai_next
+        }
+        let fd = socket(info.pointee.ai_family, info.pointee.ai_socktype, info.pointee.ai_protocol)
         guard fd >= 0 else { throw StageError("metrics: socket: \(String(cString: strerror(errno)))") }
         var one: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = in_port_t(UInt16(port).bigEndian)
-        addr.sin_addr.s_addr = inet_addr(host)
-        let bound = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard bound == 0, listen(fd, 16) == 0 else {
+        guard bind(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0, listen(fd, 16) == 0 else {
             let message = String(cString: strerror(errno))
             close(fd)
             throw StageError("metrics: cannot listen on \(host):\(port): \(message)")
@@ -87,10 +99,31 @@ public enum MetricsEndpoint {
         thread.start()
     }
 
+    /// Connections served at once; more wait in the listen backlog.
+    static let maxConnections = 8
+
+    /// Each connection on a thread of its own (up to `maxConnections`), so an idle client cannot
+    /// hold up a scrape.
     private static func serve(_ listener: Int32) {
+        let slots = DispatchSemaphore(value: maxConnections)
         while true {
+            slots.wait()
             let client = accept(listener, nil, nil)
-            if client < 0 { if errno == EINTR { continue } else { return } }
+            if client < 0 {
+                slots.signal()
+                if errno == EINTR || errno == ECONNABORTED { continue } else { return }
+            }
+            let thread = Thread {
+                respond(client)
+                slots.signal()
+            }
+            thread.name = "aligners-metrics-conn"
+            thread.start()
+        }
+    }
+
+    private static func respond(_ client: Int32) {
+        do {
             var timeout = timeval(tv_sec: 2, tv_usec: 0)
             setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
             var request = [UInt8](repeating: 0, count: 2048)
