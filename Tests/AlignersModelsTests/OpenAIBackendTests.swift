@@ -250,6 +250,32 @@ final class TinyHTTPServer: @unchecked Sendable {
         #expect(elapsed >= 0.9, "waited \(elapsed)s, Retry-After said 1s")
     }
 
+    @Test func doesNotFollowARedirectToAnotherHost() throws {
+        let elsewhere = try TinyHTTPServer { request, _ in TinyHTTPServer.echo(request) }
+        defer { elsewhere.stop() }
+        // 127.0.0.1 redirects to localhost: another host by name, so the key must not go there.
+        let server = try TinyHTTPServer { _, _ in
+            .init(status: 307, headers: ["Location": "http://localhost:\(elsewhere.port)/v1/chat/completions"], body: "{}")
+        }
+        defer { server.stop() }
+        let generator = OpenAIChatGenerator(settings: settings(server, retries: 0))
+        let error = #expect(throws: OpenAIBackendError.self) { try generator.generate([conversation]) }
+        #expect(String(describing: error!).contains("307"))
+        #expect(elsewhere.requests.isEmpty)
+    }
+
+    @Test func errorBodiesDoNotRepeatTheKey() throws {
+        let server = try TinyHTTPServer { request, _ in
+            .init(status: 401, body: #"{"error":"invalid key: \#(request.headers["authorization"] ?? "")"}"#)
+        }
+        defer { server.stop() }
+        let generator = OpenAIChatGenerator(settings: settings(server, key: "sk-secret-123456"))
+        let error = #expect(throws: OpenAIBackendError.self) { try generator.generate([conversation]) }
+        let text = String(describing: error!)
+        #expect(text.contains("401") && text.contains("<redacted>"))
+        #expect(!text.contains("sk-secret-123456"))
+    }
+
     @Test func doesNotRetryA400() throws {
         let server = try TinyHTTPServer { _, _ in .init(status: 400, body: #"{"error":{"message":"bad model"}}"#) }
         defer { server.stop() }

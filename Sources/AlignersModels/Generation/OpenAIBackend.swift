@@ -123,7 +123,7 @@ public final class OpenAIChatGenerator: Generator, @unchecked Sendable {
         configuration.requestCachePolicy = .reloadIgnoringLocalCacheData
         configuration.urlCache = nil
         configuration.httpCookieStorage = nil
-        session = URLSession(configuration: configuration)
+        session = URLSession(configuration: configuration, delegate: SameOriginRedirects(), delegateQueue: nil)
     }
 
     deinit { session.finishTasksAndInvalidate() }
@@ -242,7 +242,7 @@ public final class OpenAIChatGenerator: Generator, @unchecked Sendable {
         }
         let payload = data ?? Data()
         if (200..<300).contains(http.statusCode) { return .done(payload) }
-        let failure = OpenAIBackendError.http(url: url, status: http.statusCode, body: Self.excerpt(payload), attempts: attempt)
+        let failure = OpenAIBackendError.http(url: url, status: http.statusCode, body: excerpt(payload), attempts: attempt)
         if http.statusCode == 429 || http.statusCode >= 500 {
             let retryAfter = (http.value(forHTTPHeaderField: "Retry-After"))
                 .flatMap { TimeInterval($0.trimmingCharacters(in: .whitespaces)) }
@@ -254,16 +254,24 @@ public final class OpenAIChatGenerator: Generator, @unchecked Sendable {
     private func parse(_ data: Data, url: URL) throws -> String {
         let reply: ResponseBody
         do { reply = try JSONDecoder().decode(ResponseBody.self, from: data) } catch {
-            throw OpenAIBackendError.malformed(url: url.absoluteString, message: "not a chat completion", body: Self.excerpt(data))
+            throw OpenAIBackendError.malformed(url: url.absoluteString, message: "not a chat completion", body: excerpt(data))
         }
         guard let first = reply.choices.first else {
-            throw OpenAIBackendError.malformed(url: url.absoluteString, message: "no choices", body: Self.excerpt(data))
+            throw OpenAIBackendError.malformed(url: url.absoluteString, message: "no choices", body: excerpt(data))
         }
         guard let content = first.message?.content else {
             throw OpenAIBackendError.malformed(url: url.absoluteString, message: "choices[0].message.content is missing",
-                                               body: Self.excerpt(data))
+                                               body: excerpt(data))
         }
         return content
+    }
+
+    /// A reply body for an error message, with the API key blanked out (a server may echo the
+    /// request's headers back).
+    func excerpt(_ data: Data) -> String {
+        var text = Self.excerpt(data)
+        if let key = settings.apiKey, key.count >= 4 { text = text.replacingOccurrences(of: key, with: "<redacted>") }
+        return text
     }
 
     /// The first 200 characters of a body, on one line.
@@ -272,6 +280,17 @@ public final class OpenAIChatGenerator: Generator, @unchecked Sendable {
             .replacingOccurrences(of: "\r", with: " ").replacingOccurrences(of: "\n", with: " ")
         if text.isEmpty { return "(empty body)" }
         return text.count > limit ? String(text.prefix(limit)) + "…" : text
+    }
+}
+
+/// Follows a redirect only to the same scheme, host and port: the request carries the API key,
+/// which another host must not receive. A refused redirect comes back as its 3xx reply (an error).
+private final class SameOriginRedirects: NSObject, URLSessionTaskDelegate, @unchecked Sendable {
+    func urlSession(_ session: URLSession, task: URLSessionTask, willPerformHTTPRedirection response: HTTPURLResponse,
+                    newRequest request: URLRequest, completionHandler: @escaping (URLRequest?) -> Void) {
+        let from = task.originalRequest?.url, to = request.url
+        let same = from?.scheme == to?.scheme && from?.host == to?.host && from?.port == to?.port
+        completionHandler(same ? request : nil)
     }
 }
 
