@@ -113,6 +113,15 @@ struct GenerationTests {
         #expect(g.modelName.contains("SmolLM2-135M-Instruct"))
     }
 
+    /// A prompt longer than the context is refused by name, not answered with an empty response.
+    @Test func promptOverTheContextSaysSo() throws {
+        let gen = try #require(SharedGenerator.engine)
+        let g = LLMGenerator(engine: gen, maxNewTokens: 8)
+        let huge = String(repeating: "alpha beta gamma delta ", count: 3000)   // ~12k tokens
+        let error = #expect(throws: GenerationFailed.self) { try g.generate([[Turn(role: "user", content: huge)]]) }
+        #expect(error?.message.contains("context of \(gen.model.config.contextLength)") == true, "\(String(describing: error))")
+    }
+
     /// Prompts that share a long prefix (an aligner's principles and demonstrations) reuse its keys
     /// and values and still decode exactly what they decode alone.
     @Test func sharedPrefixReuseKeepsGreedyOutputs() throws {

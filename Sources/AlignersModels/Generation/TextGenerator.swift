@@ -162,6 +162,10 @@ public struct LLMGenerator: Generator {
         if let bad = results.first(where: { $0.finishReason == .error }) {
             throw GenerationFailed(message: bad.error ?? "generation failed")
         }
+        // A prompt that does not fit the context gets no answer at all: say so, not "empty response".
+        if let full = results.first(where: { $0.finishReason == .context && $0.text.isEmpty }) {
+            throw GenerationFailed(message: full.error ?? "the prompt does not fit the model's context of \(engine.model.config.contextLength) tokens")
+        }
         return results.map { $0.text.trimmingCharacters(in: .whitespacesAndNewlines) }
     }
 }
