@@ -10,7 +10,7 @@ import PipelineTestDoubles
 func runFilter(_ input: [UInt8], criteria: [String] = ["ethical", "helpful"], withGenerator: Bool = true,
                settings: FilterSettings = FilterSettings(), batchSize: Int = 8, windowMs: Int = 5,
                extraHandlers: [any StageHandler] = [], revertRegressions: Bool = false,
-               combinedInspection: Bool = false) throws -> (lines: [[String: Any]], raw: [String], summary: FilterSummary) {
+               combinedInspection: Bool = false, maxMessageBytes: Int? = nil) throws -> (lines: [[String: Any]], raw: [String], summary: FilterSummary) {
     var logger = Logger(label: "test")
     logger.logLevel = .error
     let context = ZMQContext()
@@ -19,6 +19,7 @@ func runFilter(_ input: [UInt8], criteria: [String] = ["ethical", "helpful"], wi
     routerSettings.batchWindowMs = windowMs
     routerSettings.revertRegressions = revertRegressions
     routerSettings.combinedInspection = combinedInspection
+    if let maxMessageBytes { routerSettings.maxMessageBytes = maxMessageBytes }
     routerSettings.jobSize = 4
     routerSettings.serviceTimeoutMs = 300
     routerSettings.heartbeat = HeartbeatSettings(intervalMs: 100, liveness: 5)
@@ -142,6 +143,18 @@ struct FilterTests {
         #expect(combined.summary.lines == 24 && combined.summary.failed == 0)
         #expect(decisions(combined.lines) == decisions(perCriterion.lines))
         #expect(combined.summary.aligned == perCriterion.summary.aligned && combined.summary.aligned > 0)
+    }
+
+    /// The router refuses messages over its limit; the client splits what it submits to stay under it.
+    @Test("submissions are split under the router's message-size limit", .timeLimit(.minutes(10)))
+    func submissionsFitTheMessageLimit() throws {
+        let big = String(repeating: "x", count: 20_000)
+        let input = jsonl((0..<40).map { ["prompt": "q\($0)", "response": "\(big) [bad:ethical]"] })
+        var settings = FilterSettings()
+        settings.maxSubmitBytes = 64 << 10
+        settings.routerTimeoutMs = 120_000
+        let run = try runFilter(input, criteria: ["ethical"], settings: settings, batchSize: 40, maxMessageBytes: 256 << 10)
+        #expect(run.summary.lines == 40 && run.summary.aligned == 40 && run.summary.failed == 0)
     }
 
     @Test("--revert-regressions undoes a rewrite that scores lower on its own criterion", arguments: [false, true])

@@ -12,6 +12,9 @@ public struct FilterSettings: Sendable {
     public var explain = false
     /// Longer lines become error records without being held in memory.
     public var maxLineBytes = 4 << 20
+    /// Most bytes of envelopes in one message to the router (more go in several), below the
+    /// router's `maxMessageBytes`.
+    public var maxSubmitBytes = 16 << 20
     public var heartbeat = HeartbeatSettings()
     /// Give up when the router has not answered for this long (it keeps retrying until then).
     public var routerTimeoutMs = 30_000
@@ -62,7 +65,7 @@ public final class Filter: @unchecked Sendable {
         let pull = try ZMQSocket(context, .pull)
         try pull.bind(handoff)
         let client = PipelineClient(context: context, endpoint: endpoint, heartbeat: settings.heartbeat,
-                                    timeoutMs: settings.routerTimeoutMs, logger: logger)
+                                    timeoutMs: settings.routerTimeoutMs, maxSubmitBytes: settings.maxSubmitBytes, logger: logger)
 
         let readerDone = Atomic<Bool>(false)
         let reader = Thread { [self] in
@@ -158,13 +161,16 @@ final class PipelineClient {
     private let endpoint: String
     private let heartbeat: HeartbeatSettings
     private let timeoutNs: UInt64
+    private let maxSubmitBytes: Int
     private let logger: Logger
 
-    init(context: ZMQContext, endpoint: String, heartbeat: HeartbeatSettings, timeoutMs: Int, logger: Logger) {
+    init(context: ZMQContext, endpoint: String, heartbeat: HeartbeatSettings, timeoutMs: Int, maxSubmitBytes: Int = 16 << 20,
+         logger: Logger) {
         self.context = context
         self.endpoint = endpoint
         self.heartbeat = heartbeat
         self.timeoutNs = UInt64(timeoutMs) * 1_000_000
+        self.maxSubmitBytes = maxSubmitBytes
         self.logger = logger
     }
 
@@ -255,10 +261,26 @@ final class PipelineClient {
         socket.close()
     }
 
+    /// Sends envelopes in messages of at most `maxSubmitBytes` (one envelope per message at least).
     private func submit(_ envelopes: [Envelope], on socket: ZMQSocket) throws {
-        var submit = Aligners_V1_Submit()
-        submit.envelopes = envelopes
-        try socket.send([WireMessage(.submit(submit)).bytes()])
+        var part: [Envelope] = [], bytes = 0
+        func flush() throws {
+            guard !part.isEmpty else { return }
+            var submit = Aligners_V1_Submit()
+            submit.envelopes = part
+            try socket.send([WireMessage(.submit(submit)).bytes()])
+            part.removeAll(keepingCapacity: true)
+            bytes = 0
+        }
+        for e in envelopes {
+            // The text dominates an envelope's size; 512 bytes cover ids, scores and framing.
+            let size = 512 + e.response.utf8.count + e.originalResponse.utf8.count
+                + e.conversation.reduce(0) { $0 + $1.role.utf8.count + $1.content.utf8.count }
+            if !part.isEmpty && bytes + size > maxSubmitBytes { try flush() }
+            part.append(e)
+            bytes += size
+        }
+        try flush()
     }
 }
 

@@ -34,6 +34,10 @@ public struct RouterSettings: Sendable, Equatable {
     /// Work for a service that no worker has served for this long fails (NO_WORKER).
     public var serviceTimeoutMs: Int = 60_000
     public var heartbeat = HeartbeatSettings()
+    /// Largest message accepted from a client or worker (bigger ones drop that peer's connection).
+    /// Clients send at most `FilterSettings.maxSubmitBytes` at once; a job's result holds `jobSize`
+    /// envelopes of lines up to 4 MiB.
+    public var maxMessageBytes = 128 << 20
 
     public init(criteria: [String]) { self.criteria = criteria }
 }
@@ -80,6 +84,8 @@ public final class Router: @unchecked Sendable {
         self.backend = try ZMQSocket(context, .router)
         try self.frontend.setRouterMandatory()
         try self.backend.setRouterMandatory()
+        try self.frontend.setMaxMessageSize(settings.maxMessageBytes)
+        try self.backend.setMaxMessageSize(settings.maxMessageBytes)
         try self.frontend.bind(frontend)
         try self.backend.bind(backend)
         if let tap {

@@ -76,6 +76,15 @@ public final class ZMQSocket {
         guard rc == 0 else { throw ZMQError.last("zmq_setsockopt(\(option))") }
     }
 
+    /// Inbound messages larger than this drop the peer's connection (libzmq's ZMQ_MAXMSGSIZE):
+    /// a stray or hostile peer cannot make the process buffer a frame of any size.
+    public func setMaxMessageSize(_ bytes: Int) throws {
+        var v = Int64(bytes)
+        guard zmq_setsockopt(handle, ZMQ_MAXMSGSIZE, &v, MemoryLayout<Int64>.size) == 0 else {
+            throw ZMQError.last("zmq_setsockopt(ZMQ_MAXMSGSIZE)")
+        }
+    }
+
     /// A ROUTER reports an unknown or vanished peer (EHOSTUNREACH) instead of dropping silently.
     public func setRouterMandatory() throws { try set(ZMQ_ROUTER_MANDATORY, 1) }
 
