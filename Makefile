@@ -107,7 +107,7 @@ install: setup
 	install -m644 Criteria/*.yaml $(DESTDIR)$(SYSCONFDIR)/aligners/criteria/
 	for a in adapters/*/; do n=$$(basename $$a); install -d $(DESTDIR)$(SYSCONFDIR)/aligners/adapters/$$n; \
 	  install -m644 $$a/adapter_config.json $$a/adapter_model.safetensors $$a/README.md $(DESTDIR)$(SYSCONFDIR)/aligners/adapters/$$n/; done
-	install -m644 inspectors/* $(DESTDIR)$(STATEDIR)/inspectors/
+	install -m644 inspectors/*.safetensors inspectors/*.json $(DESTDIR)$(STATEDIR)/inspectors/
 	cp -R $(MODELS_DIR)/. $(DESTDIR)$(STATEDIR)/models/
 	install -m644 Systemd/*.service Systemd/aligners.target $(DESTDIR)$(UNITDIR)/
 	[ -e $(DESTDIR)$(SYSCONFDIR)/aligners/aligners.env ] || install -m644 Systemd/aligners.env $(DESTDIR)$(SYSCONFDIR)/aligners/aligners.env
