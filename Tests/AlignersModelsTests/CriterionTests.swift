@@ -19,8 +19,13 @@ enum CriteriaFolder {
         #expect(c.principles.count >= 2)
         #expect(c.demonstrations.contains { $0.isFine })
         #expect(c.demonstrations.filter { !$0.isFine }.count >= 2)
-        #expect(c.inspector.head == "inspectors/\(name)")
-        #expect(c.inspector.headName == name)
+        // The shipped criteria share the fine-tuned inspectors, which hold a head for each of them.
+        #expect(c.inspector.head == "inspectors/fine-tuned")
+        #expect(c.inspector.headName == "fine-tuned")
+        let root = CriteriaFolder.url.deletingLastPathComponent()
+        let file = try SafetensorsFile(path: root.appendingPathComponent("inspectors/fine-tuned.safetensors").path)
+        #expect(FineTunedInspectors.isFineTuned(file))
+        #expect(file.metadata["criteria"]?.split(separator: ",").map(String.init).contains(name) == true)
         #expect(c.aligner.usesDefaultModel)
         if c.aligner.kind == .trained {
             // A shipped trained aligner is an adapter committed beside the criteria, in PEFT's layout.
