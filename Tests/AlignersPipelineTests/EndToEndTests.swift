@@ -229,6 +229,41 @@ struct EndToEndTests {
         }
     }
 
+    /// A router killed -9 and back on the same endpoints at once (before any heartbeat expires: the
+    /// units restart it after 2 s): the filter's socket reconnects by itself and the new router knows
+    /// nothing of what the old one held. The filter sees the fresh window it is granted and sends
+    /// those samples again; every line comes out once, in order.
+    @Test("a router restarted at once: the filter sends again what the old one held", .timeLimit(.minutes(10)))
+    func fastRouterRestart() throws {
+        let group = try ProcessGroup()
+        let front = "tcp://127.0.0.1:\(freePort())", back = "tcp://127.0.0.1:\(freePort())"
+        let routerArgs = ["router", "--frontend", front, "--backend", back, "--criteria", "ethical", "--batch-size", "16",
+                          "--window-ms", "5", "--log-level", "warning"]
+        let router = try group.start(builtExecutable("aligners"), routerArgs, name: "router")
+        for service in ["inspect.ethical", "align.ethical"] {
+            try group.start(builtExecutable("aligners-testworker"), ["--service", service, "--connect", back, "--delay-ms", "20"], name: service)
+        }
+        let count = 600
+        let inputURL = group.logDir.appendingPathComponent("in.jsonl"), outputURL = group.logDir.appendingPathComponent("out.jsonl")
+        try Data(jsonl((0..<count).map { ["id": "s\($0)", "prompt": "q\($0)", "response": "a\($0) [bad:ethical]"] })).write(to: inputURL)
+        let filter = try group.start(builtExecutable("aligners"), ["filter", "--connect", front, "--log-level", "warning"],
+                                     name: "filter", stdin: inputURL, stdout: outputURL)
+        // Once results flow (generous bound: this waits for an event, not for a speed).
+        var polls = 0
+        while lineCount(outputURL) < 40 && filter.isRunning && polls < 12_000 { usleep(10_000); polls += 1 }
+        #expect(filter.isRunning, "the stream ended before the router could be killed mid-way")
+        kill(router.processIdentifier, SIGKILL)
+        router.waitUntilExit()
+        try group.start(builtExecutable("aligners"), routerArgs, name: "router-again")
+        filter.waitUntilExit()
+        #expect(filter.terminationStatus == 0, "\(group.log("filter"))")
+        let ids = try String(contentsOf: outputURL, encoding: .utf8).split(separator: "\n").map {
+            (try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])?["id"] as? String ?? "?"
+        }
+        #expect(ids == (0..<count).map { "s\($0)" })
+        #expect(group.log("filter").contains("router restarted"), "\(group.log("filter"))")
+    }
+
     @Test("an output that cannot be written stops the filter with exit 2; a closed stderr loses only the log", .timeLimit(.minutes(10)))
     func outputAndLogFailures() throws {
         let group = try ProcessGroup()

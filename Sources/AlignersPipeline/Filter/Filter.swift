@@ -191,6 +191,11 @@ final class PipelineClient {
         var lastSent = monotonicNanos()
         var silentSince = lastHeard
         var warnedSilent = false
+        // The router's window, learnt from its first grant. The router pays credit back only for
+        // delivered samples, so credit + in flight never exceeds it: a grant that does is a new
+        // router (one restarted within the heartbeat expiry, which the socket reconnected to by
+        // itself) granting a fresh window, and what the old one held must be sent again.
+        var window: Int?
 
         while !(inputDone && inFlight.isEmpty && resubmit.isEmpty) {
             let wantInput = credit > 0 && resubmit.isEmpty && !inputDone
@@ -206,6 +211,17 @@ final class PipelineClient {
                     switch message.kind {
                     case .credit(let c):
                         credit += Int(c.envelopes)
+                        if window == nil { window = credit }
+                        let held = inFlight.count - resubmit.count
+                        if let w = window, credit + held > w {
+                            if held > 0 {
+                                logger.warning("router restarted; sending again what it held", metadata: [
+                                    "endpoint": "\(endpoint)", "in_flight": "\(inFlight.count)"])
+                                resubmit = inFlight.values.sorted { $0.seq < $1.seq }
+                            }
+                            credit = Int(c.envelopes)
+                            window = credit
+                        }
                     case .deliver(let d):
                         for envelope in d.envelopes where inFlight.removeValue(forKey: envelope.seq) != nil {
                             sink.deliver(envelope)
