@@ -261,20 +261,21 @@ public final class BERTEncoder: @unchecked Sendable {
     /// Mean-pooled, L2-normalised embeddings (sentence-transformers), one per input, for one batch.
     public func embedBatch(_ batch: [BertEncoding]) throws -> [[Float]] {
         let (states, offsets) = try hiddenStates(batch)
-        let h = config.hiddenSize
-        return (0..<batch.count).map { i in
-            var e = [Float](repeating: 0, count: h)
-            let len = offsets[i + 1] - offsets[i]
-            if len == 0 { return e }
-            for t in offsets[i]..<offsets[i + 1] {
-                for c in 0..<h { e[c] += states[t * h + c] }
-            }
-            var norm: Float = 0
-            for c in 0..<h { e[c] /= Float(len); norm += e[c] * e[c] }
-            let inv = 1 / Swift.max(norm.squareRoot(), 1e-12)
-            for c in 0..<h { e[c] *= inv }
-            return e
+        return states.withUnsafeBufferPointer { s in
+            (0..<batch.count).map { Self.meanNormalised(s.baseAddress!, rows: offsets[$0]..<offsets[$0 + 1], hidden: config.hiddenSize) }
         }
+    }
+
+    /// sentence-transformers' pooling: the mean of the rows, L2-normalised (zeros for no rows).
+    static func meanNormalised(_ states: UnsafePointer<Float>, rows: Range<Int>, hidden h: Int) -> [Float] {
+        var e = [Float](repeating: 0, count: h)
+        if rows.isEmpty { return e }
+        for t in rows { for c in 0..<h { e[c] += states[t * h + c] } }
+        var norm: Float = 0
+        for c in 0..<h { e[c] /= Float(rows.count); norm += e[c] * e[c] }
+        let inv = 1 / Swift.max(norm.squareRoot(), 1e-12)
+        for c in 0..<h { e[c] *= inv }
+        return e
     }
 
     /// `pooled(states, rows)` of each input's last-layer rows, in input order, in batches of about
@@ -303,22 +304,8 @@ public final class BERTEncoder: @unchecked Sendable {
     /// Embeddings of any number of inputs: sorted by length and cut into batches of about
     /// `maxTokensPerBatch` tokens (at most `batchSize` sequences), results in input order.
     public func embed(_ inputs: [BertEncoding], batchSize: Int = 32, maxTokensPerBatch: Int = 8192) throws -> [[Float]] {
-        let order = inputs.indices.sorted { inputs[$0].count < inputs[$1].count }
-        var out = [[Float]](repeating: [], count: inputs.count)
-        var start = 0
-        while start < order.count {
-            var end = start
-            var tokens = 0
-            while end < order.count, end - start < batchSize, tokens + inputs[order[end]].count <= maxTokensPerBatch || end == start {
-                tokens += inputs[order[end]].count
-                end += 1
-            }
-            let batch = order[start..<end].map { inputs[$0] }
-            let embs = try embedBatch(batch)
-            for (k, idx) in order[start..<end].enumerated() { out[idx] = embs[k] }
-            start = end
-        }
-        return out
+        let h = config.hiddenSize
+        return try embed(inputs, batchSize: batchSize, maxTokensPerBatch: maxTokensPerBatch) { Self.meanNormalised($0, rows: $1, hidden: h) }
     }
 
     /// Embeddings of a right-padded batch given as ids, type ids and an attention mask (1 = token,
