@@ -10,10 +10,12 @@ struct GenerateCommand: ParsableCommand {
         commandName: "generate",
         abstract: "Generate text with the embedded causal LM (GGUF, CPU).",
         discussion: """
-            One prompt, streamed:   aligners generate "What is the capital of France?"   (or --prompt "…")
-            JSONL (stdin or --input), one object per line, answered as one continuous batch:
-              {"id": "a", "prompt": "…"}   or   {"id": "b", "messages": [{"role": "user", "content": "…"}]}
-              optional per line: "max_tokens", "stop" (string or list), "raw" (true: no chat template)
+            One prompt, streamed: aligners generate "What is the capital of France?" (or --prompt "…").
+
+            Many: JSONL on stdin or from --input, one object per line, answered as one continuous batch:
+              {"id": "a", "prompt": "…"}
+              {"id": "b", "messages": [{"role": "user", "content": "…"}]}
+            Optional per line: "max_tokens", "stop" (string or list), "raw" (true: no chat template).
             Output lines: {"id", "text", "finish_reason", "prompt_tokens", "completion_tokens"}.
             """.reflowed)
 

@@ -315,6 +315,31 @@ struct EndToEndTests {
         #expect(lineCount(output) == 52)
     }
 
+    /// argument-parser wraps help text itself: hard-wrapped source lines came out wrapped twice, a
+    /// full line then a stub of a few words. In every command's overview no line that a longer one
+    /// follows in the same paragraph may be that short.
+    @Test("help text is wrapped once", .timeLimit(.minutes(10)))
+    func helpWrappedOnce() throws {
+        let commands = [["filter"], ["router"], ["worker"], ["generate"], ["score"], ["train", "aligner"], ["train", "inspectors"],
+                        ["eval", "squad"], ["eval", "report"]]
+        for command in commands {
+            let p = Process()
+            p.executableURL = builtExecutable("aligners")
+            p.arguments = command + ["--help"]
+            p.environment = ProcessInfo.processInfo.environment.merging(["COLUMNS": "80"]) { _, new in new }
+            let pipe = Pipe()
+            p.standardOutput = pipe
+            try p.run()
+            let text = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            p.waitUntilExit()
+            let overview = text.components(separatedBy: "USAGE:")[0].split(separator: "\n", omittingEmptySubsequences: false)
+            for (line, next) in zip(overview, overview.dropFirst()) where !line.isEmpty && !next.isEmpty
+                && !next.hasPrefix(" ") && !next.hasPrefix("- ") && !line.hasSuffix(":") {
+                #expect(line.count >= 50, "aligners \(command.joined(separator: " ")) --help: a stub line \"\(line)\"")
+            }
+        }
+    }
+
     @Test("score: one record per line, filter's error records for bad ones, exit 1", .timeLimit(.minutes(10)))
     func scoreBadLines() throws {
         let models = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
