@@ -23,9 +23,7 @@ final class ProgressBar: @unchecked Sendable {
     let label: String
     let start = Date()
     var last = Date.distantPast
-    /// The first progress seen: the rate is measured from there, so that set-up before the first
-    /// item (loading models, a first slow batch) does not inflate the estimate.
-    private var first: (done: Int, at: Date)?
+    private var remaining = RemainingTime()
     init(_ label: String) { self.label = label }
     func update(_ done: Int, _ total: Int) {
         let now = Date()
@@ -34,20 +32,11 @@ final class ProgressBar: @unchecked Sendable {
         let frac = total > 0 ? Double(done) / Double(total) : 1
         let width = 30, filled = Int(frac * Double(width))
         let el = now.timeIntervalSince(start)
-        let eta = Self.eta(done: done, total: total, now: now, first: first)
-        if first == nil && done > 0 { first = (done, now) }
+        let eta = remaining.seconds(done: done, total: total, now: el)
         let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
         StandardStreams.error(String(format: "\r%@ [%@] %d/%d %.0fs eta %@ ", label, bar, done, total, el,
-                                                   eta.map { String(format: "%.0fs", $0) } ?? "–"))
+                                     eta.map { String(format: "%.0fs", $0) } ?? "–"))
         if done == total { StandardStreams.error("\n") }
-    }
-
-    /// Seconds left at the rate since the first progress; nil until there is a rate to go by.
-    static func eta(done: Int, total: Int, now: Date, first: (done: Int, at: Date)?) -> Double? {
-        if done >= total { return 0 }
-        guard let first, done > first.done else { return nil }
-        let rate = Double(done - first.done) / max(now.timeIntervalSince(first.at), 1e-9)
-        return Double(total - done) / rate
     }
 }
 

@@ -11,6 +11,17 @@ struct FilterProgressTests {
         var all: [String] { lines.withLock { $0 } }
     }
 
+    /// A first item that took 60 s (model loading) then 1 item a second: the estimate follows the
+    /// later rate, not 60 s an item.
+    @Test("time left is measured from the first progress, not from the start")
+    func remainingTime() {
+        var r = RemainingTime()
+        #expect(r.seconds(done: 0, total: 100, now: 10) == nil)
+        #expect(r.seconds(done: 1, total: 100, now: 60) == nil)        // the first progress starts the clock
+        #expect(r.seconds(done: 11, total: 100, now: 70) == 89)        // 10 items in 10 s: 89 left
+        #expect(r.seconds(done: 100, total: 100, now: 159) == 0)
+    }
+
     @Test("the status line says what was read, written and how")
     func statusLine() {
         var s = FilterSummary()

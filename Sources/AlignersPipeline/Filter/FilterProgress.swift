@@ -61,3 +61,22 @@ public final class FilterProgress: Sendable {
         if mode == .terminal { report(final: true) }
     }
 }
+
+/// Time left of a long job, at the rate measured since its first progress: set-up before the first
+/// item (loading models, a first slow batch) must not make the first estimate wildly long.
+public struct RemainingTime: Sendable {
+    private var first: (done: Int, at: Double)?
+    public init() {}
+
+    /// Seconds left at `now` (seconds on any clock) with `done` of `total` finished; nil until there
+    /// is a rate to go by (the first progress only starts the measurement).
+    public mutating func seconds(done: Int, total: Int, now: Double) -> Double? {
+        if done >= total { return 0 }
+        guard let first else {
+            if done > 0 { self.first = (done, now) }
+            return nil
+        }
+        guard done > first.done, now > first.at else { return nil }
+        return Double(total - done) * (now - first.at) / Double(done - first.done)
+    }
+}
