@@ -246,26 +246,15 @@ public final class BERTLoRA: @unchecked Sendable {
         }
     }
 
-    /// (sequence, head) items dealt round-robin over the pool, longest sequences first.
+    /// Each (sequence, head) with its slice of q|k|v rows, on the pool.
     private func attentionItems(_ batch: [EncodedVerdicts], _ starts: [Int],
                                 _ body: (_ slice: Backprop.AttentionSlice, _ row0: Int, _ p: UnsafeMutablePointer<Float>,
                                          _ dp: UnsafeMutablePointer<Float>) -> Void) {
-        let c = config, h = c.hiddenSize, heads = c.numAttentionHeads
-        let order = batch.indices.sorted { batch[$0].encoding.ids.count > batch[$1].encoding.ids.count }
-        let items = order.flatMap { s in (0..<heads).map { (s, $0) } }
-        let longest = batch.map(\.encoding.ids.count).max() ?? 0
-        let nt = pool.threads
-        pool.run { t in
-            let p = UnsafeMutablePointer<Float>.allocate(capacity: 2 * longest * longest)
-            defer { p.deallocate() }
-            var i = t
-            while i < items.count {
-                let (s, head) = items[i]
-                let slice = Backprop.AttentionSlice(n: starts[s + 1] - starts[s], headDim: h / heads, group: 1, kvHead: head,
-                                                    qStride: 3 * h, kvStride: 3 * h, outStride: h, causal: false)
-                body(slice, starts[s], p, p + longest * longest)
-                i += nt
-            }
+        let h = config.hiddenSize, heads = config.numAttentionHeads
+        Backprop.forEachAttentionItem(lengths: batch.map { $0.encoding.ids.count }, kvHeads: heads, pool: pool) { s, head, p, dp in
+            let slice = Backprop.AttentionSlice(n: starts[s + 1] - starts[s], headDim: h / heads, group: 1, kvHead: head,
+                                                qStride: 3 * h, kvStride: 3 * h, outStride: h, causal: false)
+            body(slice, starts[s], p, dp)
         }
     }
 

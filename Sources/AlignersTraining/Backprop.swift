@@ -170,6 +170,27 @@ public enum Backprop {
         }
     }
 
+    /// Runs `body(sequence, kvHead, p, dp)` for every (sequence, KV head) of a packed batch, dealt
+    /// round-robin over the pool's threads, longest sequences first; `p` and `dp` are the thread's
+    /// scratch of (longest length)² floats each.
+    public static func forEachAttentionItem(lengths: [Int], kvHeads: Int, pool: ComputePool,
+                                            _ body: (_ sequence: Int, _ kvHead: Int, _ p: UnsafeMutablePointer<Float>,
+                                                     _ dp: UnsafeMutablePointer<Float>) -> Void) {
+        let order = lengths.indices.sorted { lengths[$0] > lengths[$1] }
+        let items = order.flatMap { s in (0..<kvHeads).map { (s, $0) } }
+        let longest = lengths.max() ?? 0
+        let threads = pool.threads
+        pool.run { t in
+            let p = UnsafeMutablePointer<Float>.allocate(capacity: 2 * longest * longest)
+            defer { p.deallocate() }
+            var i = t
+            while i < items.count {
+                body(items[i].0, items[i].1, p, p + longest * longest)
+                i += threads
+            }
+        }
+    }
+
     /// out = P·V for every head of the group (out rows of `outStride`). `p` is scratch of n² floats.
     public static func attention(_ s: AttentionSlice, q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                                  out: UnsafeMutablePointer<Float>, p: UnsafeMutablePointer<Float>) {

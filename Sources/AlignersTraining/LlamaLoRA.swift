@@ -333,27 +333,15 @@ public final class LlamaLoRA: @unchecked Sendable {
         }
     }
 
-    /// (sequence, KV head) items dealt round-robin over the pool, longest sequences first.
+    /// Each (sequence, KV head) with its slice of q|k|v rows, on the pool.
     private func attentionItems(_ batch: [TrainingSequence], _ starts: [Int],
                                 _ body: (_ slice: Backprop.AttentionSlice, _ row0: Int, _ p: UnsafeMutablePointer<Float>,
                                          _ dp: UnsafeMutablePointer<Float>) -> Void) {
-        let c = config
-        let order = batch.indices.sorted { batch[$0].tokens.count > batch[$1].tokens.count }
-        let items = order.flatMap { s in (0..<c.kvHeads).map { (s, $0) } }
-        let longest = batch.map(\.tokens.count).max() ?? 0
-        let nt = pool.threads
-        pool.run { t in
-            let p = UnsafeMutablePointer<Float>.allocate(capacity: 2 * longest * longest)
-            defer { p.deallocate() }
-            var i = t
-            while i < items.count {
-                let (s, kv) = items[i]
-                let w = c.qDim + 2 * c.kvDim
-                let slice = Backprop.AttentionSlice(n: batch[s].tokens.count, headDim: c.headDim, group: c.heads / c.kvHeads, kvHead: kv,
-                                                    qStride: w, kvStride: w, outStride: c.qDim)
-                body(slice, starts[s], p, p + longest * longest)
-                i += nt
-            }
+        let c = config, w = c.qDim + 2 * c.kvDim
+        Backprop.forEachAttentionItem(lengths: batch.map(\.tokens.count), kvHeads: c.kvHeads, pool: pool) { s, kv, p, dp in
+            let slice = Backprop.AttentionSlice(n: batch[s].tokens.count, headDim: c.headDim, group: c.heads / c.kvHeads, kvHead: kv,
+                                                qStride: w, kvStride: w, outStride: c.qDim)
+            body(slice, starts[s], p, dp)
         }
     }
 
