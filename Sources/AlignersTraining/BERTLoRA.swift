@@ -50,7 +50,7 @@ public final class BERTLoRA: @unchecked Sendable {
         for e in batch { starts.append(starts.last! + e.encoding.ids.count) }
         let n = starts.last!
         if n == 0 { return Result(loss: 0, logits: batch.map { _ in [Float](repeating: 0, count: C) }) }
-        let tape = Tape(rows: n, config: c, slots: p.slots.count, rank: p.config.rank)
+        let tape = tape(rows: n, slots: p.slots.count, rank: p.config.rank)
 
         // Embeddings (frozen, below every adapter).
         let x0 = tape.x(0)
@@ -191,6 +191,19 @@ public final class BERTLoRA: @unchecked Sendable {
         loraBackward(p, l, .value, dy: dqkv + 2 * h, ld: 3 * h, x: x, n, dx: dX, tape, grads)
     }
 
+    private var tapeCache: Tape?
+
+    /// A tape for at least `rows` rows, kept between calls (fresh pages cost; not thread-safe: one
+    /// `run` at a time per instance).
+    private func tape(rows: Int, slots: Int, rank: Int) -> Tape {
+        if let t = tapeCache, t.n >= rows, t.slots == slots, t.rank == rank { return t }
+        let old = tapeCache?.n ?? 0
+        tapeCache = nil   // let go of the old one before the new one is allocated
+        let t = Tape(rows: max(rows, old), config: config, slots: slots, rank: rank)
+        tapeCache = t
+        return t
+    }
+
     // MARK: pieces
 
     /// rows of c ← bias (+ residual's rows).
@@ -289,14 +302,15 @@ public final class BERTLoRA: @unchecked Sendable {
         }
     }
 
-    /// Activations of one batch, per layer, and the backward's scratch: one allocation.
+    /// Activations of one batch, per layer, and the backward's scratch: one allocation. `n` is its
+    /// capacity in rows (the row stride of each buffer); a batch may use fewer.
     final class Tape {
-        let n, h, f, layers, rank: Int
+        let n, h, f, layers, rank, slots: Int
         private let base: UnsafeMutablePointer<Float>
         private let perLayer: Int
         private let activations: Int
         init(rows n: Int, config c: BERTConfig, slots: Int, rank: Int) {
-            self.n = n; h = c.hiddenSize; f = c.intermediateSize; layers = c.numHiddenLayers; self.rank = rank
+            self.n = n; h = c.hiddenSize; f = c.intermediateSize; layers = c.numHiddenLayers; self.rank = rank; self.slots = slots
             // x, qkv (3), ctx, pre1, x1, pre2: 8 rows of h; u, a: 2 of f; four per-row statistics.
             perLayer = n * (8 * h + 2 * f) + 4 * n
             activations = perLayer * layers + n * h + slots * n * rank

@@ -52,6 +52,7 @@ struct EncoderLoRAReferenceTests {
         try params.load(reference)
         let (batch, loss, logits) = try Self.fixture()
         let engine = BERTLoRA(base: base, pool: ComputePool(threads: 2))
+        _ = try engine.run(batch + batch, parameters: params, gradients: nil)   // the kept tape is now larger than needed
         var grads = [Float](repeating: 0, count: params.count)
         let result = try grads.withUnsafeMutableBufferPointer { try engine.run(batch, parameters: params, gradients: $0.baseAddress!) }
         #expect(abs(result.loss - loss) < 1e-4 * loss, "loss \(result.loss) vs PEFT \(loss)")
