@@ -76,19 +76,26 @@ struct FuzzTests {
         #expect(decoded > 0)
     }
 
-    @Test("a worker registering again from a new socket replaces its old registration", .timeLimit(.minutes(10)))
-    func reconnectedWorkerCountsOnce() throws {
-        var logger = Logger(label: "reconnect")
+    /// A started in-process pipeline for the ethical criterion on the marker doubles.
+    static func ethicalPipeline(heartbeat: HeartbeatSettings) throws -> (ZMQContext, LocalPipeline, Logger) {
+        var logger = Logger(label: "fuzz")
         logger.logLevel = .critical
         let context = ZMQContext()
         var settings = RouterSettings(criteria: ["ethical"])
         settings.batchWindowMs = 5
-        settings.heartbeat = HeartbeatSettings(intervalMs: 60_000, liveness: 5)   // nothing expires during the test
+        settings.heartbeat = heartbeat
         let pipeline = try LocalPipeline(context: context, settings: settings,
                                          handlers: [InspectorStage(MarkerInspector(criterion: "ethical")),
                                                     AlignerStage(MarkerAligner(criterion: "ethical"))],
                                          logger: logger)
         pipeline.start()
+        return (context, pipeline, logger)
+    }
+
+    @Test("a worker registering again from a new socket replaces its old registration", .timeLimit(.minutes(10)))
+    func reconnectedWorkerCountsOnce() throws {
+        // Nothing expires during the test.
+        let (context, pipeline, logger) = try Self.ethicalPipeline(heartbeat: HeartbeatSettings(intervalMs: 60_000, liveness: 5))
         var sockets: [ZMQSocket] = []
         for name in ["twin", "twin", "other"] {
             let s = try ZMQSocket(context, .dealer)
@@ -113,17 +120,7 @@ struct FuzzTests {
 
     @Test("junk on the router's sockets is ignored and the pipeline keeps working", .timeLimit(.minutes(10)))
     func routerSocketFuzz() throws {
-        var logger = Logger(label: "fuzz")
-        logger.logLevel = .critical
-        let context = ZMQContext()
-        var settings = RouterSettings(criteria: ["ethical"])
-        settings.batchWindowMs = 5
-        settings.heartbeat = HeartbeatSettings(intervalMs: 100, liveness: 5)
-        let pipeline = try LocalPipeline(context: context, settings: settings,
-                                         handlers: [InspectorStage(MarkerInspector(criterion: "ethical")),
-                                                    AlignerStage(MarkerAligner(criterion: "ethical"))],
-                                         logger: logger)
-        pipeline.start()
+        let (context, pipeline, logger) = try Self.ethicalPipeline(heartbeat: HeartbeatSettings(intervalMs: 100, liveness: 5))
         defer { pipeline.stop() }
         var rng = SplitMix64(state: 99)
         let backendEndpoint = pipeline.router.backendEndpoint
