@@ -1,3 +1,4 @@
+import AlignersCore
 import AlignersPipeline
 import ArgumentParser
 import Foundation
@@ -110,8 +111,7 @@ enum LocalSquad {
         // One inspection job per sample chunk for all criteria: inspectors sharing a model encode once.
         var handlers: [any StageHandler] = [InspectorSetStage(try squad.criteriaList.map { try catalog.inspector(for: $0) })]
         for criterion in squad.criteriaList { handlers.append(AlignerStage(try catalog.aligner(for: criterion))) }
-        // The generator is optional: without it, lines that carry no response fail clearly.
-        if let generator = try? catalog.generator() { handlers.append(GeneratorStage(generator)) }
+        handlers.append(GeneratorStage(try localGenerator(catalog, models)))
         var routerSettings = squad.routerSettings()
         routerSettings.combinedInspection = true
         routerSettings.clientWindow = window
@@ -119,5 +119,22 @@ enum LocalSquad {
         let pipeline = try LocalPipeline(context: context, settings: routerSettings, handlers: handlers, logger: logger)
         pipeline.start()
         return pipeline
+    }
+
+    /// A generator named by `--backend` or `--generator-model` must work (its error stops the start);
+    /// the default model is optional, and without it lines that carry no response fail saying why.
+    private static func localGenerator(_ catalog: ModelCatalog, _ models: ModelOptions) throws -> any Generator {
+        if models.backend != nil || models.generatorModel != nil { return try catalog.generator() }
+        do { return try catalog.generator() } catch { return UnavailableGenerator(reason: "\(error)") }
+    }
+}
+
+/// Stands where the default generator could not be loaded: every prompt-only line fails with the reason.
+struct UnavailableGenerator: Generator {
+    let reason: String
+    var modelName: String { "none" }
+    func generate(_ conversations: [[Turn]]) throws -> [String] {
+        throw StageError("this line has no response and no generator could be loaded (\(reason)); "
+                         + "install the default model with `make models`, or pass --generator-model or --backend")
     }
 }
