@@ -357,6 +357,9 @@ final class RouterConnection {
 
     init(context: ZMQContext, endpoint: String, curve: CurveClientKeys?) throws {
         socket = try ZMQSocket(context, .dealer)
+        // libzmq gives up on a connection whose handshake failed, and a DEALER with no connection
+        // blocks in send: time out instead, so the caller's loop goes on and sees the failure.
+        try socket.set(ZMQ_SNDTIMEO, 1000)
         if let curve { try socket.makeCurveClient(curve) }
         watch = endpoint.hasPrefix("inproc://") ? nil : try HandshakeWatch(context: context, watching: socket)
         try socket.connect(endpoint)

@@ -81,15 +81,16 @@ public final class Worker: @unchecked Sendable {
         var announcedDrain = false
         var reconnectDelayMs = settings.heartbeat.intervalMs
 
-        // One line per connection about a failed handshake: libzmq retries it every 100 ms or so.
-        var reportedHandshake = false
+        // libzmq does not retry a connection whose handshake failed (a refused key): we do, on a
+        // fresh socket, backing off.
+        var handshakeFailed = false
         while true {
             var poller = ZMQPoller([socket, pipe] + (connection.watch.map { [$0.events] } ?? []))
             let ready = try poller.poll(timeoutMs: min(settings.heartbeat.intervalMs, 100))
             let now = monotonicNanos()
-            if ready.count > 2 && ready[2], let failure = try connection.watch?.failures().first, !reportedHandshake {
-                reportedHandshake = true
-                logger.error("router handshake failed; retrying", metadata: ["error": "\(failure)"])
+            if ready.count > 2 && ready[2], let failure = try connection.watch?.failures().first {
+                logger.error("router handshake failed", metadata: ["error": "\(failure)", "retry_in_ms": "\(reconnectDelayMs)"])
+                handshakeFailed = true
             }
             if ready[0] {
                 while let frames = try socket.receive(dontWait: true) {
@@ -133,15 +134,17 @@ public final class Worker: @unchecked Sendable {
                     return
                 }
             }
-            if now - lastHeard > settings.heartbeat.expiryNs {
-                // The router is gone or restarted: start over with a fresh socket, backing off.
-                logger.warning("router silent; reconnecting", metadata: ["endpoint": "\(endpoint)", "delay_ms": "\(reconnectDelayMs)"])
+            if handshakeFailed || now - lastHeard > settings.heartbeat.expiryNs {
+                // The router is gone or restarted, or refused us: start over with a fresh socket, backing off.
+                if !handshakeFailed {
+                    logger.warning("router silent; reconnecting", metadata: ["endpoint": "\(endpoint)", "delay_ms": "\(reconnectDelayMs)"])
+                }
+                handshakeFailed = false
                 connection.close()
                 Thread.sleep(forTimeInterval: Double(reconnectDelayMs) / 1000)
                 reconnectDelayMs = min(reconnectDelayMs * 2, 32_000)
                 connection = try connect()
                 socket = connection.socket
-                reportedHandshake = false
                 lastHeard = monotonicNanos()
                 continue
             } else if now - lastHeard < settings.heartbeat.intervalNs {
