@@ -175,6 +175,7 @@ public final class Router: @unchecked Sendable {
 
     public var frontendEndpoint: String { frontend.lastEndpoint }
     public var backendEndpoint: String { backend.lastEndpoint }
+    public var tapEndpoint: String? { tap?.lastEndpoint }
 
     /// Stop taking new samples, finish those in flight, then return from `run()`. Thread-safe.
     public func drain() { draining.store(true, ordering: .relaxed) }
