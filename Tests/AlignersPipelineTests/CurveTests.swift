@@ -215,7 +215,9 @@ struct CurveTests {
         #expect(!allowlists.allows(keys.worker.publicKey, as: .client))
         #expect(allowlists.allows(keys.client.publicKey, as: .tap), "without --allow-tap the clients' list applies to the tap")
 
-        let handler = try ZAPHandler(context: ZMQContext(), allowlists: allowlists, logger: Logger(label: "zap"))
+        var quiet = Logger(label: "zap")
+        quiet.logLevel = .critical
+        let handler = try ZAPHandler(context: ZMQContext(), allowlists: allowlists, logger: quiet)
         func ask(_ domain: String, _ key: CurveKeyPair, mechanism: String = "CURVE") -> [String] {
             let request = ["1.0", "7", domain, "127.0.0.1", "", mechanism].map { Array($0.utf8) } + [Curve.decode(key.publicKey)!]
             return handler.answer(request).map { String(decoding: $0, as: UTF8.self) }

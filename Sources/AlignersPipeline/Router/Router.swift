@@ -103,7 +103,7 @@ public final class Router: @unchecked Sendable {
     private var lastHeartbeat: UInt64 = 0
     /// Peers whose messages are ignored: workers dropped for bad results, peers whose key left the
     /// allowlists. (Bounded: cleared when it grows past 10,000.)
-    private var dropped: Set<Identity> = []
+    private var ignored: Set<Identity> = []
     /// The allowlists' generation the peers were last checked against.
     private var allowlistGeneration: UInt64 = 0
     public private(set) var stats = RouterStats()
@@ -268,7 +268,7 @@ public final class Router: @unchecked Sendable {
             return
         }
         let id = Identity(frames[0])
-        guard !dropped.contains(id) else {
+        guard !ignored.contains(id) else {
             stats.rejectedFrames += 1
             return
         }
@@ -508,7 +508,7 @@ public final class Router: @unchecked Sendable {
             return
         }
         let id = Identity(frames[0])
-        guard !dropped.contains(id) else {
+        guard !ignored.contains(id) else {
             stats.rejectedFrames += 1
             return
         }
@@ -786,8 +786,8 @@ public final class Router: @unchecked Sendable {
     }
 
     private func ignoreFromNowOn(_ id: Identity) {
-        if dropped.count >= 10_000 { dropped.removeAll() }
-        dropped.insert(id)
+        if ignored.count >= 10_000 { ignored.removeAll() }
+        ignored.insert(id)
     }
 
     /// A peer whose key left the allowlists after its handshake.
