@@ -108,6 +108,9 @@ public struct CurveKeyPair: Sendable, Equatable, CustomStringConvertible {
         for (number, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             let line = raw.trimmingCharacters(in: .whitespaces)
             if line.isEmpty || isComment(line) { continue }
+            if Curve.decode(String(line.prefix { !$0.isWhitespace })) != nil {
+                throw CurveError("\(path) is a public key file (NAME.pub): give the NAME.key file that holds the secret key")
+            }
             guard let eq = line.firstIndex(of: "="),
                   case let name = line[..<eq].trimmingCharacters(in: .whitespaces),
                   name == "public-key" || name == "secret-key" else {
