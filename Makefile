@@ -99,9 +99,13 @@ clean:
 
 # The binary, the criteria with their trained adapters (criteria name them as ../adapters/<name>),
 # the inspector heads, the model packages and the units; an existing aligners.env is kept.
+# CURVE keys are made on the host, never here (a staged package would ship one key to every host):
+# /etc/aligners/curve is created (0755: the units read the allowlists and router.pub there; the
+# secrets are 0600 files in it) and Systemd/README.md says what to put in it.
 install: setup
 	@[ "$(INSTALL_BIN)" != .build/release/aligners ] || $(MAKE) --no-print-directory release
 	install -Dm755 $(INSTALL_BIN) $(DESTDIR)$(PREFIX)/bin/aligners
+	install -d -m755 $(DESTDIR)$(SYSCONFDIR)/aligners/curve
 	install -d $(DESTDIR)$(SYSCONFDIR)/aligners/criteria $(DESTDIR)$(SYSCONFDIR)/aligners/adapters \
 	  $(DESTDIR)$(STATEDIR)/inspectors $(DESTDIR)$(STATEDIR)/models $(DESTDIR)$(UNITDIR)
 	install -m644 Criteria/*.yaml $(DESTDIR)$(SYSCONFDIR)/aligners/criteria/
@@ -112,4 +116,4 @@ install: setup
 	install -m644 Systemd/*.service Systemd/aligners.target $(DESTDIR)$(UNITDIR)/
 	[ -e $(DESTDIR)$(SYSCONFDIR)/aligners/aligners.env ] || install -m644 Systemd/aligners.env $(DESTDIR)$(SYSCONFDIR)/aligners/aligners.env
 	@echo "installed: $(DESTDIR)$(PREFIX)/bin/aligners; criteria and adapters in $(DESTDIR)$(SYSCONFDIR)/aligners;" \
-	  "inspectors and models in $(DESTDIR)$(STATEDIR)" 
+	  "inspectors and models in $(DESTDIR)$(STATEDIR); CURVE keys go in $(SYSCONFDIR)/aligners/curve (Systemd/README.md)" 

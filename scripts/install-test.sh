@@ -11,7 +11,7 @@ trap 'rm -rf "$stage"' EXIT
 make --no-print-directory install DESTDIR="$stage" INSTALL_BIN="$bin" > "$stage.log" 2>&1 || { cat "$stage.log"; exit 1; }
 for f in usr/local/bin/aligners etc/aligners/aligners.env etc/aligners/criteria/ethical.yaml \
          etc/aligners/adapters/ethical/adapter_model.safetensors var/lib/aligners/inspectors/ethical.safetensors \
-         etc/systemd/system/aligners-router.service; do
+         etc/systemd/system/aligners-router.service etc/aligners/curve; do
   [ -e "$stage/$f" ] || { echo "install-test: $f was not installed" >&2; exit 1; }
 done
 # Run from an empty directory with the checkout out of reach of the search paths' relative entries.

@@ -92,8 +92,8 @@ for case in helpful:helpful helpful-1:helpful helpful-12:helpful harm-less-3:har
   cmd=${cmd//%%/%}
   cmd=${cmd//%i/$instance}
   cmd=${cmd//\/usr\/local\/bin\/aligners/$work/fake-aligners}
-  got=$(eval "env -i ALIGNERS_ROUTER=tcp://r:1 ALIGNERS_MODELS_DIR=/m 'ALIGNERS_WORKER_OPTS=--a 1' $cmd")
-  expected="worker|--role|aligner|--criterion|$want|--connect|tcp://r:1|--models-dir|/m|--a|1|"
+  got=$(eval "env -i ALIGNERS_ROUTER=tcp://r:1 ALIGNERS_MODELS_DIR=/m CREDENTIALS_DIRECTORY=/c 'ALIGNERS_WORKER_OPTS=--a 1' $cmd")
+  expected="worker|--role|aligner|--criterion|$want|--connect|tcp://r:1|--curve-server-key|/etc/aligners/curve/router.pub|--curve-key|/c/worker.key|--models-dir|/m|--a|1|"
   if [ "$got" = "$expected" ]; then echo "   ok  $instance -> --criterion $want"
   else echo "FAIL: $instance: got $got, expected $expected"; failed=1; fi
 done

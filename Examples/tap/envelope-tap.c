@@ -1,7 +1,7 @@
 /*
  * envelope-tap: watch finished envelopes as the aligners router publishes them.
  *
- *   envelope-tap [-n COUNT] [-t SECONDS] [-w WIDTH] [ENDPOINT]
+ *   envelope-tap [-n COUNT] [-t SECONDS] [-w WIDTH] [-s ROUTER.pub -k NAME.key] [ENDPOINT]
  *
  * SUB-connects to the router's tap (default tcp://127.0.0.1:5557), subscribes to everything, and
  * prints each envelope of every aligners.v1.Message whose `deliver` field is set. One ZeroMQ
@@ -10,6 +10,12 @@
  *   -n COUNT    exit 0 after COUNT envelopes
  *   -t SECONDS  give up after SECONDS: exit 2 if fewer than COUNT (or, without -n, no) envelopes came
  *   -w WIDTH    show at most WIDTH bytes of a response (default 160; 0 = all)
+ *   -s FILE     the router's public key (its NAME.pub): connect with CURVE (also $ALIGNERS_TAP_SERVER_KEY)
+ *   -k FILE     our key pair (a NAME.key from `aligners keys generate`, whose public key is on the
+ *               router's --allow-clients or --allow-tap list; also $ALIGNERS_TAP_KEY)
+ *
+ * A router started with --curve-secret-key speaks only CURVE: give -s and -k. If it refuses our
+ * key, or one side speaks CURVE and the other does not, envelope-tap says so and exits 1.
  *
  * Written in C against libprotobuf-c and libzmq to show the envelope is readable without Swift.
  */
@@ -143,26 +149,110 @@ static void print_envelope(const Aligners__V1__Envelope *e, size_t width) {
 }
 
 static void usage(const char *argv0) {
-    fprintf(stderr, "usage: %s [-n COUNT] [-t SECONDS] [-w WIDTH] [ENDPOINT]\n"
-                    "  ENDPOINT defaults to tcp://127.0.0.1:5557 (the router's --tap)\n", argv0);
+    fprintf(stderr, "usage: %s [-n COUNT] [-t SECONDS] [-w WIDTH] [-s ROUTER.pub -k NAME.key] [ENDPOINT]\n"
+                    "  ENDPOINT defaults to tcp://127.0.0.1:5557 (the router's --tap)\n"
+                    "  -s/-k (or $ALIGNERS_TAP_SERVER_KEY/$ALIGNERS_TAP_KEY): connect with CURVE\n", argv0);
+}
+
+/* Key files as `aligners keys generate` writes them (Z85, 40 characters a key). A comment line is
+ * '#' then a space or the end of the line ('#' alone is a Z85 digit). */
+#define Z85_KEY_LEN 40
+
+static int is_comment(const char *line) {
+    return line[0] == '#' && (line[1] == ' ' || line[1] == '\t' || line[1] == '\n' || line[1] == '\0');
+}
+
+/* The first key of a NAME.pub file into key (41 bytes). 0 on success. */
+static int read_public_key(const char *path, char *key) {
+    FILE *f = fopen(path, "r");
+    if (!f) { fprintf(stderr, "envelope-tap: cannot read %s: %s\n", path, strerror(errno)); return -1; }
+    char line[512];
+    int found = -1;
+    while (found && fgets(line, sizeof line, f)) {
+        char *p = line + strspn(line, " \t");
+        if (is_comment(p) || *p == '\n' || *p == '\0') continue;
+        size_t n = strcspn(p, " \t\r\n");
+        if (n == Z85_KEY_LEN) { memcpy(key, p, Z85_KEY_LEN); key[Z85_KEY_LEN] = '\0'; found = 0; }
+        else break;
+    }
+    fclose(f);
+    if (found) fprintf(stderr, "envelope-tap: %s holds no Z85 public key (give the router's NAME.pub)\n", path);
+    return found;
+}
+
+/* The `public-key = …` and `secret-key = …` lines of a NAME.key file. 0 on success. */
+static int read_key_pair(const char *path, char *public_key, char *secret_key) {
+    FILE *f = fopen(path, "r");
+    if (!f) { fprintf(stderr, "envelope-tap: cannot read %s: %s\n", path, strerror(errno)); return -1; }
+    char line[512];
+    int have = 0;
+    while (fgets(line, sizeof line, f)) {
+        char *p = line + strspn(line, " \t");
+        char *target = strncmp(p, "public-key", 10) == 0 ? public_key : strncmp(p, "secret-key", 10) == 0 ? secret_key : NULL;
+        if (!target) continue;
+        p += 10;
+        p += strspn(p, " \t");
+        if (*p != '=') continue;
+        p += 1 + strspn(p + 1, " \t");
+        if (strcspn(p, " \t\r\n") != Z85_KEY_LEN) continue;
+        memcpy(target, p, Z85_KEY_LEN);
+        target[Z85_KEY_LEN] = '\0';
+        have |= target == public_key ? 1 : 2;
+    }
+    fclose(f);
+    if (have != 3) fprintf(stderr, "envelope-tap: %s is not a key pair file (public-key = ..., secret-key = ...)\n", path);
+    return have == 3 ? 0 : -1;
+}
+
+/* Why a handshake failed, from a socket-monitor event; NULL for events that are not failures. */
+static const char *handshake_failure(void *monitor, int *value) {
+    zmq_msg_t event;
+    zmq_msg_init(&event);
+    const char *why = NULL;
+    if (zmq_msg_recv(&event, monitor, ZMQ_DONTWAIT) >= 0 && zmq_msg_size(&event) == 6) {
+        uint16_t kind;
+        uint32_t v;
+        memcpy(&kind, zmq_msg_data(&event), 2);
+        memcpy(&v, (char *)zmq_msg_data(&event) + 2, 4);
+        *value = (int)v;
+        if (kind == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
+            why = "the router refused our CURVE key: add its public key (NAME.pub) to the router's --allow-clients "
+                  "or --allow-tap list and reload the router (SIGHUP)";
+        else if (kind == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL)
+            why = v == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
+                ? "one side speaks CURVE and the other does not (give -s and -k for a router with --curve-secret-key)"
+                : "the handshake failed (is -s the router's public key?)";
+    }
+    while (zmq_msg_more(&event) && zmq_msg_recv(&event, monitor, ZMQ_DONTWAIT) >= 0) {}   /* the endpoint frame */
+    zmq_msg_close(&event);
+    return why;
 }
 
 int main(int argc, char **argv) {
     long want = 0;          /* 0: no limit */
     double timeout = 0;     /* 0: none */
     size_t width = 160;
+    const char *server_key_file = getenv("ALIGNERS_TAP_SERVER_KEY");
+    const char *key_file = getenv("ALIGNERS_TAP_KEY");
     int opt;
-    while ((opt = getopt(argc, argv, "n:t:w:h")) != -1) {
+    while ((opt = getopt(argc, argv, "n:t:w:s:k:h")) != -1) {
         char *end = NULL;
         switch (opt) {
         case 'n': want = strtol(optarg, &end, 10); if (*end || want < 1) { usage(argv[0]); return 64; } break;
         case 't': timeout = strtod(optarg, &end); if (*end || timeout <= 0) { usage(argv[0]); return 64; } break;
         case 'w': width = (size_t)strtoul(optarg, &end, 10); if (*end) { usage(argv[0]); return 64; } break;
+        case 's': server_key_file = optarg; break;
+        case 'k': key_file = optarg; break;
         default: usage(argv[0]); return opt == 'h' ? 0 : 64;
         }
     }
     if (argc - optind > 1) { usage(argv[0]); return 64; }
     const char *endpoint = optind < argc ? argv[optind] : "tcp://127.0.0.1:5557";
+    if ((server_key_file && *server_key_file) != (key_file && *key_file)) {
+        fprintf(stderr, "envelope-tap: -s (the router's NAME.pub) and -k (our NAME.key) go together\n");
+        return 64;
+    }
+    int curve = server_key_file && *server_key_file;
 
     struct sigaction sa = { .sa_handler = on_signal };
     sigaction(SIGINT, &sa, NULL);
@@ -173,11 +263,29 @@ int main(int argc, char **argv) {
     int linger = 0;
     zmq_setsockopt(sub, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(sub, ZMQ_SUBSCRIBE, "", 0);
+    if (curve) {
+        if (!zmq_has("curve")) { fprintf(stderr, "envelope-tap: this libzmq has no CURVE (built without libsodium)\n"); return 1; }
+        char server_key[Z85_KEY_LEN + 1], public_key[Z85_KEY_LEN + 1], secret_key[Z85_KEY_LEN + 1];
+        if (read_public_key(server_key_file, server_key) || read_key_pair(key_file, public_key, secret_key)) return 1;
+        /* 41 bytes: Z85 text with its terminator. */
+        if (zmq_setsockopt(sub, ZMQ_CURVE_SERVERKEY, server_key, sizeof server_key)
+            || zmq_setsockopt(sub, ZMQ_CURVE_PUBLICKEY, public_key, sizeof public_key)
+            || zmq_setsockopt(sub, ZMQ_CURVE_SECRETKEY, secret_key, sizeof secret_key)) {
+            fprintf(stderr, "envelope-tap: bad CURVE key: %s\n", zmq_strerror(zmq_errno()));
+            return 1;
+        }
+        memset(secret_key, 0, sizeof secret_key);
+    }
+    /* Failed handshakes are reported, or a refused key would look like a quiet router. */
+    zmq_socket_monitor(sub, "inproc://envelope-tap-monitor", ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL);
+    void *monitor = zmq_socket(ctx, ZMQ_PAIR);
+    zmq_setsockopt(monitor, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_connect(monitor, "inproc://envelope-tap-monitor");
     if (zmq_connect(sub, endpoint) != 0) {
         fprintf(stderr, "envelope-tap: cannot connect to %s: %s\n", endpoint, zmq_strerror(zmq_errno()));
         return 1;
     }
-    fprintf(stderr, "envelope-tap: listening on %s\n", endpoint);
+    fprintf(stderr, "envelope-tap: listening on %s%s\n", endpoint, curve ? " (CURVE)" : "");
 
     long seen = 0;
     int status = 0;
@@ -197,15 +305,24 @@ int main(int argc, char **argv) {
             }
             wait_ms = (long)(left * 1000) + 1;
         }
-        zmq_pollitem_t item = { .socket = sub, .events = ZMQ_POLLIN };
-        int ready = zmq_poll(&item, 1, wait_ms);
+        zmq_pollitem_t items[2] = { { .socket = sub, .events = ZMQ_POLLIN }, { .socket = monitor, .events = ZMQ_POLLIN } };
+        int ready = zmq_poll(items, 2, wait_ms);
         if (ready < 0) {
             if (zmq_errno() == EINTR) continue;
             fprintf(stderr, "envelope-tap: poll: %s\n", zmq_strerror(zmq_errno()));
             status = 1;
             break;
         }
-        if (ready == 0) continue;
+        if (items[1].revents & ZMQ_POLLIN) {
+            int value = 0;
+            const char *why = handshake_failure(monitor, &value);
+            if (why) {
+                fprintf(stderr, "envelope-tap: %s: %s (%d)\n", endpoint, why, value);
+                status = 1;
+                break;
+            }
+        }
+        if (!(items[0].revents & ZMQ_POLLIN)) continue;
         if (zmq_msg_recv(&frame, sub, 0) < 0) {
             if (zmq_errno() == EINTR) continue;
             fprintf(stderr, "envelope-tap: receive: %s\n", zmq_strerror(zmq_errno()));
@@ -235,6 +352,8 @@ int main(int argc, char **argv) {
         aligners__v1__message__free_unpacked(msg, NULL);
     }
     zmq_msg_close(&frame);
+    zmq_socket_monitor(sub, NULL, 0);
+    zmq_close(monitor);
     zmq_close(sub);
     zmq_ctx_term(ctx);
     if (interrupted && status == 0) fprintf(stderr, "envelope-tap: %ld envelope(s)\n", seen);

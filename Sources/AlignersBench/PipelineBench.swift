@@ -151,7 +151,7 @@ struct PipelineBench {
         for _ in 0..<workers {
             var ws0 = WorkerSettings()
             ws0.credit = 4
-            let w = Worker(context: context, endpoint: back, handler: InspectorStage(NoOpInspector()), settings: ws0, logger: logger)
+            let w = try Worker(context: context, endpoint: back, handler: InspectorStage(NoOpInspector()), settings: ws0, logger: logger)
             let t = Thread { try? w.run() }
             t.name = "worker-io"
             t.start()

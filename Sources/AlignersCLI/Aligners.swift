@@ -14,7 +14,7 @@ struct Aligners: AsyncParsableCommand {
             Every option can also come from a YAML file: --config FILE (or $ALIGNERS_CONFIG), one section
             per subcommand whose keys are its long option names; the command line wins.
             """.reflowed,
-        subcommands: [FilterCommand.self, RouterCommand.self, WorkerCommand.self,
+        subcommands: [FilterCommand.self, RouterCommand.self, WorkerCommand.self, KeysGroup.self,
                       TrainGroup.self, EvalGroup.self, ScoreCommand.self,
                       GenerateCommand.self, GenerateBenchCommand.self])
 

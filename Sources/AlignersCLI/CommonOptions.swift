@@ -43,18 +43,43 @@ struct HeartbeatOptions: ParsableArguments {
 struct MetricsOptions: ParsableArguments {
     @Option(help: "Serve Prometheus metrics at http://HOST:PORT/metrics (off by default).")
     var metricsPort: Int?
-    @Option(help: "Address the metrics endpoint listens on.")
+    @Option(help: "Address the metrics endpoint listens on: loopback, unless --insecure (the endpoint is plain HTTP).")
     var metricsHost = "127.0.0.1"
 
-    func start(_ logger: Logger) throws {
+    /// `insecure`: the command's --insecure, which also lets metrics listen beyond loopback.
+    func start(_ logger: Logger, insecure: Bool = false) throws {
         guard let port = metricsPort else { return }
         do {
-            try MetricsEndpoint.start(port: port, host: metricsHost)
+            if let warning = try MetricsEndpoint.start(port: port, host: metricsHost, insecure: insecure) { logger.warning("\(warning)") }
             logger.info("metrics served", metadata: ["endpoint": "http://\(metricsHost):\(port)/metrics"])
         } catch {
             logger.critical("cannot serve metrics", metadata: ["error": "\(error)"])
             throw ExitCode(2)
         }
+    }
+}
+
+/// How a worker or a filter reaches a router over a network: CURVE keys, or `--insecure`.
+struct CurveClientOptions: ParsableArguments {
+    @Option(help: ArgumentHelp("The router's public key: the NAME.pub file `aligners keys generate` wrote for it. With --curve-key, connects with CURVE.",
+                               valueName: "file"))
+    var curveServerKey: String?
+    @Option(help: ArgumentHelp("This peer's key pair: a NAME.key file from `aligners keys generate` (mode 0600), whose NAME.pub is on the router's allowlist.",
+                               valueName: "file"))
+    var curveKey: String?
+    @Flag(help: "Allow plain tcp (no CURVE) to an address other than loopback, and metrics beyond loopback; logs a warning. Without CURVE, anyone on the network can read and inject samples.")
+    var insecure = false
+
+    func validate() throws {
+        guard (curveServerKey == nil) == (curveKey == nil) else {
+            throw ValidationError("--curve-server-key and --curve-key go together: the router's NAME.pub and this peer's NAME.key")
+        }
+    }
+
+    /// The keys read from their files, or nil without CURVE.
+    func keys() throws -> CurveClientKeys? {
+        guard let curveServerKey, let curveKey else { return nil }
+        return try CurveClientKeys(serverKeyFile: curveServerKey, keyFile: curveKey)
     }
 }
 

@@ -19,7 +19,8 @@ struct FilterCommand: AsyncParsableCommand {
             Every input line yields exactly one output line. A line that cannot be used (bad JSON,
             wrong types, empty, invalid UTF-8, too long) yields {"line": N, "error": {...}} in its place.
 
-            By default the router and workers run in this process; --connect feeds a running router.
+            By default the router and workers run in this process; --connect feeds a running router
+            (with --curve-server-key and --curve-key when it speaks CURVE).
 
             Exit status: 0 every line was aligned or passed; 1 some lines yielded error records;
             2 the filter could not run (bad options, no models, router unreachable) or could not write its output (then it stops reading input).
@@ -27,6 +28,7 @@ struct FilterCommand: AsyncParsableCommand {
 
     @Option(help: "A running router's front end (e.g. tcp://127.0.0.1:5555); default: run everything in process.")
     var connect: String?
+    @OptionGroup var curve: CurveClientOptions
     @OptionGroup var squad: SquadOptions
     @Flag(help: "Write each line as soon as it is ready instead of in input order.")
     var unordered = false
@@ -48,17 +50,25 @@ struct FilterCommand: AsyncParsableCommand {
     func validate() throws {
         guard window >= 1 else { throw ValidationError("--window must be at least 1") }
         guard maxLineBytes >= 16 else { throw ValidationError("--max-line-bytes must be at least 16") }
+        guard connect != nil || curve.curveKey == nil else {
+            throw ValidationError("--curve-server-key and --curve-key are for a router reached with --connect")
+        }
     }
 
     func run() async throws {
         let logger = log.bootstrap("filter", defaultLevel: .warning)
-        try metrics.start(logger)
+        try metrics.start(logger, insecure: curve.insecure)
         var settings = FilterSettings()
         settings.unordered = unordered
         settings.window = window
         settings.maxLineBytes = maxLineBytes
         settings.explain = explain
         settings.progress = noProgress ? .off : isatty(STDERR_FILENO) == 1 ? .terminal : .log(seconds: 30)
+        settings.insecure = curve.insecure
+        do { settings.curve = try curve.keys() } catch {
+            logger.critical("cannot read the CURVE keys", metadata: ["error": "\(error)"])
+            throw ExitCode(2)
+        }
         let context = ZMQContext()
         var local: LocalPipeline?
         let endpoint: String

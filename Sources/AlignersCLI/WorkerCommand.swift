@@ -10,6 +10,10 @@ struct WorkerCommand: AsyncParsableCommand {
         discussion: """
             Start as many as you like per service, on this host or others: the router spreads work over
             them and re-queues the jobs of any that dies. SIGTERM finishes the jobs held, then exits.
+
+            A router on another host takes workers over CURVE: --curve-server-key (its NAME.pub) and
+            --curve-key (this worker's NAME.key, whose public key is on the router's --allow-workers).
+            Plain tcp to an address other than loopback needs --insecure.
             """.reflowed)
 
     @Option(help: "inspector, aligner or generator.")
@@ -20,6 +24,7 @@ struct WorkerCommand: AsyncParsableCommand {
     var criteria: String?
     @Option(help: "The router's back-end endpoint.")
     var connect = "tcp://127.0.0.1:5556"
+    @OptionGroup var curve: CurveClientOptions
     @Option(help: "Jobs the router may hand over before the first comes back.")
     var credit = 2
     @OptionGroup var heartbeat: HeartbeatOptions
@@ -46,7 +51,7 @@ struct WorkerCommand: AsyncParsableCommand {
 
     func run() async throws {
         let logger = log.bootstrap("worker")
-        try metrics.start(logger)
+        try metrics.start(logger, insecure: curve.insecure)
         let notifier = SystemdNotifier()
         let handler: any StageHandler
         do {
@@ -61,7 +66,15 @@ struct WorkerCommand: AsyncParsableCommand {
         settings.credit = credit
         settings.heartbeat = heartbeat.settings
         settings.jobTimeoutMs = jobTimeout * 1000
-        let worker = Worker(context: ZMQContext(), endpoint: connect, handler: handler, settings: settings, logger: logger)
+        settings.insecure = curve.insecure
+        let worker: Worker
+        do {
+            settings.curve = try curve.keys()
+            worker = try Worker(context: ZMQContext(), endpoint: connect, handler: handler, settings: settings, logger: logger)
+        } catch {
+            logger.critical("worker cannot connect", metadata: ["endpoint": "\(connect)", "error": "\(error)"])
+            throw ExitCode(2)
+        }
         let pacer = NotifyPacer(notifier: notifier)
         worker.onTick = { healthy in if healthy { pacer.tick(status: nil) } }
         _ = notifier.ready(status: "\(handler.service) via \(connect)")

@@ -18,8 +18,8 @@ public final class LocalPipeline: @unchecked Sendable {
         let tag = UUID().uuidString
         router = try Router(context: context, frontend: "inproc://aligners-frontend-\(tag)",
                             backend: "inproc://aligners-backend-\(tag)", tap: tap, settings: settings, logger: logger)
-        workers = handlers.map {
-            Worker(context: context, endpoint: "inproc://aligners-backend-\(tag)", handler: $0,
+        workers = try handlers.map {
+            try Worker(context: context, endpoint: "inproc://aligners-backend-\(tag)", handler: $0,
                    settings: workerSettings, logger: logger)
         }
     }

@@ -1,3 +1,4 @@
+import AlignersPipeline
 import Foundation
 import Testing
 
@@ -321,7 +322,7 @@ struct EndToEndTests {
     @Test("help text is wrapped once", .timeLimit(.minutes(10)))
     func helpWrappedOnce() throws {
         let commands = [["filter"], ["router"], ["worker"], ["generate"], ["score"], ["train", "aligner"], ["train", "inspectors"],
-                        ["eval", "squad"], ["eval", "report"]]
+                        ["eval", "squad"], ["eval", "report"], ["keys"], ["keys", "generate"]]
         for command in commands {
             let p = Process()
             p.executableURL = builtExecutable("aligners")
@@ -406,6 +407,67 @@ struct EndToEndTests {
             #expect(p.terminationStatus == 2, "\(args): \(group.log(name))")
         }
         #expect(group.log("f").contains("/nonexistent-models"), "the error names where it looked: \(group.log("f"))")
+    }
+
+    @Test("router with CURVE: SIGHUP admits a worker whose key was added; a bad list keeps the old ones; options that cannot work are refused",
+          .timeLimit(.minutes(10)))
+    func curveRouterReloadsOnHangup() throws {
+        let group = try ProcessGroup()
+        let dir = group.logDir.path
+        for name in ["router", "worker", "client"] { _ = try CurveKeyPair.generate().write(to: "\(dir)/keys", name: name) }
+        let workers = "\(dir)/workers.allow", clients = "\(dir)/clients.allow"
+        try "# no workers yet\n".write(toFile: workers, atomically: true, encoding: .utf8)
+        try String(contentsOfFile: "\(dir)/keys/client.pub", encoding: .utf8).write(toFile: clients, atomically: true, encoding: .utf8)
+        let front = "tcp://127.0.0.1:\(freePort())", back = "tcp://127.0.0.1:\(freePort())"
+        let router = try group.start(builtExecutable("aligners"), [
+            "router", "--frontend", front, "--backend", back, "--criteria", "ethical", "--window-ms", "5", "--heartbeat-ms", "250",
+            "--curve-secret-key", "\(dir)/keys/router.key", "--allow-clients", clients, "--allow-workers", workers], name: "router")
+        for service in ["inspect.ethical", "align.ethical"] {
+            try group.start(builtExecutable("aligners-testworker"), ["--service", service, "--connect", back,
+                                                                     "--curve-server-key", "\(dir)/keys/router.pub",
+                                                                     "--curve-key", "\(dir)/keys/worker.key"], name: service)
+        }
+        func logSays(_ text: String, times: Int = 1) -> Bool {
+            waitUntil { group.log("router").components(separatedBy: text).count > times || !router.isRunning }
+                && router.isRunning
+        }
+        #expect(logSays("peer refused"), "\(group.log("router"))")
+
+        try String(contentsOfFile: "\(dir)/keys/worker.pub", encoding: .utf8).write(toFile: workers, atomically: true, encoding: .utf8)
+        kill(router.processIdentifier, SIGHUP)
+        #expect(logSays("allowlists reloaded"), "\(group.log("router"))")
+        #expect(logSays("worker ready", times: 2), "both workers get in at their next attempt: \(group.log("router"))")
+        let input = group.logDir.appendingPathComponent("in.jsonl"), output = group.logDir.appendingPathComponent("out.jsonl")
+        try Data(jsonl((0..<5).map { ["prompt": "q", "response": "a\($0) [bad:ethical]"] })).write(to: input)
+        let filter = try group.start(builtExecutable("aligners"), ["filter", "--connect", front, "--curve-server-key",
+                                                                   "\(dir)/keys/router.pub", "--curve-key", "\(dir)/keys/client.key"],
+                                     name: "filter", stdin: input, stdout: output)
+        filter.waitUntilExit()
+        #expect(filter.terminationStatus == 0, "\(group.log("filter"))")
+        #expect(try String(contentsOf: output, encoding: .utf8).components(separatedBy: "[fixed:ethical]").count == 6)
+
+        try "not a key\n".write(toFile: workers, atomically: true, encoding: .utf8)
+        kill(router.processIdentifier, SIGHUP)
+        #expect(logSays("allowlists not reloaded"), "\(group.log("router"))")
+        #expect(group.log("router").contains("workers.allow:1"), "the log names the file and line")
+        kill(router.processIdentifier, SIGTERM)
+        router.waitUntilExit()
+        #expect(router.terminationStatus == 0, "\(group.log("router"))")
+
+        // Options that cannot work: allowlists without a key, a key without allowlists, plain tcp beyond loopback.
+        let refusals: [(args: [String], says: String)] = [
+            (["router", "--allow-workers", workers], "need --curve-secret-key"),
+            (["router", "--curve-secret-key", "\(dir)/keys/router.key", "--allow-clients", clients], "needs --allow-clients and --allow-workers"),
+            (["router", "--frontend", "tcp://0.0.0.0:\(freePort())", "--backend", "ipc://\(dir)/b"], "--insecure"),
+            (["worker", "--role", "generator", "--connect", "tcp://192.0.2.1:5556", "--curve-key", "\(dir)/keys/worker.key"],
+             "go together"),
+            (["filter", "--curve-server-key", "\(dir)/keys/router.pub", "--curve-key", "\(dir)/keys/client.key"], "--connect"),
+        ]
+        for (i, refusal) in refusals.enumerated() {
+            let p = try group.start(builtExecutable("aligners"), refusal.args, name: "refused-\(i)")
+            p.waitUntilExit()
+            #expect(p.terminationStatus == 2 && group.log("refused-\(i)").contains(refusal.says), "\(refusal.args): \(group.log("refused-\(i)"))")
+        }
     }
 
     @Test("--metrics-port serves Prometheus metrics for the samples that went through", .timeLimit(.minutes(10)))

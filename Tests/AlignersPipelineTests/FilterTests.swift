@@ -324,11 +324,11 @@ struct BackPressureTests {
         #expect(written.value < total * line.count)
 
         // Workers arrive: everything flows.
-        let workers = [InspectorStage(MarkerInspector(criterion: "ethical")) as any StageHandler,
-                       AlignerStage(MarkerAligner(criterion: "ethical"))].map { (handler: any StageHandler) -> Worker in
+        let workers = try [InspectorStage(MarkerInspector(criterion: "ethical")) as any StageHandler,
+                       AlignerStage(MarkerAligner(criterion: "ethical"))].map { (handler: any StageHandler) throws -> Worker in
             var ws = WorkerSettings()
             ws.heartbeat = settings.heartbeat
-            return Worker(context: context, endpoint: pipeline.router.backendEndpoint, handler: handler, settings: ws, logger: logger)
+            return try Worker(context: context, endpoint: pipeline.router.backendEndpoint, handler: handler, settings: ws, logger: logger)
         }
         for w in workers { Thread { try? w.run() }.start() }
         defer { workers.forEach { $0.drain() } }

@@ -8,7 +8,8 @@ import PipelineTestDoubles
 let args = CommandLine.arguments
 func value(_ flag: String) -> String? { args.firstIndex(of: flag).flatMap { $0 + 1 < args.count ? args[$0 + 1] : nil } }
 guard let service = value("--service"), let endpoint = value("--connect") else {
-    FileHandle.standardError.write(Data("usage: aligners-testworker --service SERVICE --connect ENDPOINT [--delay-ms N] [--heartbeat-ms N]\n".utf8))
+    FileHandle.standardError.write(Data(("usage: aligners-testworker --service SERVICE --connect ENDPOINT [--delay-ms N] [--heartbeat-ms N] "
+        + "[--curve-server-key FILE --curve-key FILE]\n").utf8))
     exit(2)
 }
 let delay = Int(value("--delay-ms") ?? "0") ?? 0
@@ -27,6 +28,9 @@ var logger = Logger(label: "testworker")
 logger.logLevel = .warning
 var settings = WorkerSettings()
 settings.heartbeat.intervalMs = Int(value("--heartbeat-ms") ?? "250") ?? 250
-let worker = Worker(context: ZMQContext(), endpoint: endpoint, handler: handler, settings: settings, logger: logger)
+if let serverKey = value("--curve-server-key"), let key = value("--curve-key") {
+    settings.curve = try CurveClientKeys(serverKeyFile: serverKey, keyFile: key)
+}
+let worker = try Worker(context: ZMQContext(), endpoint: endpoint, handler: handler, settings: settings, logger: logger)
 signal(SIGTERM) { _ in exit(0) }
 try worker.run()

@@ -20,6 +20,10 @@ public struct FilterSettings: Sendable {
     public var routerTimeoutMs = 30_000
     /// Report progress on stderr: a line redrawn in place on a terminal, else a line every 30 s.
     public var progress: FilterProgress.Mode = .off
+    /// Connect as a CURVE client of a router started with `--curve-secret-key`.
+    public var curve: CurveClientKeys?
+    /// Allow plain tcp to an address other than loopback (logged as a warning).
+    public var insecure = false
     public init() {}
 }
 
@@ -59,13 +63,19 @@ public final class Filter: @unchecked Sendable {
 
     /// Runs until the input ends and every line has its output record. Blocks.
     public func run(onRecord: (@Sendable (InputLine?, Envelope?) -> Void)? = nil) throws -> FilterSummary {
+        if let warning = try EndpointPolicy.check(endpoint, use: "connect to", encrypted: settings.curve != nil,
+                                                  insecure: settings.insecure, remedy: CurveClientKeys.remedy) {
+            logger.warning("\(warning)")
+        }
+        if settings.curve != nil { try Curve.requireAvailable() }
         let sink = OutputSink(fd: output, ordered: !settings.unordered, window: settings.window, explain: settings.explain,
                               logger: logger, onRecord: onRecord)
         let handoff = "inproc://aligners-filter-\(UUID().uuidString)"
         let pull = try ZMQSocket(context, .pull)
         try pull.bind(handoff)
         let client = PipelineClient(context: context, endpoint: endpoint, heartbeat: settings.heartbeat,
-                                    timeoutMs: settings.routerTimeoutMs, maxSubmitBytes: settings.maxSubmitBytes, logger: logger)
+                                    timeoutMs: settings.routerTimeoutMs, maxSubmitBytes: settings.maxSubmitBytes,
+                                    curve: settings.curve, logger: logger)
 
         let readerDone = Atomic<Bool>(false)
         let reader = Thread { [self] in
@@ -162,27 +172,30 @@ final class PipelineClient {
     private let heartbeat: HeartbeatSettings
     private let timeoutNs: UInt64
     private let maxSubmitBytes: Int
+    private let curve: CurveClientKeys?
     private let logger: Logger
 
     init(context: ZMQContext, endpoint: String, heartbeat: HeartbeatSettings, timeoutMs: Int, maxSubmitBytes: Int = 16 << 20,
-         logger: Logger) {
+         curve: CurveClientKeys? = nil, logger: Logger) {
         self.context = context
         self.endpoint = endpoint
         self.heartbeat = heartbeat
         self.timeoutNs = UInt64(timeoutMs) * 1_000_000
         self.maxSubmitBytes = maxSubmitBytes
+        self.curve = curve
         self.logger = logger
     }
 
-    private func connect() throws -> ZMQSocket {
-        let socket = try ZMQSocket(context, .dealer)
-        try socket.connect(endpoint)
-        try socket.send([WireMessage.heartbeat().bytes()])  // hello: the router answers with credit
-        return socket
+    private func connect() throws -> RouterConnection {
+        let connection = try RouterConnection(context: context, endpoint: endpoint, curve: curve)
+        try connection.socket.send([WireMessage.heartbeat().bytes()])  // hello: the router answers with credit
+        return connection
     }
 
     func run(pull: ZMQSocket, sink: OutputSink) throws {
-        var socket = try connect()
+        var connection = try connect()
+        var socket = connection.socket
+        defer { connection.close() }
         var credit = 0
         var inFlight: [UInt64: Envelope] = [:]
         var resubmit: [Envelope] = []
@@ -199,9 +212,15 @@ final class PipelineClient {
 
         while !(inputDone && inFlight.isEmpty && resubmit.isEmpty) {
             let wantInput = credit > 0 && resubmit.isEmpty && !inputDone
-            var poller = ZMQPoller(wantInput ? [socket, pull] : [socket])
+            var sockets = wantInput ? [socket, pull] : [socket]
+            if let watch = connection.watch { sockets.append(watch.events) }
+            var poller = ZMQPoller(sockets)
             let ready = try poller.poll(timeoutMs: min(heartbeat.intervalMs, 200))
             let now = monotonicNanos()
+            // A refused key or a security mismatch will not mend by retrying: say so now.
+            if connection.watch != nil && ready[sockets.count - 1], let failure = try connection.watch?.failures().first {
+                throw failure
+            }
             if ready[0] {
                 while let frames = try socket.receive(dontWait: true) {
                     lastHeard = now
@@ -238,7 +257,7 @@ final class PipelineClient {
                 credit -= chunk.count
                 lastSent = now
             }
-            if wantInput && ready.count > 1 && ready[1] {
+            if wantInput && ready[1] {
                 var batch: [Envelope] = []
                 while batch.count < credit, let frames = try pull.receive(dontWait: true) {
                     guard let frame = frames.first, !frame.isEmpty else { inputDone = true; break }
@@ -254,7 +273,7 @@ final class PipelineClient {
                 }
             }
             if now - silentSince > timeoutNs {
-                throw RouterUnreachable(endpoint: endpoint, seconds: Int(timeoutNs / 1_000_000_000))
+                throw RouterUnreachable(endpoint: endpoint, seconds: Int(timeoutNs / 1_000_000_000), curve: curve != nil)
             }
             if now - lastHeard > heartbeat.expiryNs {
                 // The router went away: reconnect and send again whatever it had not answered.
@@ -262,8 +281,9 @@ final class PipelineClient {
                     logger.warning("router silent; reconnecting", metadata: ["endpoint": "\(endpoint)", "in_flight": "\(inFlight.count)"])
                     warnedSilent = true
                 }
-                socket.close()
-                socket = try connect()
+                connection.close()
+                connection = try connect()
+                socket = connection.socket
                 credit = 0
                 resubmit = inFlight.values.sorted { $0.seq < $1.seq }
                 lastHeard = now
@@ -274,7 +294,6 @@ final class PipelineClient {
             }
         }
         _ = try? socket.send([WireMessage.disconnect("done").bytes()])   // best effort: the router times us out anyway
-        socket.close()
     }
 
     /// Sends envelopes in messages of at most `maxSubmitBytes` (one envelope per message at least).
@@ -303,8 +322,11 @@ final class PipelineClient {
 public struct RouterUnreachable: Error, CustomStringConvertible {
     public let endpoint: String
     public let seconds: Int
+    /// We spoke CURVE: a wrong server key also looks like silence.
+    public var curve = false
     public var description: String {
         "the router at \(endpoint) has not answered for \(seconds) s; is `aligners router` running there?"
+            + (curve ? " Is --curve-server-key its public key?" : "")
     }
 }
 

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import ServiceLifecycle
+import UnixSignals
 
 /// Runs a blocking loop (a router or worker) on a thread of its own as a ServiceLifecycle service:
 /// SIGTERM/SIGINT call `drain`, and the service ends when the loop returns.
@@ -36,13 +37,27 @@ public struct ThreadService: Service {
 }
 
 public enum Daemon {
-    /// Runs the services until they end or a signal drains them.
-    public static func run(_ services: [ThreadService], logger: Logger) async throws {
-        let group = ServiceGroup(configuration: .init(
-            services: services.map { .init(service: $0, successTerminationBehavior: .gracefullyShutdownGroup) },
-            gracefulShutdownSignals: [.sigterm, .sigint],
-            logger: logger))
+    /// Runs the services until they end or a signal drains them. `onReload`, if given, is called on
+    /// each SIGHUP (systemd's `ExecReload=`).
+    public static func run(_ services: [ThreadService], onReload: (@Sendable () -> Void)? = nil, logger: Logger) async throws {
+        var configurations: [ServiceGroupConfiguration.ServiceConfiguration] =
+            services.map { .init(service: $0, successTerminationBehavior: .gracefullyShutdownGroup) }
+        // Last, so a shutdown stops listening for SIGHUP before it drains the others.
+        if let onReload { configurations.append(.init(service: ReloadOnHangup(reload: onReload), successTerminationBehavior: .ignore)) }
+        let group = ServiceGroup(configuration: .init(services: configurations, gracefulShutdownSignals: [.sigterm, .sigint],
+                                                      logger: logger))
         try await group.run()
+    }
+}
+
+/// Calls `reload` on every SIGHUP until the group shuts down.
+struct ReloadOnHangup: Service {
+    let reload: @Sendable () -> Void
+
+    func run() async throws {
+        for await _ in await UnixSignalsSequence(trapping: .sighup).cancelOnGracefulShutdown() {
+            reload()
+        }
     }
 }
 

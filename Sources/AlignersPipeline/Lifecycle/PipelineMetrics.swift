@@ -61,7 +61,13 @@ public enum MetricsEndpoint {
     private static let registry = PrometheusCollectorRegistry()
 
     /// Bootstraps swift-metrics with Prometheus and listens on `host:port`. Call once per process.
-    public static func start(port: Int, host: String = "127.0.0.1") throws {
+    /// The endpoint is plain HTTP: a host other than loopback needs `insecure`, and the returned
+    /// warning (nil on loopback) should be logged.
+    @discardableResult
+    public static func start(port: Int, host: String = "127.0.0.1", insecure: Bool = false) throws -> String? {
+        let warning = try EndpointPolicy.check("tcp://\(host):\(port)", use: "serve metrics on", encrypted: false, insecure: insecure,
+                                               risk: "read the pipeline's metrics",
+                                               remedy: "Serve them on loopback (--metrics-host 127.0.0.1) and scrape through a tunnel or a local agent")
         var factory = PrometheusMetricsFactory(registry: registry)
         factory.defaultValueHistogramBuckets = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1]
         MetricsSystem.bootstrap(factory)
@@ -97,6 +103,7 @@ public enum MetricsEndpoint {
         let thread = Thread { serve(fd) }
         thread.name = "aligners-metrics"
         thread.start()
+        return warning
     }
 
     /// Connections served at once; more wait in the listen backlog.

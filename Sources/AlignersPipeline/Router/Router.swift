@@ -42,17 +42,46 @@ public struct RouterSettings: Sendable, Equatable {
     public init(criteria: [String]) { self.criteria = criteria }
 }
 
+/// How the router's endpoints are protected.
+public struct RouterSecurity: Sendable {
+    /// CURVE on every socket (front end, back end, tap), peers admitted by allowlist; nil: none.
+    public var curve: CurveServerKeys?
+    /// Allow plain tcp on addresses other than loopback (logged as a warning).
+    public var insecure: Bool
+    public init(curve: CurveServerKeys? = nil, insecure: Bool = false) {
+        self.curve = curve
+        self.insecure = insecure
+    }
+}
+
+/// A CURVE router's key pair and the allowlists its ZAP handler checks.
+public struct CurveServerKeys: Sendable {
+    public let keyPair: CurveKeyPair
+    public let allowlists: PeerAllowlists
+    public init(keyPair: CurveKeyPair, allowlists: PeerAllowlists) {
+        self.keyPair = keyPair
+        self.allowlists = allowlists
+    }
+}
+
 /// The router: clients submit envelopes at the front end, workers serve jobs at the back end, and
 /// the squad policy decides, batch by batch, which jobs exist. One thread owns every socket.
 ///
 /// Flow control is credit end to end: a client gets `clientWindow` envelopes of credit and more
 /// only as results come back; a worker gets at most `credit` jobs at once. Nothing else queues.
+///
+/// Workers are not trusted: a result that is not a valid answer to the job held (scores that are
+/// not numbers in [0, 1], envelopes or job ids the router never gave it) drops the worker and
+/// re-queues its jobs. With CURVE, peers are admitted by public key (see `ZAPHandler`).
 public final class Router: @unchecked Sendable {
     public let settings: RouterSettings
     private let logger: Logger
     private let frontend: ZMQSocket
     private let backend: ZMQSocket
     private let tap: ZMQSocket?
+    private let curve: CurveServerKeys?
+    /// Answers CURVE handshakes; served by the router's thread like every other socket.
+    private let zap: ZAPHandler?
     private let draining = Atomic<Bool>(false)
     /// Called from the router thread once per loop turn (systemd watchdog, status).
     public var onTick: (@Sendable (RouterStats) -> Void)?
@@ -72,24 +101,50 @@ public final class Router: @unchecked Sendable {
     private var nextJobID: UInt64 = 1
     private var nextBatchID: UInt64 = 1
     private var lastHeartbeat: UInt64 = 0
+    /// Peers whose messages are ignored: workers dropped for bad results, peers whose key left the
+    /// allowlists. (Bounded: cleared when it grows past 10,000.)
+    private var ignored: Set<Identity> = []
+    /// The allowlists' generation the peers were last checked against.
+    private var allowlistGeneration: UInt64 = 0
     public private(set) var stats = RouterStats()
     private let metrics = PipelineMetrics.shared
 
     /// Binds the front end, back end and optional tap. Endpoints are ZeroMQ's (tcp://, ipc://, inproc://).
+    /// Plain tcp on an address other than loopback needs `security.insecure` (else this throws).
     public init(context: ZMQContext, frontend: String, backend: String, tap: String? = nil,
-                settings: RouterSettings, logger: Logger) throws {
+                settings: RouterSettings, security: RouterSecurity = RouterSecurity(), logger: Logger) throws {
         self.settings = settings
         self.logger = logger
+        for endpoint in [frontend, backend] + (tap.map { [$0] } ?? []) {
+            if let warning = try EndpointPolicy.check(endpoint, use: "bind", encrypted: security.curve != nil, insecure: security.insecure,
+                                                      remedy: Self.curveRemedy) {
+                logger.warning("\(warning)")
+            }
+        }
+        curve = security.curve
+        // The handler is bound before any CURVE socket, so no handshake can find it missing.
+        if let curve = security.curve {
+            try Curve.requireAvailable()
+            zap = try ZAPHandler(context: context, allowlists: curve.allowlists, logger: logger)
+            allowlistGeneration = curve.allowlists.generation
+        } else {
+            zap = nil
+        }
         self.frontend = try ZMQSocket(context, .router)
         self.backend = try ZMQSocket(context, .router)
         try self.frontend.setRouterMandatory()
         try self.backend.setRouterMandatory()
         try self.frontend.setMaxMessageSize(settings.maxMessageBytes)
         try self.backend.setMaxMessageSize(settings.maxMessageBytes)
+        if let curve = security.curve {
+            try self.frontend.makeCurveServer(curve.keyPair, zapDomain: PeerKind.client.zapDomain)
+            try self.backend.makeCurveServer(curve.keyPair, zapDomain: PeerKind.worker.zapDomain)
+        }
         try self.frontend.bind(frontend)
         try self.backend.bind(backend)
         if let tap {
             let pub = try ZMQSocket(context, .pub)
+            if let curve = security.curve { try pub.makeCurveServer(curve.keyPair, zapDomain: PeerKind.tap.zapDomain) }
             try pub.bind(tap)
             self.tap = pub
         } else {
@@ -97,8 +152,30 @@ public final class Router: @unchecked Sendable {
         }
     }
 
+    static let curveRemedy = "Protect it with CURVE (--curve-secret-key with --allow-clients and --allow-workers; "
+        + "`aligners keys generate` makes keys), or bind to a loopback or ipc:// endpoint"
+
+    deinit {
+        // The ZAP handler goes last: no CURVE socket is ever left without it.
+        frontend.close()
+        backend.close()
+        tap?.close()
+        zap?.socket.close()
+    }
+
+    /// Reads the allowlist files again (SIGHUP). Thread-safe. Peers already connected whose key is
+    /// gone are dropped by the router's thread; on an error the old lists stay.
+    @discardableResult
+    public func reloadAllowlists() throws -> [PeerKind: Int] {
+        guard let curve else {
+            throw CurveError("the router runs without CURVE (--curve-secret-key), so it has no allowlists to reload")
+        }
+        return try curve.allowlists.reload()
+    }
+
     public var frontendEndpoint: String { frontend.lastEndpoint }
     public var backendEndpoint: String { backend.lastEndpoint }
+    public var tapEndpoint: String? { tap?.lastEndpoint }
 
     /// Stop taking new samples, finish those in flight, then return from `run()`. Thread-safe.
     public func drain() { draining.store(true, ordering: .relaxed) }
@@ -106,14 +183,24 @@ public final class Router: @unchecked Sendable {
 
     /// Serves until drained and idle. Call on a dedicated thread (it blocks).
     public func run() throws {
-        var poller = ZMQPoller([frontend, backend])
+        var poller = ZMQPoller([frontend, backend] + (zap.map { [$0.socket] } ?? []))
         var announcedDrain = false
-        logger.info("router serving", metadata: ["frontend": "\(frontend.lastEndpoint)", "backend": "\(backend.lastEndpoint)",
-                                                "criteria": "\(settings.criteria.joined(separator: ","))"])
+        var metadata: Logger.Metadata = ["frontend": "\(frontend.lastEndpoint)", "backend": "\(backend.lastEndpoint)",
+                                         "criteria": "\(settings.criteria.joined(separator: ","))"]
+        if let curve {
+            metadata["curve_public_key"] = "\(curve.keyPair.publicKey)"
+            for (kind, count) in curve.allowlists.counts { metadata["allowed_\(kind.rawValue)s"] = "\(count)" }
+        }
+        logger.info("router serving", metadata: metadata)
         while true {
             let ready = try poller.poll(timeoutMs: pollTimeout())
-            if ready[1] { try drainSocket(backend) { try handleBackend($0) } }
-            if ready[0] { try drainSocket(frontend) { try handleFrontend($0) } }
+            if ready.count > 2 && ready[2] { try zap?.serve() }
+            if let curve, curve.allowlists.generation != allowlistGeneration {
+                allowlistGeneration = curve.allowlists.generation
+                enforceAllowlists(curve.allowlists)
+            }
+            if ready[1] { try drainSocket(backend) { try handleBackend($0, key: $1) } }
+            if ready[0] { try drainSocket(frontend) { try handleFrontend($0, key: $1) } }
             let now = monotonicNanos()
             if isDraining {
                 if !announcedDrain {
@@ -147,6 +234,7 @@ public final class Router: @unchecked Sendable {
             stats.workers = workers.count
             stats.queued = services.values.reduce(0) { $0 + $1.queue.count }
             stats.cpuNanos = threadCPUNanos()
+            stats.refusedPeers = zap?.refused ?? 0
             onTick?(stats)
         }
     }
@@ -158,25 +246,40 @@ public final class Router: @unchecked Sendable {
         return ms
     }
 
-    private func drainSocket(_ socket: ZMQSocket, _ handle: ([[UInt8]]) throws -> Void) throws {
+    /// Handles what a socket holds, with each message's sender key ("" without CURVE).
+    private func drainSocket(_ socket: ZMQSocket, _ handle: ([[UInt8]], String) throws -> Void) throws {
         // Bounded so one busy socket cannot starve the other or the timers.
         for _ in 0..<1000 {
-            guard let frames = try socket.receive(dontWait: true) else { return }
-            try handle(frames)
+            if curve == nil {
+                guard let frames = try socket.receive(dontWait: true) else { return }
+                try handle(frames, "")
+            } else {
+                guard let (frames, key) = try socket.receiveWithUserID(dontWait: true) else { return }
+                try handle(frames, key)
+            }
         }
     }
 
     // MARK: Front end (clients)
 
-    private func handleFrontend(_ frames: [[UInt8]]) throws {
+    private func handleFrontend(_ frames: [[UInt8]], key: String) throws {
         guard frames.count == 2, let message = WireMessage.decode(frames[1]) else {
             stats.rejectedFrames += 1
             return
         }
         let id = Identity(frames[0])
+        guard !ignored.contains(id) else {
+            stats.rejectedFrames += 1
+            return
+        }
         let now = monotonicNanos()
         if clients[id] == nil {
-            clients[id] = Client(lastSeen: now)
+            // Admitted at its handshake; the list may have changed since (a reload).
+            if let curve, !curve.allowlists.allows(key, as: .client) {
+                ignore(id, "client's key is no longer in the allowlist", key: key)
+                return
+            }
+            clients[id] = Client(lastSeen: now, key: key)
             logger.debug("client connected", metadata: ["client": "\(id)"])
             if !isDraining { grantCredit(id, settings.clientWindow) }
         }
@@ -399,15 +502,23 @@ public final class Router: @unchecked Sendable {
 
     // MARK: Back end (workers)
 
-    private func handleBackend(_ frames: [[UInt8]]) throws {
+    private func handleBackend(_ frames: [[UInt8]], key: String) throws {
         guard frames.count == 2, let message = WireMessage.decode(frames[1]) else {
             stats.rejectedFrames += 1
             return
         }
         let id = Identity(frames[0])
+        guard !ignored.contains(id) else {
+            stats.rejectedFrames += 1
+            return
+        }
         let now = monotonicNanos()
         if case .ready(let ready) = message.kind {
-            register(id, ready, now: now)
+            if let curve, !curve.allowlists.allows(key, as: .worker) {
+                ignore(id, "worker's key is no longer in the allowlist", key: key)
+                return
+            }
+            register(id, ready, now: now, key: key)
             return
         }
         guard workers[id] != nil else {
@@ -434,7 +545,7 @@ public final class Router: @unchecked Sendable {
         }
     }
 
-    private func register(_ id: Identity, _ ready: Aligners_V1_Ready, now: UInt64) {
+    private func register(_ id: Identity, _ ready: Aligners_V1_Ready, now: UInt64, key: String) {
         guard !ready.service.isEmpty, ready.credit > 0 else {
             stats.rejectedFrames += 1
             return
@@ -449,16 +560,30 @@ public final class Router: @unchecked Sendable {
         }
         let credit = Int(min(ready.credit, 1024))
         workers[id] = WorkerState(service: ready.service, name: ready.worker.isEmpty ? "\(id)" : ready.worker,
-                                  model: ready.model, credit: credit, lastSeen: now)
+                                  model: ready.model, key: key, credit: credit, lastSeen: now)
         services[ready.service, default: ServiceQueue()].ready.append(id)
         services[ready.service]!.everServed = true
         services[ready.service]!.lastWorkerSeen = now
-        logger.info("worker ready", metadata: ["worker": "\(ready.worker)", "service": "\(ready.service)",
-                                               "model": "\(ready.model)", "credit": "\(credit)"])
+        var metadata: Logger.Metadata = ["worker": "\(ready.worker)", "service": "\(ready.service)",
+                                         "model": "\(ready.model)", "credit": "\(credit)"]
+        if !key.isEmpty { metadata["key"] = "\(key)" }
+        logger.info("worker ready", metadata: metadata)
     }
 
     private func complete(_ result: Aligners_V1_JobResult, from workerID: Identity) {
         guard var worker = workers[workerID] else { return }
+        // An id the router never issued is no late answer: the worker is broken or hostile.
+        guard result.id > 0, result.id < nextJobID else {
+            dropWorker(workerID, reason: "answered job \(result.id), which the router never dispatched")
+            return
+        }
+        // Exactly once: only the current attempt's answer from the worker holding the job counts; any
+        // other (a late answer after a reconnect, a duplicate) is ignored.
+        let current = jobs[result.id].map { $0.worker == workerID && UInt32($0.attempt) == result.attempt } ?? false
+        if current, let job = jobs[result.id], let problem = problem(with: result, for: job) {
+            dropWorker(workerID, reason: problem)
+            return
+        }
         if worker.inFlight.remove(result.id) != nil {
             worker.credit += 1
             workers[workerID] = worker
@@ -466,17 +591,14 @@ public final class Router: @unchecked Sendable {
                 services[worker.service]!.ready.append(workerID)
             }
         }
-        // Exactly once: only the current attempt's answer from the worker holding the job counts.
-        guard let job = jobs[result.id], job.worker == workerID, UInt32(job.attempt) == result.attempt else {
+        guard current, let job = jobs[result.id] else {
             stats.duplicates += 1
             return
         }
         jobs[result.id] = nil
         metrics.time("aligners_stage_latency_seconds", [("service", job.service)], nanoseconds: monotonicNanos() - job.dispatchedAt)
-        if result.hasError || result.envelopes.map(\.id) != jobIDs(of: job) {
-            let error = result.hasError ? result.error
-                : EnvelopeError(.internal, "worker returned envelopes that do not match the job", stage: job.service)
-            fail(job, error)
+        if result.hasError {
+            fail(job, result.error)
             return
         }
         switch job.owner {
@@ -500,6 +622,39 @@ public final class Router: @unchecked Sendable {
             batches[batchID] = batch
             if batch.outstanding.isEmpty { completeStep(of: batchID) }
         }
+    }
+
+    /// What makes a worker's answer to `job` unusable, or nil when nothing does. Such an answer is the
+    /// worker's fault (a bug, a hostile peer), not the samples': the worker is dropped and the job
+    /// runs elsewhere. (Stages clamp their scores, but the router must not count on it.)
+    private func problem(with result: Aligners_V1_JobResult, for job: Job) -> String? {
+        if result.hasError { return nil }   // a failure report is an answer
+        let expected = jobIDs(of: job)
+        guard result.envelopes.count == expected.count else {
+            return "returned \(result.envelopes.count) envelopes for a job of \(expected.count)"
+        }
+        for (delta, id) in zip(result.envelopes, expected) where delta.id != id {
+            return "returned envelope '\(delta.id.prefix(64))' in place of the job's '\(id)'"
+        }
+        let criterion = String(job.service.drop(while: { $0 != "." }).dropFirst())
+        var required: [String] = []
+        if job.service == ServiceName.inspectAll {
+            if case .batch(let batchID, _) = job.owner, case .inspect(let criteria, _)? = batches[batchID]?.run.step { required = criteria }
+        } else if job.service.hasPrefix("inspect.") {
+            required = [criterion]
+        }
+        for delta in result.envelopes where !delta.hasError {
+            for record in delta.scores where !(record.score.isFinite && (0...1).contains(record.score)) {
+                return "scored \(record.criterion) \(record.score) for envelope '\(delta.id)' (a score is a number in [0, 1])"
+            }
+            if let missing = required.first(where: { c in !delta.scores.contains { $0.criterion == c } }) {
+                return "returned no \(missing) score for envelope '\(delta.id)'"
+            }
+            if job.service.hasPrefix("align."), let step = delta.steps.first(where: { $0.criterion != criterion }) {
+                return "recorded a step for '\(step.criterion.prefix(64))' in a job for \(criterion)"
+            }
+        }
+        return nil
     }
 
     /// Folds a worker's deltas (what the stage added, see `JobResult`) into the batch's envelopes
@@ -619,20 +774,62 @@ public final class Router: @unchecked Sendable {
         for worker in workers.values { services[worker.service]?.lastWorkerSeen = now }
     }
 
+    /// Drops a worker that cannot be trusted: its jobs go back to their queues, it is told why, and
+    /// what it sends on this connection is ignored. (It may connect again; with CURVE, only while
+    /// its key is allowlisted.)
+    private func dropWorker(_ id: Identity, reason: String) {
+        _ = try? backend.send([id.bytes, WireMessage.disconnect("dropped: \(reason)").bytes()], dontWait: true)
+        stats.droppedWorkers += 1
+        metrics.count("aligners_workers_dropped_total")
+        forgetWorker(id, reason: reason, dropped: true)
+        ignoreFromNowOn(id)
+    }
+
+    private func ignoreFromNowOn(_ id: Identity) {
+        if ignored.count >= 10_000 { ignored.removeAll() }
+        ignored.insert(id)
+    }
+
+    /// A peer whose key left the allowlists after its handshake.
+    private func ignore(_ id: Identity, _ reason: String, key: String) {
+        logger.warning("peer refused", metadata: ["reason": "\(reason)", "key": "\(key)"])
+        ignoreFromNowOn(id)
+    }
+
+    /// After a reload: drops the workers and clients whose keys are no longer listed. (Tap
+    /// subscribers cannot be told apart on a PUB socket: a removed one is refused when it reconnects.)
+    private func enforceAllowlists(_ allowlists: PeerAllowlists) {
+        for (id, worker) in workers where !allowlists.allows(worker.key, as: .worker) {
+            dropWorker(id, reason: "its key was removed from the workers' allowlist")
+        }
+        for (id, client) in clients where !allowlists.allows(client.key, as: .client) {
+            logger.warning("client dropped", metadata: ["client": "\(id)", "key": "\(client.key)", "in_flight": "\(client.inFlight)",
+                                                        "reason": "its key was removed from the clients' allowlist"])
+            clients[id] = nil
+            ignoreFromNowOn(id)
+        }
+    }
+
     /// Removes a worker; the jobs it held go back to the front of their queue for another worker.
-    private func forgetWorker(_ id: Identity, reason: String) {
+    private func forgetWorker(_ id: Identity, reason: String, dropped: Bool = false) {
         guard let worker = workers.removeValue(forKey: id) else { return }
         services[worker.service]?.ready.removeAll { $0 == id }
-        logger.log(level: reason == "stopped" && worker.inFlight.isEmpty ? .info : .warning,
-                   reason == "stopped" ? "worker left" : "worker lost", metadata: ["worker": "\(worker.name)", "service": "\(worker.service)",
-                                                 "reason": "\(reason)", "requeued_jobs": "\(worker.inFlight.count)"])
+        var metadata: Logger.Metadata = ["worker": "\(worker.name)", "service": "\(worker.service)",
+                                         "reason": "\(reason)", "requeued_jobs": "\(worker.inFlight.count)"]
+        if !worker.key.isEmpty { metadata["key"] = "\(worker.key)" }
+        if dropped {
+            logger.error("worker dropped", metadata: metadata)
+        } else {
+            logger.log(level: reason == "stopped" && worker.inFlight.isEmpty ? .info : .warning,
+                       reason == "stopped" ? "worker left" : "worker lost", metadata: metadata)
+        }
         for jobID in worker.inFlight.sorted().reversed() {
             guard var job = jobs[jobID] else { continue }
             job.attempt += 1
             job.worker = nil
             if job.attempt > settings.maxAttempts {
                 fail(job, EnvelopeError(.retriesExhausted,
-                                        "\(job.service) was dispatched \(settings.maxAttempts) times and every worker was lost",
+                                        "\(job.service) was dispatched \(settings.maxAttempts) times and every worker it went to was lost or dropped",
                                         stage: job.service))
                 continue
             }
@@ -673,6 +870,10 @@ public struct RouterStats: Sendable, Equatable {
     public var requeued = 0
     public var duplicates = 0
     public var rejectedFrames = 0
+    /// Workers dropped for answers that were not valid, or whose key left the allowlist.
+    public var droppedWorkers = 0
+    /// CURVE handshakes refused (keys not on the allowlist).
+    public var refusedPeers = 0
     public var workers = 0
     public var queued = 0
     /// CPU time the router's thread has used (its own cost, whatever else shares the cores).
@@ -701,6 +902,8 @@ struct Sample {
 
 struct Client {
     var lastSeen: UInt64
+    /// The CURVE public key it connected with ("" without CURVE).
+    var key = ""
     var inFlight = 0
     var gone = false
 }
@@ -709,6 +912,8 @@ struct WorkerState {
     let service: String
     let name: String
     let model: String
+    /// The CURVE public key it connected with ("" without CURVE).
+    let key: String
     var credit: Int
     var lastSeen: UInt64
     var inFlight: Set<UInt64> = []

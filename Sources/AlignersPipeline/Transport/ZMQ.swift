@@ -29,7 +29,7 @@ public final class ZMQContext: @unchecked Sendable {
 
 public final class ZMQSocket {
     public enum Kind {
-        case router, dealer, pub, sub, pair, push, pull
+        case router, dealer, pub, sub, pair, push, pull, rep
         var raw: Int32 {
             switch self {
             case .router: ZMQ_ROUTER
@@ -39,6 +39,7 @@ public final class ZMQSocket {
             case .pair: ZMQ_PAIR
             case .push: ZMQ_PUSH
             case .pull: ZMQ_PULL
+            case .rep: ZMQ_REP
             }
         }
     }
@@ -127,6 +128,16 @@ public final class ZMQSocket {
 
     /// Receives one multipart message; nil when none is waiting and `dontWait` is set.
     public func receive(dontWait: Bool = false) throws -> [[UInt8]]? {
+        try receiveMessage(dontWait: dontWait, userID: false)?.frames
+    }
+
+    /// Receives one multipart message and the ZAP user id its sender's connection was admitted under
+    /// (on a CURVE router, the peer's public key in Z85; "" without ZAP).
+    public func receiveWithUserID(dontWait: Bool = false) throws -> (frames: [[UInt8]], userID: String)? {
+        try receiveMessage(dontWait: dontWait, userID: true)
+    }
+
+    private func receiveMessage(dontWait: Bool, userID wantUserID: Bool) throws -> (frames: [[UInt8]], userID: String)? {
         var frames: [[UInt8]] = []
         let msg = UnsafeMutablePointer<zmq_msg_t>.allocate(capacity: 1)
         defer { msg.deallocate() }
@@ -141,7 +152,11 @@ public final class ZMQSocket {
             let size = zmq_msg_size(msg)
             let data = zmq_msg_data(msg)!
             frames.append(Array(UnsafeRawBufferPointer(start: data, count: size)))
-            if zmq_msg_more(msg) == 0 { return frames }
+            if zmq_msg_more(msg) == 0 {
+                // Metadata rides on the frames the peer sent (a ROUTER's identity frame has none).
+                let userID = wantUserID ? zmq_msg_gets(msg, "User-Id").map { String(cString: $0) } ?? "" : ""
+                return (frames, userID)
+            }
         }
     }
 }

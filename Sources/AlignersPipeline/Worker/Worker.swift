@@ -20,6 +20,10 @@ public struct WorkerSettings: Sendable {
     public var jobTimeoutMs: Int = 600_000
     /// Shown in the router's logs.
     public var name: String = "\(ProcessInfo.processInfo.hostName):\(getpid())"
+    /// Connect as a CURVE client of a router started with `--curve-secret-key`.
+    public var curve: CurveClientKeys?
+    /// Allow plain tcp to an address other than loopback (logged as a warning).
+    public var insecure = false
     public init() {}
 }
 
@@ -39,8 +43,14 @@ public final class Worker: @unchecked Sendable {
     /// Called from the socket thread each loop turn with whether the compute thread looks healthy.
     public var onTick: (@Sendable (_ healthy: Bool) -> Void)?
 
+    /// Throws for plain tcp to an address other than loopback unless `settings.insecure`.
     public init(context: ZMQContext, endpoint: String, handler: any StageHandler, settings: WorkerSettings = WorkerSettings(),
-                logger: Logger) {
+                logger: Logger) throws {
+        if let warning = try EndpointPolicy.check(endpoint, use: "connect to", encrypted: settings.curve != nil,
+                                                  insecure: settings.insecure, remedy: CurveClientKeys.remedy) {
+            logger.warning("\(warning)")
+        }
+        if settings.curve != nil { try Curve.requireAvailable() }
         self.context = context
         self.endpoint = endpoint
         self.handler = handler
@@ -63,17 +73,25 @@ public final class Worker: @unchecked Sendable {
             pipe.close()
         }
 
-        var socket = try connect()
+        var connection = try connect()
+        var socket = connection.socket
         var inFlight = Set<UInt64>()
         var lastHeard = monotonicNanos()
         var lastSent: UInt64 = 0
         var announcedDrain = false
         var reconnectDelayMs = settings.heartbeat.intervalMs
 
+        // libzmq does not retry a connection whose handshake failed (a refused key): we do, on a
+        // fresh socket, backing off.
+        var handshakeFailed = false
         while true {
-            var poller = ZMQPoller([socket, pipe])
+            var poller = ZMQPoller([socket, pipe] + (connection.watch.map { [$0.events] } ?? []))
             let ready = try poller.poll(timeoutMs: min(settings.heartbeat.intervalMs, 100))
             let now = monotonicNanos()
+            if ready.count > 2 && ready[2], let failure = try connection.watch?.failures().first {
+                logger.error("router handshake failed", metadata: ["error": "\(failure)", "retry_in_ms": "\(reconnectDelayMs)"])
+                handshakeFailed = true
+            }
             if ready[0] {
                 while let frames = try socket.receive(dontWait: true) {
                     lastHeard = now
@@ -82,6 +100,10 @@ public final class Worker: @unchecked Sendable {
                     case .job(let job):
                         inFlight.insert(job.id)
                         try pipe.send([frames[0]])
+                    case .disconnect(let d) where d.reason.hasPrefix("dropped"):
+                        // The router ignores this connection from now on; after the heartbeat expiry
+                        // we start over on a fresh one.
+                        logger.error("the router dropped this worker", metadata: ["reason": "\(d.reason)"])
                     case .disconnect(let d):
                         logger.warning("router asked us to register again", metadata: ["reason": "\(d.reason)"])
                         try socket.send([registration()])
@@ -108,17 +130,21 @@ public final class Worker: @unchecked Sendable {
                 if inFlight.isEmpty {
                     try socket.send([WireMessage.disconnect("stopped").bytes()])
                     logger.info("worker drained")
-                    socket.close()
+                    connection.close()
                     return
                 }
             }
-            if now - lastHeard > settings.heartbeat.expiryNs {
-                // The router is gone or restarted: start over with a fresh socket, backing off.
-                logger.warning("router silent; reconnecting", metadata: ["endpoint": "\(endpoint)", "delay_ms": "\(reconnectDelayMs)"])
-                socket.close()
+            if handshakeFailed || now - lastHeard > settings.heartbeat.expiryNs {
+                // The router is gone or restarted, or refused us: start over with a fresh socket, backing off.
+                if !handshakeFailed {
+                    logger.warning("router silent; reconnecting", metadata: ["endpoint": "\(endpoint)", "delay_ms": "\(reconnectDelayMs)"])
+                }
+                handshakeFailed = false
+                connection.close()
                 Thread.sleep(forTimeInterval: Double(reconnectDelayMs) / 1000)
                 reconnectDelayMs = min(reconnectDelayMs * 2, 32_000)
-                socket = try connect()
+                connection = try connect()
+                socket = connection.socket
                 lastHeard = monotonicNanos()
                 continue
             } else if now - lastHeard < settings.heartbeat.intervalNs {
@@ -147,13 +173,13 @@ public final class Worker: @unchecked Sendable {
         return WireMessage(.ready(ready)).bytes()
     }
 
-    private func connect() throws -> ZMQSocket {
-        let socket = try ZMQSocket(context, .dealer)
-        try socket.connect(endpoint)
-        try socket.send([registration()])
-        logger.info("worker registering", metadata: ["service": "\(handler.service)", "endpoint": "\(endpoint)",
-                                                     "model": "\(handler.model)"])
-        return socket
+    private func connect() throws -> RouterConnection {
+        let connection = try RouterConnection(context: context, endpoint: endpoint, curve: settings.curve)
+        try connection.socket.send([registration()])
+        var metadata: Logger.Metadata = ["service": "\(handler.service)", "endpoint": "\(endpoint)", "model": "\(handler.model)"]
+        if let curve = settings.curve { metadata["key"] = "\(curve.keyPair.publicKey)" }
+        logger.info("worker registering", metadata: metadata)
+        return connection
     }
 
     /// The compute thread: one job at a time, as long as the model takes.
