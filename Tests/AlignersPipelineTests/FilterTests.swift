@@ -10,7 +10,8 @@ import PipelineTestDoubles
 func runFilter(_ input: [UInt8], criteria: [String] = ["ethical", "helpful"], withGenerator: Bool = true,
                settings: FilterSettings = FilterSettings(), batchSize: Int = 8, windowMs: Int = 5,
                extraHandlers: [any StageHandler] = [], revertRegressions: Bool = false,
-               combinedInspection: Bool = false, maxMessageBytes: Int? = nil) throws -> (lines: [[String: Any]], raw: [String], summary: FilterSummary) {
+               combinedInspection: Bool = false, maxMessageBytes: Int? = nil,
+               serviceTimeoutMs: Int = 20_000) throws -> (lines: [[String: Any]], raw: [String], summary: FilterSummary) {
     var logger = Logger(label: "test")
     logger.logLevel = .error
     let context = ZMQContext()
@@ -21,8 +22,10 @@ func runFilter(_ input: [UInt8], criteria: [String] = ["ethical", "helpful"], wi
     routerSettings.combinedInspection = combinedInspection
     if let maxMessageBytes { routerSettings.maxMessageBytes = maxMessageBytes }
     routerSettings.jobSize = 4
-    routerSettings.serviceTimeoutMs = 300
-    routerSettings.heartbeat = HeartbeatSettings(intervalMs: 100, liveness: 5)
+    // Generous: a loaded runner can stall the router for seconds; nothing here waits on expiry
+    // unless a test asks (no generator: its lines fail after `serviceTimeoutMs`).
+    routerSettings.serviceTimeoutMs = serviceTimeoutMs
+    routerSettings.heartbeat = HeartbeatSettings(intervalMs: 100, liveness: 100)
     var handlers: [any StageHandler] = combinedInspection
         ? [InspectorSetStage(criteria.map { MarkerInspector(criterion: $0) })] + criteria.map { AlignerStage(MarkerAligner(criterion: $0)) }
         : criteria.flatMap { [InspectorStage(MarkerInspector(criterion: $0)) as any StageHandler, AlignerStage(MarkerAligner(criterion: $0))] }
@@ -247,7 +250,7 @@ struct FilterTests {
     @Test("no generator: lines without a response fail clearly, the rest go through")
     func noGenerator() throws {
         let objects: [[String: Any]] = [["prompt": "needs an answer"], ["prompt": "q", "response": "a"]]
-        let out = try runFilter(jsonl(objects), withGenerator: false)
+        let out = try runFilter(jsonl(objects), withGenerator: false, serviceTimeoutMs: 300)
         #expect(out.lines.count == 2)
         #expect((out.lines[0]["error"] as? [String: Any])?["code"] as? String == "no_worker")
         #expect(out.lines[1]["response"] as? String == "a")
