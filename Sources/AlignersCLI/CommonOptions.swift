@@ -50,8 +50,9 @@ struct MetricsOptions: ParsableArguments {
     func start(_ logger: Logger, insecure: Bool = false) throws {
         guard let port = metricsPort else { return }
         do {
-            if let warning = try MetricsEndpoint.start(port: port, host: metricsHost, insecure: insecure) { logger.warning("\(warning)") }
-            logger.info("metrics served", metadata: ["endpoint": "http://\(metricsHost):\(port)/metrics"])
+            let (address, warning) = try MetricsEndpoint.start(port: port, host: metricsHost, insecure: insecure)
+            if let warning { logger.warning("\(warning)") }
+            logger.info("metrics served", metadata: ["endpoint": "http://\(metricsHost):\(port)/metrics", "bound": "\(address)"])
         } catch {
             logger.critical("cannot serve metrics", metadata: ["error": "\(error)"])
             throw ExitCode(2)
