@@ -129,6 +129,8 @@ final class HandWorker {
     let service: String
     let credit: Int
     let heartbeat: HeartbeatSettings
+    /// The router's, which answers carry (as a worker's do).
+    let routerIncarnation: UInt64
     private var lastBeat: UInt64 = 0
     /// Computes correct answers (the worker's own code, without its sockets).
     private let answerer: Worker
@@ -139,6 +141,7 @@ final class HandWorker {
         service = handler.service
         self.credit = credit
         heartbeat = pipeline.router.settings.heartbeat
+        routerIncarnation = pipeline.router.incarnation
         answerer = try Worker(context: pipeline.context, endpoint: pipeline.router.backendEndpoint, handler: handler,
                               logger: Logger(label: "hand") { _ in SwiftLogNoOpLogHandler() })
         register()
@@ -155,8 +158,12 @@ final class HandWorker {
 
     func send(_ message: WireMessage) { _ = try? socket.send([message.bytes()]) }
 
-    /// The right answer to `job`, as a worker would give it.
-    func answer(_ job: Aligners_V1_Job) { send(WireMessage(.result(answerer.answer(job)))) }
+    /// The right answer to `job`, as a worker would give it, addressed to `incarnation` (default: the router's).
+    func answer(_ job: Aligners_V1_Job, to incarnation: UInt64? = nil) {
+        var message = WireMessage(.result(answerer.answer(job)))
+        message.routerIncarnation = incarnation ?? routerIncarnation
+        send(message)
+    }
 
     /// Heartbeats and reads until a message matches `match` (returned) or `seconds` pass (nil).
     /// Every job received on the way is passed to `onJob`.
@@ -392,6 +399,7 @@ struct LivenessTests {
         func deliver(_ envelopes: [Envelope]) -> WireMessage.OneOf_Kind { .deliver(.with { $0.envelopes = envelopes }) }
         /// Envelopes submitted, until `n` have come (and the client has spoken) or a minute passes;
         /// heartbeats from `incarnation` meanwhile.
+        var addressedTo: [UInt64: UInt64] = [:]   // seq → the incarnation its latest submission named
         func submitted(_ n: Int, incarnation: UInt64) -> [Envelope] {
             var got: [Envelope] = []
             let deadline = Date().addingTimeInterval(60)
@@ -402,7 +410,10 @@ struct LivenessTests {
                 }
                 while let frames = try? router.receive(dontWait: true), frames.count == 2, let message = WireMessage.decode(frames[1]) {
                     client = frames[0]
-                    if case .submit(let s) = message.kind { got += s.envelopes }
+                    if case .submit(let s) = message.kind {
+                        got += s.envelopes
+                        for e in s.envelopes { addressedTo[e.seq] = message.routerIncarnation }
+                    }
                 }
             }
             return got
@@ -414,6 +425,7 @@ struct LivenessTests {
         say(credit(count), incarnation: old)
         let sent = submitted(count, incarnation: old)
         #expect(sent.map(\.seq) == Array(1...UInt64(count)))
+        #expect(addressedTo.values.allSatisfy { $0 == old }, "submissions name the router that granted the credit")
         // The old router delivers three, then dies before its credit for them goes out.
         say(deliver(Array(sent.prefix(3))), incarnation: old)
         // The new one, knowing nothing, grants its (smaller) window.
@@ -427,11 +439,63 @@ struct LivenessTests {
         say(credit(2), incarnation: new)
         resent += submitted(1, incarnation: new)
         #expect(resent.map(\.seq) == [4, 5, 6, 7, 8], "exactly what the old router held, once each")
+        #expect(resent.allSatisfy { addressedTo[$0.seq] == new }, "sent again to the new router, by its incarnation")
         say(deliver(Array(resent.suffix(1))), incarnation: new)
 
         let summary = try run.wait()
         #expect(summary?.lines == count)
         #expect(run.delivered.value.map(\.seq).sorted() == Array(1...UInt64(count)), "every line once")
         router.close()
+    }
+
+    /// What a socket queued for a router that restarted reaches its successor: a client's
+    /// submission (the client sends it again once it sees the new incarnation) and a worker's answer
+    /// to the old router's job (whose id may name one of the new router's). Both name the old
+    /// incarnation, and the router ignores them: nothing runs twice, no answer lands on the wrong job.
+    @Test("the router ignores submissions and answers meant for a previous incarnation", .timeLimit(.minutes(10)))
+    func staleIncarnationIgnored() throws {
+        let pipeline = try RouterOnThread()
+        let previous = pipeline.router.incarnation &+ 1
+        let hand = try HandWorker(pipeline, handler: InspectorStage(MarkerInspector(criterion: "ethical")), credit: 1)
+        #expect(hand.wait { pipeline.stats.workers == 1 })
+        try pipeline.worker(AlignerStage(MarkerAligner(criterion: "ethical")))
+        let run = try pipeline.startFilter(badLines(2))
+        let job = try #require(hand.nextJob())
+        hand.answer(job, to: previous)
+        #expect(hand.wait { pipeline.stats.lateResults == 1 }, "\(pipeline.stats)")
+        #expect(pipeline.stats.delivered == 0 && pipeline.stats.droppedWorkers == 0)
+        hand.answer(job)   // the same, to this router: taken (and the re-inspection after the aligner, too)
+        #expect(hand.wait(onJob: { hand.answer($0) }) { pipeline.stats.delivered == 2 }, "\(pipeline.stats)")
+        #expect(try run.wait() != nil)
+        #expect(allAligned(run.delivered.value, ids: ["s0", "s1"]))
+        hand.send(.disconnect("stopped"))
+        try pipeline.worker(InspectorStage(MarkerInspector(criterion: "ethical")))
+
+        let client = try ZMQSocket(pipeline.context, .dealer)
+        defer { client.close() }
+        try client.connect(pipeline.router.frontendEndpoint)
+        try client.send([WireMessage.heartbeat(pipeline.router.settings.heartbeat).bytes()])
+        let grant = try #require(try receive(client))
+        #expect(grant.routerIncarnation == pipeline.router.incarnation)
+        func submit(_ id: String, seq: UInt64, to incarnation: UInt64) throws {
+            var envelope = Envelope()
+            envelope.id = id
+            envelope.seq = seq
+            envelope.conversation = [.with { $0.role = "user"; $0.content = "q" }]
+            envelope.response = "a [bad:ethical]"
+            var message = WireMessage(.submit(.with { $0.envelopes = [envelope] }))
+            message.routerIncarnation = incarnation
+            try client.send([message.bytes()])
+        }
+        try submit("queued-for-the-old-router", seq: 1, to: previous)
+        try submit("for-this-router", seq: 2, to: pipeline.router.incarnation)
+        var delivered: [Envelope] = []
+        while delivered.isEmpty, let message = try receive(client) {
+            if case .deliver(let d) = message.kind { delivered += d.envelopes }
+        }
+        #expect(delivered.map(\.id) == ["for-this-router"])
+        #expect(allAligned(delivered, ids: ["for-this-router"]))
+        #expect(pipeline.stats.received == 3, "the stale submission was not taken: \(pipeline.stats)")
+        #expect(pipeline.stop())
     }
 }

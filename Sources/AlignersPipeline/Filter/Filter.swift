@@ -255,7 +255,7 @@ final class PipelineClient {
             if !resubmit.isEmpty && credit > 0 {
                 let chunk = Array(resubmit.prefix(credit))
                 resubmit.removeFirst(chunk.count)
-                try submit(chunk, on: socket)
+                try submit(chunk, on: socket, incarnation: incarnation)
                 credit -= chunk.count
                 lastSent = now
             }
@@ -269,7 +269,7 @@ final class PipelineClient {
                     }
                 }
                 if !batch.isEmpty {
-                    try submit(batch, on: socket)
+                    try submit(batch, on: socket, incarnation: incarnation)
                     credit -= batch.count
                     lastSent = now
                 }
@@ -298,14 +298,17 @@ final class PipelineClient {
         _ = try? socket.send([WireMessage.disconnect("done").bytes()])   // best effort: the router times us out anyway
     }
 
-    /// Sends envelopes in messages of at most `maxSubmitBytes` (one envelope per message at least).
-    private func submit(_ envelopes: [Envelope], on socket: ZMQSocket) throws {
+    /// Sends envelopes in messages of at most `maxSubmitBytes` (one envelope per message at least),
+    /// addressed to the router incarnation that granted the credit.
+    private func submit(_ envelopes: [Envelope], on socket: ZMQSocket, incarnation: UInt64) throws {
         var part: [Envelope] = [], bytes = 0
         func flush() throws {
             guard !part.isEmpty else { return }
             var submit = Aligners_V1_Submit()
             submit.envelopes = part
-            try socket.send([WireMessage(.submit(submit)).bytes()])
+            var message = WireMessage(.submit(submit))
+            message.routerIncarnation = incarnation
+            try socket.send([message.bytes()])
             part.removeAll(keepingCapacity: true)
             bytes = 0
         }

@@ -301,6 +301,11 @@ public final class Router: @unchecked Sendable {
         }
         clients[id]!.lastSeen = now
         switch message.kind {
+        case .submit(let submit) where message.routerIncarnation != 0 && message.routerIncarnation != incarnation:
+            // Sent to the router we replaced (queued in the client's socket while we restarted): the
+            // client sends these again once it sees our incarnation, so taking them would run them twice.
+            logger.info("submission for a previous router ignored; the client sends it again",
+                        metadata: ["client": "\(id)", "envelopes": "\(submit.envelopes.count)"])
         case .submit(let submit):
             accept(submit.envelopes, from: id, now: now)
         case .disconnect:
@@ -560,6 +565,12 @@ public final class Router: @unchecked Sendable {
         }
         workers[id]!.lastSeen = now
         switch message.kind {
+        case .result(let result) where message.routerIncarnation != 0 && message.routerIncarnation != incarnation:
+            // An answer to a job of the router we replaced: ours never gave it (its id may even
+            // name one of ours).
+            stats.lateResults += 1
+            metrics.count("aligners_late_results_total", [("service", workers[id]!.service)])
+            logger.info("answer to a previous router's job ignored", metadata: ["worker": "\(workers[id]!.name)", "job": "\(result.id)"])
         case .result(let result):
             complete(result, from: id)
         case .disconnect(let d):

@@ -29,8 +29,9 @@ public struct WorkerSettings: Sendable {
 
 /// A stage process's connection to the router (Paranoid Pirate style): registers its service with
 /// its heartbeat timing, takes jobs within its credit, heartbeats from the socket thread while the
-/// compute thread runs the model, and reconnects when the router goes silent. Answers to jobs of a
-/// router that has since restarted (its incarnation changed) are dropped: the new one never gave them.
+/// compute thread runs the model, and reconnects when the router goes silent. Answers carry the
+/// incarnation of the router that gave the job; those to a router that has since restarted are
+/// dropped (the new one never gave them).
 public final class Worker: @unchecked Sendable {
     public let handler: any StageHandler
     public let settings: WorkerSettings
@@ -223,7 +224,11 @@ public final class Worker: @unchecked Sendable {
             busySince.store(monotonicNanos(), ordering: .relaxed)
             let result = answer(job)
             busySince.store(0, ordering: .relaxed)
-            _ = try? pipe.send([WireMessage(.result(result)).bytes(), frames[1]])   // with the incarnation it came from
+            // Addressed to the router that gave the job: a restarted one ignores it, even if the
+            // socket still held it when the restart happened.
+            var reply = WireMessage(.result(result))
+            reply.routerIncarnation = HeldJob.decode(frames[1])
+            _ = try? pipe.send([reply.bytes(), frames[1]])
         }
     }
 

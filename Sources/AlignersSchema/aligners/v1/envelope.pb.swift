@@ -474,10 +474,12 @@ public nonisolated struct Aligners_V1_Message: Sendable {
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  /// Drawn at random when a router starts, and set on every message it sends (0 from clients and
-  /// workers). A peer that sees it change is talking to a restarted router that knows nothing of
-  /// what the old one held: a client sends its unanswered samples again, a worker drops the answers
-  /// to the old router's jobs.
+  /// Drawn at random when a router starts, and set on every message it sends. A peer that sees it
+  /// change is talking to a restarted router that knows nothing of what the old one held: a client
+  /// sends its unanswered samples again, a worker drops its answers to the old router's jobs.
+  /// Clients set it on Submit (the router that granted the credit), workers on JobResult (the
+  /// router that gave the job): a router ignores those meant for another incarnation, such as
+  /// messages a socket queued while the router restarted, so nothing is done twice.
   public var routerIncarnation: UInt64 = 0
 
   public var kind: Aligners_V1_Message.OneOf_Kind? = nil
