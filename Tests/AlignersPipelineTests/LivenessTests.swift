@@ -300,6 +300,28 @@ struct LivenessTests {
         #expect(pipeline.stop())
     }
 
+    /// With no other worker, a job past its deadline has nowhere to go: after the service timeout its
+    /// samples fail saying which worker is stuck, and the router can drain (before, it waited forever).
+    @Test("a service whose only worker is stuck: its lines fail saying so, and the router drains", .timeLimit(.minutes(10)))
+    func onlyWorkerStuck() throws {
+        let pipeline = try RouterOnThread {
+            $0.jobTimeoutMs = 500
+            $0.serviceTimeoutMs = 1000
+        }
+        let stuck = try HandWorker(pipeline, handler: InspectorStage(MarkerInspector(criterion: "ethical")), credit: 1)
+        #expect(stuck.wait { pipeline.stats.workers == 1 })
+        let run = try pipeline.startFilter(badLines(2))
+        #expect(stuck.nextJob() != nil)
+        #expect(stuck.wait { pipeline.stats.delivered == 2 }, "\(pipeline.stats)")
+        #expect(try run.wait() != nil)
+        let envelopes = run.delivered.value
+        #expect(envelopes.count == 2 && envelopes.allSatisfy { $0.error.code == .noWorker }, "\(envelopes.map(\.error))")
+        #expect(envelopes.first?.error.message.contains("(hand) has held a job past --job-timeout-ms 500 without answering") == true,
+                "\(envelopes.first?.error.message ?? "")")
+        #expect(pipeline.stats.expiredDeadlines == 1 && pipeline.stats.inFlight == 0)
+        #expect(pipeline.stop(), "the router drains")
+    }
+
     /// The issue's likely cause, step by step: a worker is lost holding attempt 1, registers again and
     /// is given attempt 2 of the same job, then answers attempt 1. Before, that answer released its
     /// hold on attempt 2, so when the worker was lost again the job was not re-queued: in flight

@@ -837,7 +837,8 @@ public final class Router: @unchecked Sendable {
         for (id, client) in clients where client.inFlight == 0 && (client.gone || now - client.lastSeen > expiry * 10) {
             clients[id] = nil
         }
-        for worker in workers.values { services[worker.service]?.lastWorkerSeen = now }
+        // A worker stuck past a job deadline does not serve its service (see `failStarvedJobs`).
+        for worker in workers.values where worker.overdue.isEmpty { services[worker.service]?.lastWorkerSeen = now }
     }
 
     /// Drops a worker that cannot be trusted: its jobs go back to their queues, it is told why, and
@@ -939,21 +940,27 @@ public final class Router: @unchecked Sendable {
         }
     }
 
-    /// Fails queued jobs whose service has had no worker for `serviceTimeoutMs`.
+    /// Fails queued jobs whose service has had no worker for `serviceTimeoutMs`. Workers stuck past
+    /// a job deadline do not count: with only those, work would wait (and a drain last) forever.
     private func failStarvedJobs(now: UInt64) {
         let timeout = UInt64(settings.serviceTimeoutMs) * 1_000_000
         for (name, service) in services where !service.queue.isEmpty && service.ready.isEmpty {
-            let served = workers.values.contains { $0.service == name }
-            if served { continue }
+            let serving = workers.values.filter { $0.service == name }
+            if serving.contains(where: { $0.overdue.isEmpty }) { continue }
             let since = service.everServed ? service.lastWorkerSeen : (jobs[service.queue[0]]?.queuedAt ?? now)
             guard now - since > timeout else { continue }
             let role = name == ServiceName.generate ? "generator" : name.hasPrefix("inspect.") ? "inspector" : "aligner"
-            let message = "no worker serves '\(name)'; start one with `aligners worker --role \(role)"
+            let start = "start one with `aligners worker --role \(role)"
                 + (name.contains(".") ? " --criterion \(name.split(separator: ".", maxSplits: 1)[1])`" : "`")
-            for jobID in service.queue {
+            let message = serving.isEmpty ? "no worker serves '\(name)'; \(start)"
+                : "every worker serving '\(name)' (\(serving.map(\.name).sorted().joined(separator: ", "))) has held a job past "
+                    + "--job-timeout-ms \(settings.jobTimeoutMs) without answering: restart it (a stuck model?), or \(start)"
+            // Taken off the queue first: failing a job can start its batch's next step.
+            let starved = service.queue
+            services[name]!.queue.removeAll()
+            for jobID in starved {
                 if let job = jobs[jobID] { fail(job, EnvelopeError(.noWorker, message, stage: name)) }
             }
-            services[name]!.queue.removeAll()
         }
     }
 }
