@@ -45,8 +45,8 @@ struct RouterCommand: AsyncParsableCommand {
     @OptionGroup var heartbeat: HeartbeatOptions
     @Option(help: "Dispatches of one job before its samples fail.")
     var maxAttempts = 3
-    @Option(help: "Milliseconds a worker has to answer a job before the job goes to another worker (a new attempt); the late worker gets no more work until it answers. Bounds a stuck model: keep it well above the slowest job.")
-    var jobTimeoutMs = 120_000
+    @Option(help: "Milliseconds a worker has to answer a job before the job goes to another worker (a new attempt); the late worker gets no more work until it answers. Bounds a stuck model: keep it well above the slowest job, and below the workers' --job-timeout.")
+    var jobTimeoutMs = 300_000
     @Option(help: "Seconds work waits for a service that has no worker before it fails.")
     var serviceTimeout = 60
     @Option(help: ArgumentHelp("The router's key pair (NAME.key from `aligners keys generate`): turns CURVE on for the front end, back end and tap. Needs --allow-clients and --allow-workers.",

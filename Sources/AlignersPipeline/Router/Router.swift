@@ -33,8 +33,10 @@ public struct RouterSettings: Sendable, Equatable {
     public var maxAttempts: Int = 3
     /// A job not answered this long after it was dispatched goes back to its queue for another
     /// worker (a new attempt); the worker holding it gets no more work until it answers or is lost.
-    /// Generous: it bounds a stuck model, not a slow one.
-    public var jobTimeoutMs: Int = 120_000
+    /// Generous: it bounds a stuck model, not a slow one (a CPU generator's job of 16 long answers
+    /// can take minutes), and stays under the workers' own 600 s watchdog bound. nil: no deadline
+    /// (in process, where no other worker could take a job over).
+    public var jobTimeoutMs: Int? = 300_000
     /// Work for a service that no worker has served for this long fails (NO_WORKER).
     public var serviceTimeoutMs: Int = 60_000
     public var heartbeat = HeartbeatSettings()
@@ -205,7 +207,7 @@ public final class Router: @unchecked Sendable {
             for (kind, count) in curve.allowlists.counts { metadata["allowed_\(kind.rawValue)s"] = "\(count)" }
         }
         metadata["incarnation"] = "\(incarnation)"
-        metadata["job_timeout_ms"] = "\(settings.jobTimeoutMs)"
+        metadata["job_timeout_ms"] = "\(settings.jobTimeoutMs.map { "\($0)" } ?? "none")"
         logger.info("router serving", metadata: metadata)
         while true {
             let ready = try poller.poll(timeoutMs: pollTimeout())
@@ -921,7 +923,8 @@ public final class Router: @unchecked Sendable {
     /// attempt (they are still busy with it: answering frees them, the answer itself is ignored) and
     /// get no more work until then, so a worker that heartbeats but never answers stops taking jobs.
     private func expireOverdueJobs(now: UInt64) {
-        let timeout = UInt64(settings.jobTimeoutMs) * 1_000_000
+        guard let timeoutMs = settings.jobTimeoutMs else { return }
+        let timeout = UInt64(timeoutMs) * 1_000_000
         for (jobID, job) in jobs.sorted(by: { $0.key > $1.key }) {
             guard let workerID = job.worker, now - job.dispatchedAt > timeout else { continue }
             let name = workers[workerID]?.name ?? "\(workerID)"
@@ -934,9 +937,9 @@ public final class Router: @unchecked Sendable {
             metrics.count("aligners_job_deadlines_expired_total", [("service", job.service)])
             logger.warning("job passed its deadline; re-queued", metadata: [
                 "worker": "\(name)", "service": "\(job.service)", "job": "\(jobID)", "attempt": "\(job.attempt)",
-                "job_timeout_ms": "\(settings.jobTimeoutMs)",
+                "job_timeout_ms": "\(timeoutMs)",
                 "note": "the worker gets no more work until it answers; raise --job-timeout-ms if its model is just slow"])
-            requeue(jobID, because: "\(name) did not answer within --job-timeout-ms \(settings.jobTimeoutMs)")
+            requeue(jobID, because: "\(name) did not answer within --job-timeout-ms \(timeoutMs)")
         }
     }
 
@@ -954,7 +957,7 @@ public final class Router: @unchecked Sendable {
                 + (name.contains(".") ? " --criterion \(name.split(separator: ".", maxSplits: 1)[1])`" : "`")
             let message = serving.isEmpty ? "no worker serves '\(name)'; \(start)"
                 : "every worker serving '\(name)' (\(serving.map(\.name).sorted().joined(separator: ", "))) has held a job past "
-                    + "--job-timeout-ms \(settings.jobTimeoutMs) without answering: restart it (a stuck model?), or \(start)"
+                    + "--job-timeout-ms \(settings.jobTimeoutMs ?? 0) without answering: restart it (a stuck model?), or \(start)"
             // Taken off the queue first: failing a job can start its batch's next step.
             let starved = service.queue
             services[name]!.queue.removeAll()
