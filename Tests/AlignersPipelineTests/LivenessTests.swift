@@ -214,10 +214,11 @@ func allAligned(_ envelopes: [Envelope], ids: [String]) -> Bool {
 
 @Suite("Liveness", .serialized)
 struct LivenessTests {
-    /// The issue's report, at a tenth of its timings: workers heartbeating every second and taking
-    /// 0.4 s a job, a router expecting a beat every 100 ms. Before, the router declared them dead
-    /// between beats, their answers came back from "dead" workers, a late answer released the hold
-    /// of the attempt that replaced it, and jobs stayed in flight forever (the drain never ended).
+    /// The issue's report, scaled down: workers heartbeating every second and taking 0.4 s a job, a
+    /// router expecting a beat every 100 ms. Before, the router declared them dead between beats and
+    /// threw their answers away: every line failed ("dispatched 20 times"), or, when a late answer
+    /// released the hold of the attempt that replaced it, jobs stayed in flight forever and the
+    /// drain never ended.
     @Test("slow, slow-heartbeating workers: every line once, and the router drains on SIGTERM", .timeLimit(.minutes(10)))
     func slowWorkersLoseNothing() throws {
         let group = try ProcessGroup()
@@ -249,6 +250,7 @@ struct LivenessTests {
                 "every line aligned: \(lines.filter { $0["error"] != nil }.prefix(3))")
         kill(router.processIdentifier, SIGTERM)
         #expect(waitUntil(seconds: 120) { !router.isRunning }, "the router's drain never ended: \(group.log("router").suffix(2000))")
+        if router.isRunning { kill(router.processIdentifier, SIGKILL) }
         router.waitUntilExit()
         #expect(router.terminationStatus == 0)
         #expect(group.log("router").contains("router drained"))
