@@ -25,11 +25,12 @@ struct LogOptions: ParsableArguments {
 
 extension Logger.Level: @retroactive ExpressibleByArgument {}
 
-/// Liveness of the router protocol; router and workers should agree.
+/// Liveness of the router protocol; router and workers should agree (each side announces its own
+/// and waits for the other at the slower interval, warning when they differ).
 struct HeartbeatOptions: ParsableArguments {
-    @Option(help: "Heartbeat interval in milliseconds, sent both ways.")
+    @Option(help: "Heartbeat interval in milliseconds, sent both ways; give router and workers the same (a mismatch is logged).")
     var heartbeatMs = 1000
-    @Option(help: "Missed heartbeats after which a peer counts as dead (the router re-queues a worker's jobs; a worker reconnects).")
+    @Option(help: "Missed heartbeats (at the slower side's interval) after which a peer counts as dead (the router re-queues a worker's jobs; a worker reconnects).")
     var liveness = 3
 
     func validate() throws {

@@ -126,6 +126,7 @@ enum LocalSquad {
         routerSettings.combinedInspection = true
         routerSettings.clientWindow = window
         routerSettings.serviceTimeoutMs = 1000  // in process, every worker is already there
+        routerSettings.jobTimeoutMs = nil       // and no other could take over a slow job
         let pipeline = try LocalPipeline(context: context, settings: routerSettings, handlers: handlers, logger: logger)
         pipeline.start()
         return pipeline

@@ -21,6 +21,12 @@ struct RouterCommand: AsyncParsableCommand {
             clients and workers whose key is gone are dropped, tap subscribers at their next connection.
             Without CURVE, tcp endpoints must be loopback unless --insecure. Workers that answer with
             garbage (scores outside [0, 1], unknown job or envelope ids) are dropped and their jobs re-run.
+
+            Liveness: a worker silent for --liveness heartbeats (at the slower of its --heartbeat-ms and
+            the router's; a mismatch is logged as a warning) is lost and its jobs go to other workers, as
+            does a job not answered within --job-timeout-ms. Each job is dispatched at most --max-attempts
+            times; only the worker holding its latest attempt can answer it (a late answer is ignored),
+            so every sample comes out exactly once.
             """.reflowed)
 
     @Option(help: "Endpoint clients connect to (ZeroMQ: tcp://HOST:PORT, ipc:///path).")
@@ -39,6 +45,8 @@ struct RouterCommand: AsyncParsableCommand {
     @OptionGroup var heartbeat: HeartbeatOptions
     @Option(help: "Dispatches of one job before its samples fail.")
     var maxAttempts = 3
+    @Option(help: "Milliseconds a worker has to answer a job before the job goes to another worker (a new attempt); the late worker gets no more work until it answers. Bounds a stuck model: keep it well above the slowest job, and below the workers' --job-timeout.")
+    var jobTimeoutMs = 300_000
     @Option(help: "Seconds work waits for a service that has no worker before it fails.")
     var serviceTimeout = 60
     @Option(help: ArgumentHelp("The router's key pair (NAME.key from `aligners keys generate`): turns CURVE on for the front end, back end and tap. Needs --allow-clients and --allow-workers.",
@@ -61,6 +69,7 @@ struct RouterCommand: AsyncParsableCommand {
         guard jobSize >= 1, clientWindow >= 1, maxAttempts >= 1 else {
             throw ValidationError("--job-size, --client-window and --max-attempts must be at least 1")
         }
+        guard jobTimeoutMs >= 1 else { throw ValidationError("--job-timeout-ms must be at least 1") }
         if curveSecretKey == nil {
             guard allowClients == nil, allowWorkers == nil, allowTap == nil else {
                 throw ValidationError("--allow-clients, --allow-workers and --allow-tap need --curve-secret-key (allowlists are checked in CURVE handshakes)")
@@ -86,6 +95,7 @@ struct RouterCommand: AsyncParsableCommand {
         settings.clientWindow = clientWindow
         settings.heartbeat = heartbeat.settings
         settings.maxAttempts = maxAttempts
+        settings.jobTimeoutMs = jobTimeoutMs
         settings.serviceTimeoutMs = serviceTimeout * 1000
         let router: Router
         do {

@@ -8,7 +8,7 @@ import PipelineTestDoubles
 let args = CommandLine.arguments
 func value(_ flag: String) -> String? { args.firstIndex(of: flag).flatMap { $0 + 1 < args.count ? args[$0 + 1] : nil } }
 guard let service = value("--service"), let endpoint = value("--connect") else {
-    FileHandle.standardError.write(Data(("usage: aligners-testworker --service SERVICE --connect ENDPOINT [--delay-ms N] [--heartbeat-ms N] "
+    FileHandle.standardError.write(Data(("usage: aligners-testworker --service SERVICE --connect ENDPOINT [--delay-ms N] [--heartbeat-ms N] [--liveness N] "
         + "[--curve-server-key FILE --curve-key FILE]\n").utf8))
     exit(2)
 }
@@ -28,6 +28,7 @@ var logger = Logger(label: "testworker")
 logger.logLevel = .warning
 var settings = WorkerSettings()
 settings.heartbeat.intervalMs = Int(value("--heartbeat-ms") ?? "250") ?? 250
+settings.heartbeat.liveness = Int(value("--liveness") ?? "3") ?? 3
 if let serverKey = value("--curve-server-key"), let key = value("--curve-key") {
     settings.curve = try CurveClientKeys(serverKeyFile: serverKey, keyFile: key)
 }

@@ -165,7 +165,9 @@ public final class Filter: @unchecked Sendable {
 }
 
 /// Talks to the router's front end for the filter: submits within credit, collects deliveries,
-/// and re-submits what is in flight if the router restarts.
+/// and re-submits what is in flight if the router restarts: when it goes silent (a reconnection on
+/// a fresh socket), or when its messages carry a new incarnation (one restarted so fast that the
+/// socket reconnected by itself, to a router that knows nothing of what the old one held).
 final class PipelineClient {
     private let context: ZMQContext
     private let endpoint: String
@@ -188,7 +190,7 @@ final class PipelineClient {
 
     private func connect() throws -> RouterConnection {
         let connection = try RouterConnection(context: context, endpoint: endpoint, curve: curve)
-        try connection.socket.send([WireMessage.heartbeat().bytes()])  // hello: the router answers with credit
+        try connection.socket.send([WireMessage.heartbeat(heartbeat).bytes()])  // hello: the router answers with credit
         return connection
     }
 
@@ -204,11 +206,9 @@ final class PipelineClient {
         var lastSent = monotonicNanos()
         var silentSince = lastHeard
         var warnedSilent = false
-        // The router's window, learnt from its first grant. The router pays credit back only for
-        // delivered samples, so credit + in flight never exceeds it: a grant that does is a new
-        // router (one restarted within the heartbeat expiry, which the socket reconnected to by
-        // itself) granting a fresh window, and what the old one held must be sent again.
-        var window: Int?
+        // The router's incarnation (0 until it first speaks) and how long its silence may last.
+        var incarnation: UInt64 = 0
+        var expiryNs = heartbeat.expiryNs
 
         while !(inputDone && inFlight.isEmpty && resubmit.isEmpty) {
             let wantInput = credit > 0 && resubmit.isEmpty && !inputDone
@@ -227,20 +227,22 @@ final class PipelineClient {
                     silentSince = now
                     warnedSilent = false
                     guard frames.count == 1, let message = WireMessage.decode(frames[0]) else { continue }
+                    if message.routerIncarnation != 0 && message.routerIncarnation != incarnation {
+                        if incarnation != 0 {
+                            // A new router: the old one's credit is void, and everything unanswered
+                            // was sent to it (nothing goes to this one before its first grant).
+                            logger.warning("router restarted; sending again what it held", metadata: [
+                                "endpoint": "\(endpoint)", "in_flight": "\(inFlight.count)"])
+                            resubmit = inFlight.values.sorted { $0.seq < $1.seq }
+                            credit = 0
+                        }
+                        incarnation = message.routerIncarnation
+                    }
                     switch message.kind {
                     case .credit(let c):
                         credit += Int(c.envelopes)
-                        if window == nil { window = credit }
-                        let held = inFlight.count - resubmit.count
-                        if let w = window, credit + held > w {
-                            if held > 0 {
-                                logger.warning("router restarted; sending again what it held", metadata: [
-                                    "endpoint": "\(endpoint)", "in_flight": "\(inFlight.count)"])
-                                resubmit = inFlight.values.sorted { $0.seq < $1.seq }
-                            }
-                            credit = Int(c.envelopes)
-                            window = credit
-                        }
+                    case .heartbeat(let beat) where beat.hasTiming:
+                        expiryNs = heartbeat.expiryNs(peer: HeartbeatSettings(beat.timing))
                     case .deliver(let d):
                         for envelope in d.envelopes where inFlight.removeValue(forKey: envelope.seq) != nil {
                             sink.deliver(envelope)
@@ -253,7 +255,7 @@ final class PipelineClient {
             if !resubmit.isEmpty && credit > 0 {
                 let chunk = Array(resubmit.prefix(credit))
                 resubmit.removeFirst(chunk.count)
-                try submit(chunk, on: socket)
+                try submit(chunk, on: socket, incarnation: incarnation)
                 credit -= chunk.count
                 lastSent = now
             }
@@ -267,7 +269,7 @@ final class PipelineClient {
                     }
                 }
                 if !batch.isEmpty {
-                    try submit(batch, on: socket)
+                    try submit(batch, on: socket, incarnation: incarnation)
                     credit -= batch.count
                     lastSent = now
                 }
@@ -275,7 +277,7 @@ final class PipelineClient {
             if now - silentSince > timeoutNs {
                 throw RouterUnreachable(endpoint: endpoint, seconds: Int(timeoutNs / 1_000_000_000), curve: curve != nil)
             }
-            if now - lastHeard > heartbeat.expiryNs {
+            if now - lastHeard > expiryNs {
                 // The router went away: reconnect and send again whatever it had not answered.
                 if !warnedSilent {
                     logger.warning("router silent; reconnecting", metadata: ["endpoint": "\(endpoint)", "in_flight": "\(inFlight.count)"])
@@ -289,21 +291,24 @@ final class PipelineClient {
                 lastHeard = now
                 lastSent = now
             } else if now - lastSent >= heartbeat.intervalNs {
-                try socket.send([WireMessage.heartbeat().bytes()])
+                try socket.send([WireMessage.heartbeat(heartbeat).bytes()])
                 lastSent = now
             }
         }
         _ = try? socket.send([WireMessage.disconnect("done").bytes()])   // best effort: the router times us out anyway
     }
 
-    /// Sends envelopes in messages of at most `maxSubmitBytes` (one envelope per message at least).
-    private func submit(_ envelopes: [Envelope], on socket: ZMQSocket) throws {
+    /// Sends envelopes in messages of at most `maxSubmitBytes` (one envelope per message at least),
+    /// addressed to the router incarnation that granted the credit.
+    private func submit(_ envelopes: [Envelope], on socket: ZMQSocket, incarnation: UInt64) throws {
         var part: [Envelope] = [], bytes = 0
         func flush() throws {
             guard !part.isEmpty else { return }
             var submit = Aligners_V1_Submit()
             submit.envelopes = part
-            try socket.send([WireMessage(.submit(submit)).bytes()])
+            var message = WireMessage(.submit(submit))
+            message.routerIncarnation = incarnation
+            try socket.send([message.bytes()])
             part.removeAll(keepingCapacity: true)
             bytes = 0
         }

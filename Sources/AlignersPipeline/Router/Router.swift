@@ -31,6 +31,12 @@ public struct RouterSettings: Sendable, Equatable {
     public var combinedInspection = false
     /// Dispatches of one job before its samples fail.
     public var maxAttempts: Int = 3
+    /// A job not answered this long after it was dispatched goes back to its queue for another
+    /// worker (a new attempt); the worker holding it gets no more work until it answers or is lost.
+    /// Generous: it bounds a stuck model, not a slow one (a CPU generator's job of 16 long answers
+    /// can take minutes), and stays under the workers' own 600 s watchdog bound. nil: no deadline
+    /// (in process, where no other worker could take a job over).
+    public var jobTimeoutMs: Int? = 300_000
     /// Work for a service that no worker has served for this long fails (NO_WORKER).
     public var serviceTimeoutMs: Int = 60_000
     public var heartbeat = HeartbeatSettings()
@@ -70,11 +76,20 @@ public struct CurveServerKeys: Sendable {
 /// Flow control is credit end to end: a client gets `clientWindow` envelopes of credit and more
 /// only as results come back; a worker gets at most `credit` jobs at once. Nothing else queues.
 ///
+/// Every job is tracked by attempt: each dispatch is a new attempt, held by exactly one worker, and
+/// only that worker's answer to that attempt counts. An attempt ends when it is answered, when its
+/// worker is lost (silent past its heartbeat expiry, gone, dropped) or when it passes the job
+/// deadline; the job then goes back to its queue, or fails after `maxAttempts` dispatches. A late
+/// answer to an ended attempt is counted and ignored, so a job is neither lost nor done twice.
+///
 /// Workers are not trusted: a result that is not a valid answer to the job held (scores that are
 /// not numbers in [0, 1], envelopes or job ids the router never gave it) drops the worker and
 /// re-queues its jobs. With CURVE, peers are admitted by public key (see `ZAPHandler`).
 public final class Router: @unchecked Sendable {
     public let settings: RouterSettings
+    /// Drawn at start and set on every message the router sends, so that its peers can tell a
+    /// restarted router (which knows nothing of what they had sent) from a reconnection.
+    public let incarnation = UInt64.random(in: 1...UInt64.max)
     private let logger: Logger
     private let frontend: ZMQSocket
     private let backend: ZMQSocket
@@ -191,6 +206,8 @@ public final class Router: @unchecked Sendable {
             metadata["curve_public_key"] = "\(curve.keyPair.publicKey)"
             for (kind, count) in curve.allowlists.counts { metadata["allowed_\(kind.rawValue)s"] = "\(count)" }
         }
+        metadata["incarnation"] = "\(incarnation)"
+        metadata["job_timeout_ms"] = "\(settings.jobTimeoutMs.map { "\($0)" } ?? "none")"
         logger.info("router serving", metadata: metadata)
         while true {
             let ready = try poller.poll(timeoutMs: pollTimeout())
@@ -225,6 +242,7 @@ public final class Router: @unchecked Sendable {
                 lastHeartbeat = now
                 sendHeartbeats()
                 purgeDeadPeers(now: now)
+                expireOverdueJobs(now: now)
                 failStarvedJobs(now: now)
                 metrics.gauge("aligners_queue_depth", [], Double(stats.queued))
                 metrics.gauge("aligners_workers", [], Double(workers.count))
@@ -285,6 +303,11 @@ public final class Router: @unchecked Sendable {
         }
         clients[id]!.lastSeen = now
         switch message.kind {
+        case .submit(let submit) where message.routerIncarnation != 0 && message.routerIncarnation != incarnation:
+            // Sent to the router we replaced (queued in the client's socket while we restarted): the
+            // client sends these again once it sees our incarnation, so taking them would run them twice.
+            logger.info("submission for a previous router ignored; the client sends it again",
+                        metadata: ["client": "\(id)", "envelopes": "\(submit.envelopes.count)"])
         case .submit(let submit):
             accept(submit.envelopes, from: id, now: now)
         case .disconnect:
@@ -299,7 +322,14 @@ public final class Router: @unchecked Sendable {
     private func grantCredit(_ client: Identity, _ n: Int) {
         var credit = Aligners_V1_Credit()
         credit.envelopes = UInt32(n)
-        _ = try? frontend.send([client.bytes, WireMessage(.credit(credit)).bytes()], dontWait: true)
+        _ = try? frontend.send([client.bytes, stamped(WireMessage(.credit(credit)))], dontWait: true)
+    }
+
+    /// A message's bytes as this router sends them: with its incarnation.
+    private func stamped(_ message: WireMessage) -> [UInt8] {
+        var message = message
+        message.routerIncarnation = incarnation
+        return message.bytes()
     }
 
     private func accept(_ envelopes: [Envelope], from client: Identity, now: UInt64) {
@@ -401,7 +431,7 @@ public final class Router: @unchecked Sendable {
     private func send(_ envelopes: [Envelope], to client: Identity, countsAgainstCredit: Bool) {
         var deliver = Aligners_V1_Deliver()
         deliver.envelopes = envelopes
-        let bytes = WireMessage(.deliver(deliver)).bytes()
+        let bytes = stamped(WireMessage(.deliver(deliver)))
         if countsAgainstCredit {
             let failed = envelopes.filter { $0.hasError }.count
             metrics.count("aligners_samples_total", [("stage", "router"), ("event", "delivered")], by: envelopes.count)
@@ -453,31 +483,40 @@ public final class Router: @unchecked Sendable {
     private func dispatch() {
         for name in services.keys {
             while let jobID = services[name]!.queue.first, let workerID = services[name]!.ready.first {
-                services[name]!.queue.removeFirst()
                 services[name]!.ready.removeFirst()
-                guard var job = jobs[jobID], var worker = workers[workerID] else { continue }
+                guard var worker = workers[workerID], worker.canTakeWork else { continue }
+                guard var job = jobs[jobID] else {
+                    services[name]!.queue.removeFirst()
+                    services[name]!.ready.insert(workerID, at: 0)
+                    continue
+                }
                 var wire = Aligners_V1_Job()
                 wire.id = job.id
                 wire.attempt = UInt32(job.attempt)
                 wire.service = job.service
                 wire.envelopes = envelopes(of: job)
-                let sent = (try? backend.send([workerID.bytes, WireMessage(.job(wire)).bytes()], dontWait: true)) ?? false
+                let sent = (try? backend.send([workerID.bytes, stamped(WireMessage(.job(wire)))], dontWait: true)) ?? false
                 if !sent {
-                    // The worker vanished between heartbeats; forget it and keep the job.
-                    services[name]!.queue.insert(jobID, at: 0)
+                    // The worker vanished between heartbeats; forget it. The job stays first in line.
                     forgetWorker(workerID, reason: "unreachable")
                     continue
                 }
+                services[name]!.queue.removeFirst()
                 job.worker = workerID
                 job.dispatchedAt = monotonicNanos()
                 jobs[jobID] = job
-                worker.inFlight.insert(jobID)
-                worker.credit -= 1
+                worker.held[jobID] = job.attempt
                 workers[workerID] = worker
-                if worker.credit > 0 { services[name]!.ready.append(workerID) }
+                if worker.canTakeWork { services[name]!.ready.append(workerID) }
                 stats.dispatched += 1
             }
         }
+    }
+
+    /// Puts a worker back in its service's line if it may take another job (and is not there yet).
+    private func offerWork(to id: Identity) {
+        guard let worker = workers[id], worker.canTakeWork, !(services[worker.service]?.ready.contains(id) ?? false) else { return }
+        services[worker.service, default: ServiceQueue()].ready.append(id)
     }
 
     /// A job's envelopes as they stand now: a batch job's come from its batch (so a re-queued job
@@ -523,11 +562,17 @@ public final class Router: @unchecked Sendable {
         }
         guard workers[id] != nil else {
             // A worker we do not know (we restarted, or purged it): ask it to register again.
-            _ = try? backend.send([id.bytes, WireMessage.disconnect("unknown worker: send Ready").bytes()], dontWait: true)
+            _ = try? backend.send([id.bytes, stamped(.disconnect("unknown worker: send Ready"))], dontWait: true)
             return
         }
         workers[id]!.lastSeen = now
         switch message.kind {
+        case .result(let result) where message.routerIncarnation != 0 && message.routerIncarnation != incarnation:
+            // An answer to a job of the router we replaced: ours never gave it (its id may even
+            // name one of ours).
+            stats.lateResults += 1
+            metrics.count("aligners_late_results_total", [("service", workers[id]!.service)])
+            logger.info("answer to a previous router's job ignored", metadata: ["worker": "\(workers[id]!.name)", "job": "\(result.id)"])
         case .result(let result):
             complete(result, from: id)
         case .disconnect(let d):
@@ -559,15 +604,28 @@ public final class Router: @unchecked Sendable {
             }
         }
         let credit = Int(min(ready.credit, 1024))
-        workers[id] = WorkerState(service: ready.service, name: ready.worker.isEmpty ? "\(id)" : ready.worker,
-                                  model: ready.model, key: key, credit: credit, lastSeen: now)
+        let name = ready.worker.isEmpty ? "\(id)" : ready.worker
+        // Its heartbeats are expected at its own interval if slower than ours (a worker of an older
+        // build announces none: ours then).
+        let timing = ready.hasHeartbeat ? HeartbeatSettings(ready.heartbeat) : nil
+        let expiry = settings.heartbeat.expiryNs(peer: timing)
+        workers[id] = WorkerState(service: ready.service, name: name, model: ready.model, key: key, credit: credit,
+                                  expiryNs: expiry, lastSeen: now)
         services[ready.service, default: ServiceQueue()].ready.append(id)
         services[ready.service]!.everServed = true
         services[ready.service]!.lastWorkerSeen = now
-        var metadata: Logger.Metadata = ["worker": "\(ready.worker)", "service": "\(ready.service)",
+        // Our timing at once, so the worker need not wait a heartbeat to learn it.
+        _ = try? backend.send([id.bytes, stamped(.heartbeat(settings.heartbeat))], dontWait: true)
+        var metadata: Logger.Metadata = ["worker": "\(name)", "service": "\(ready.service)",
                                          "model": "\(ready.model)", "credit": "\(credit)"]
         if !key.isEmpty { metadata["key"] = "\(key)" }
         logger.info("worker ready", metadata: metadata)
+        if let timing, timing != settings.heartbeat {
+            logger.warning("worker heartbeat settings differ from the router's", metadata: [
+                "worker": "\(name)", "worker_heartbeat": "\(timing.summary)", "router_heartbeat": "\(settings.heartbeat.summary)",
+                "declared_dead_after_ms": "\(expiry / 1_000_000)",
+                "fix": "give the router and every worker the same --heartbeat-ms and --liveness"])
+        }
     }
 
     private func complete(_ result: Aligners_V1_JobResult, from workerID: Identity) {
@@ -577,22 +635,28 @@ public final class Router: @unchecked Sendable {
             dropWorker(workerID, reason: "answered job \(result.id), which the router never dispatched")
             return
         }
-        // Exactly once: only the current attempt's answer from the worker holding the job counts; any
-        // other (a late answer after a reconnect, a duplicate) is ignored.
-        let current = jobs[result.id].map { $0.worker == workerID && UInt32($0.attempt) == result.attempt } ?? false
+        // Exactly once: only the worker holding the job's current attempt answers it.
+        let attempt = Int(result.attempt)
+        let current = jobs[result.id].map { $0.worker == workerID && $0.attempt == attempt } ?? false
         if current, let job = jobs[result.id], let problem = problem(with: result, for: job) {
-            dropWorker(workerID, reason: problem)
+            dropWorker(workerID, reason: problem)   // the job is still held, so it goes back to its queue
             return
         }
-        if worker.inFlight.remove(result.id) != nil {
-            worker.credit += 1
+        // The answer ends the worker's hold on that attempt, current or not: it is free for more work.
+        if worker.held[result.id] == attempt {
+            worker.held[result.id] = nil
+            worker.overdue.remove(result.id)
             workers[workerID] = worker
-            if !worker.draining, !(services[worker.service]?.ready.contains(workerID) ?? true) {
-                services[worker.service]!.ready.append(workerID)
-            }
+            offerWork(to: workerID)
         }
         guard current, let job = jobs[result.id] else {
-            stats.duplicates += 1
+            // An attempt that ended (past its deadline, or its worker presumed dead) and ran again
+            // elsewhere, or a duplicate: the job's current attempt still decides.
+            stats.lateResults += 1
+            metrics.count("aligners_late_results_total", [("service", worker.service)])
+            logger.info("late result ignored", metadata: [
+                "worker": "\(worker.name)", "service": "\(worker.service)", "job": "\(result.id)", "attempt": "\(attempt)",
+                "current_attempt": "\(jobs[result.id].map { "\($0.attempt)" } ?? "none (finished)")"])
             return
         }
         jobs[result.id] = nil
@@ -739,8 +803,12 @@ public final class Router: @unchecked Sendable {
     /// The job's samples carry `error` from here on and leave the squad.
     private func fail(_ job: Job, _ error: EnvelopeError) {
         jobs[job.id] = nil
-        logger.warning("job failed", metadata: ["service": "\(job.service)", "envelopes": "\(job.envelopes.count)",
-                                                "error": "\(error.message)"])
+        let count: Int
+        switch job.owner {
+        case .generation: count = job.envelopes.count
+        case .batch(_, let indices): count = indices.count
+        }
+        logger.warning("job failed", metadata: ["service": "\(job.service)", "envelopes": "\(count)", "error": "\(error.message)"])
         switch job.owner {
         case .generation(let client):
             let failed = job.envelopes.map { var e = $0; e.error = error; return e }
@@ -758,27 +826,28 @@ public final class Router: @unchecked Sendable {
     // MARK: Liveness
 
     private func sendHeartbeats() {
-        let beat = WireMessage.heartbeat().bytes()
+        let beat = stamped(.heartbeat(settings.heartbeat))
         for id in workers.keys { _ = try? backend.send([id.bytes, beat], dontWait: true) }
         for (id, client) in clients where !client.gone { _ = try? frontend.send([id.bytes, beat], dontWait: true) }
     }
 
     private func purgeDeadPeers(now: UInt64) {
         let expiry = settings.heartbeat.expiryNs
-        for (id, worker) in workers where now - worker.lastSeen > expiry {
-            forgetWorker(id, reason: "silent for \(settings.heartbeat.liveness) heartbeats")
+        for (id, worker) in workers where now - worker.lastSeen > worker.expiryNs {
+            forgetWorker(id, reason: "silent for \(worker.expiryNs / 1_000_000) ms (\(settings.heartbeat.liveness) heartbeats)")
         }
         for (id, client) in clients where client.inFlight == 0 && (client.gone || now - client.lastSeen > expiry * 10) {
             clients[id] = nil
         }
-        for worker in workers.values { services[worker.service]?.lastWorkerSeen = now }
+        // A worker stuck past a job deadline does not serve its service (see `failStarvedJobs`).
+        for worker in workers.values where worker.overdue.isEmpty { services[worker.service]?.lastWorkerSeen = now }
     }
 
     /// Drops a worker that cannot be trusted: its jobs go back to their queues, it is told why, and
     /// what it sends on this connection is ignored. (It may connect again; with CURVE, only while
     /// its key is allowlisted.)
     private func dropWorker(_ id: Identity, reason: String) {
-        _ = try? backend.send([id.bytes, WireMessage.disconnect("dropped: \(reason)").bytes()], dontWait: true)
+        _ = try? backend.send([id.bytes, stamped(.disconnect("dropped: \(reason)"))], dontWait: true)
         stats.droppedWorkers += 1
         metrics.count("aligners_workers_dropped_total")
         forgetWorker(id, reason: reason, dropped: true)
@@ -814,46 +883,87 @@ public final class Router: @unchecked Sendable {
     private func forgetWorker(_ id: Identity, reason: String, dropped: Bool = false) {
         guard let worker = workers.removeValue(forKey: id) else { return }
         services[worker.service]?.ready.removeAll { $0 == id }
+        // Only the attempts it still holds as current: a job whose attempt passed its deadline
+        // already went back to its queue.
+        let current = worker.held.filter { jobs[$0.key]?.worker == id && jobs[$0.key]?.attempt == $0.value }.keys
         var metadata: Logger.Metadata = ["worker": "\(worker.name)", "service": "\(worker.service)",
-                                         "reason": "\(reason)", "requeued_jobs": "\(worker.inFlight.count)"]
+                                         "reason": "\(reason)", "requeued_jobs": "\(current.count)"]
         if !worker.key.isEmpty { metadata["key"] = "\(worker.key)" }
         if dropped {
             logger.error("worker dropped", metadata: metadata)
         } else {
-            logger.log(level: reason == "stopped" && worker.inFlight.isEmpty ? .info : .warning,
+            logger.log(level: reason == "stopped" && current.isEmpty ? .info : .warning,
                        reason == "stopped" ? "worker left" : "worker lost", metadata: metadata)
         }
-        for jobID in worker.inFlight.sorted().reversed() {
-            guard var job = jobs[jobID] else { continue }
-            job.attempt += 1
-            job.worker = nil
-            if job.attempt > settings.maxAttempts {
-                fail(job, EnvelopeError(.retriesExhausted,
-                                        "\(job.service) was dispatched \(settings.maxAttempts) times and every worker it went to was lost or dropped",
-                                        stage: job.service))
-                continue
-            }
-            jobs[jobID] = job
-            services[job.service, default: ServiceQueue()].queue.insert(jobID, at: 0)
-            stats.requeued += 1
+        // Back to the front of the queue, oldest first.
+        for jobID in current.sorted().reversed() {
+            requeue(jobID, because: dropped ? "its worker was dropped (\(reason))" : "its worker was lost (\(reason))")
         }
     }
 
-    /// Fails queued jobs whose service has had no worker for `serviceTimeoutMs`.
+    /// Ends the job's current attempt: the job goes to the front of its queue for another worker,
+    /// or fails once it has been dispatched `maxAttempts` times.
+    private func requeue(_ jobID: UInt64, because why: String) {
+        guard var job = jobs[jobID] else { return }
+        job.worker = nil
+        job.attempt += 1
+        if job.attempt > settings.maxAttempts {
+            fail(job, EnvelopeError(.retriesExhausted,
+                                    "\(job.service) was dispatched \(settings.maxAttempts) times (--max-attempts) and no attempt was "
+                                        + "answered; the last one ended because \(why). Check the \(job.service) workers' logs",
+                                    stage: job.service))
+            return
+        }
+        jobs[jobID] = job
+        services[job.service, default: ServiceQueue()].queue.insert(jobID, at: 0)
+        stats.requeued += 1
+    }
+
+    /// Re-queues jobs not answered within `jobTimeoutMs` of their dispatch. Their workers keep the
+    /// attempt (they are still busy with it: answering frees them, the answer itself is ignored) and
+    /// get no more work until then, so a worker that heartbeats but never answers stops taking jobs.
+    private func expireOverdueJobs(now: UInt64) {
+        guard let timeoutMs = settings.jobTimeoutMs else { return }
+        let timeout = UInt64(timeoutMs) * 1_000_000
+        for (jobID, job) in jobs.sorted(by: { $0.key > $1.key }) {
+            guard let workerID = job.worker, now - job.dispatchedAt > timeout else { continue }
+            let name = workers[workerID]?.name ?? "\(workerID)"
+            if var worker = workers[workerID] {
+                worker.overdue.insert(jobID)
+                workers[workerID] = worker
+                services[worker.service]?.ready.removeAll { $0 == workerID }
+            }
+            stats.expiredDeadlines += 1
+            metrics.count("aligners_job_deadlines_expired_total", [("service", job.service)])
+            logger.warning("job passed its deadline; re-queued", metadata: [
+                "worker": "\(name)", "service": "\(job.service)", "job": "\(jobID)", "attempt": "\(job.attempt)",
+                "job_timeout_ms": "\(timeoutMs)",
+                "note": "the worker gets no more work until it answers; raise --job-timeout-ms if its model is just slow"])
+            requeue(jobID, because: "\(name) did not answer within --job-timeout-ms \(timeoutMs)")
+        }
+    }
+
+    /// Fails queued jobs whose service has had no worker for `serviceTimeoutMs`. Workers stuck past
+    /// a job deadline do not count: with only those, work would wait (and a drain last) forever.
     private func failStarvedJobs(now: UInt64) {
         let timeout = UInt64(settings.serviceTimeoutMs) * 1_000_000
         for (name, service) in services where !service.queue.isEmpty && service.ready.isEmpty {
-            let served = workers.values.contains { $0.service == name }
-            if served { continue }
+            let serving = workers.values.filter { $0.service == name }
+            if serving.contains(where: { $0.overdue.isEmpty }) { continue }
             let since = service.everServed ? service.lastWorkerSeen : (jobs[service.queue[0]]?.queuedAt ?? now)
             guard now - since > timeout else { continue }
             let role = name == ServiceName.generate ? "generator" : name.hasPrefix("inspect.") ? "inspector" : "aligner"
-            let message = "no worker serves '\(name)'; start one with `aligners worker --role \(role)"
+            let start = "start one with `aligners worker --role \(role)"
                 + (name.contains(".") ? " --criterion \(name.split(separator: ".", maxSplits: 1)[1])`" : "`")
-            for jobID in service.queue {
+            let message = serving.isEmpty ? "no worker serves '\(name)'; \(start)"
+                : "every worker serving '\(name)' (\(serving.map(\.name).sorted().joined(separator: ", "))) has held a job past "
+                    + "--job-timeout-ms \(settings.jobTimeoutMs ?? 0) without answering: restart it (a stuck model?), or \(start)"
+            // Taken off the queue first: failing a job can start its batch's next step.
+            let starved = service.queue
+            services[name]!.queue.removeAll()
+            for jobID in starved {
                 if let job = jobs[jobID] { fail(job, EnvelopeError(.noWorker, message, stage: name)) }
             }
-            services[name]!.queue.removeAll()
         }
     }
 }
@@ -868,7 +978,10 @@ public struct RouterStats: Sendable, Equatable {
     public var dispatched = 0
     public var jobs = 0
     public var requeued = 0
-    public var duplicates = 0
+    /// Jobs re-queued because their worker did not answer within `jobTimeoutMs`.
+    public var expiredDeadlines = 0
+    /// Answers to attempts that had ended (a job re-queued and run elsewhere), ignored.
+    public var lateResults = 0
     public var rejectedFrames = 0
     /// Workers dropped for answers that were not valid, or whose key left the allowlist.
     public var droppedWorkers = 0
@@ -914,10 +1027,19 @@ struct WorkerState {
     let model: String
     /// The CURVE public key it connected with ("" without CURVE).
     let key: String
-    var credit: Int
+    /// Jobs it may hold at once.
+    let credit: Int
+    /// Silence after which it counts as dead (our liveness at the slower of our and its interval).
+    let expiryNs: UInt64
     var lastSeen: UInt64
-    var inFlight: Set<UInt64> = []
+    /// The jobs it was given and has not answered, with the attempt each was given as. An attempt
+    /// past its deadline stays held (the worker is still busy with it) while the job runs elsewhere.
+    var held: [UInt64: Int] = [:]
+    /// Held attempts past their deadline: until it answers them, it gets no more work.
+    var overdue: Set<UInt64> = []
     var draining = false
+
+    var canTakeWork: Bool { !draining && overdue.isEmpty && held.count < credit }
 }
 
 struct ServiceQueue {
@@ -934,13 +1056,16 @@ struct Job {
         case batch(UInt64, [Int])
     }
     let id: UInt64
+    /// The current attempt, from 1; one more each time the job goes back to its queue.
     var attempt: Int
     let service: String
     /// Only for generation jobs; a batch job's envelopes are read from its batch when sent.
     let envelopes: [Envelope]
     let owner: Owner
+    /// The worker holding the current attempt; nil while queued.
     var worker: Identity?
     let queuedAt: UInt64
+    /// When the current attempt was dispatched (its deadline runs from here).
     var dispatchedAt: UInt64 = 0
 }
 

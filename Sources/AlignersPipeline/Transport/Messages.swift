@@ -30,9 +30,11 @@ extension WireMessage {
         try? WireMessage(serializedBytes: frame)
     }
 
-    static func heartbeat() -> WireMessage {
+    /// A heartbeat announcing the sender's own timing (see `HeartbeatSettings.expiryNs(peer:)`).
+    static func heartbeat(_ settings: HeartbeatSettings) -> WireMessage {
         var hb = Aligners_V1_Heartbeat()
         hb.sentUnixNs = unixNanos()
+        hb.timing = settings.timing
         return WireMessage(.heartbeat(hb))
     }
 
@@ -64,4 +66,29 @@ public struct HeartbeatSettings: Sendable, Equatable {
     }
     var intervalNs: UInt64 { UInt64(intervalMs) * 1_000_000 }
     var expiryNs: UInt64 { intervalNs * UInt64(liveness) }
+
+    /// How long a peer that heartbeats with `peer`'s timing may stay silent before we count it
+    /// dead: our liveness, at the slower of the two intervals. A peer is never expected to beat
+    /// faster than it said it would, so a mismatch cannot make a live peer look dead.
+    func expiryNs(peer: HeartbeatSettings?) -> UInt64 {
+        guard let peer else { return expiryNs }
+        return UInt64(max(intervalMs, peer.intervalMs)) * 1_000_000 * UInt64(liveness)
+    }
+
+    var timing: Aligners_V1_HeartbeatTiming {
+        var t = Aligners_V1_HeartbeatTiming()
+        t.intervalMs = UInt32(clamping: intervalMs)
+        t.liveness = UInt32(clamping: liveness)
+        return t
+    }
+
+    /// A peer's announced timing; nil when it announced none (or nonsense).
+    init?(_ timing: Aligners_V1_HeartbeatTiming) {
+        guard timing.intervalMs > 0, timing.liveness > 0 else { return nil }
+        // Bounded, so a broken peer cannot make itself immortal: an hour between beats at most.
+        self.init(intervalMs: Int(min(timing.intervalMs, 3_600_000)), liveness: Int(min(timing.liveness, 1000)))
+    }
+
+    /// For logs: "1000 ms × 3".
+    var summary: String { "\(intervalMs) ms × \(liveness)" }
 }

@@ -27,9 +27,11 @@ public struct WorkerSettings: Sendable {
     public init() {}
 }
 
-/// A stage process's connection to the router (Paranoid Pirate style): registers its service,
-/// takes jobs within its credit, heartbeats from the socket thread while the compute thread runs
-/// the model, and reconnects when the router goes silent.
+/// A stage process's connection to the router (Paranoid Pirate style): registers its service with
+/// its heartbeat timing, takes jobs within its credit, heartbeats from the socket thread while the
+/// compute thread runs the model, and reconnects when the router goes silent. Answers carry the
+/// incarnation of the router that gave the job; those to a router that has since restarted are
+/// dropped (the new one never gave them).
 public final class Worker: @unchecked Sendable {
     public let handler: any StageHandler
     public let settings: WorkerSettings
@@ -75,7 +77,12 @@ public final class Worker: @unchecked Sendable {
 
         var connection = try connect()
         var socket = connection.socket
-        var inFlight = Set<UInt64>()
+        // Jobs with the compute thread, by the router incarnation that gave them.
+        var inFlight = Set<HeldJob>()
+        // The router's incarnation and heartbeat timing, as its messages say.
+        var incarnation: UInt64 = 0
+        var routerTiming: HeartbeatSettings?
+        var routerExpiryNs = settings.heartbeat.expiryNs
         var lastHeard = monotonicNanos()
         var lastSent: UInt64 = 0
         var announcedDrain = false
@@ -96,10 +103,30 @@ public final class Worker: @unchecked Sendable {
                 while let frames = try socket.receive(dontWait: true) {
                     lastHeard = now
                     guard frames.count == 1, let message = WireMessage.decode(frames[0]) else { continue }
+                    if message.routerIncarnation != 0 && message.routerIncarnation != incarnation {
+                        if incarnation != 0 {
+                            let stale = inFlight.filter { $0.incarnation == incarnation }.count
+                            logger.warning("router restarted; answers to the previous router's jobs will be dropped",
+                                           metadata: ["endpoint": "\(endpoint)", "jobs_dropped": "\(stale)"])
+                        }
+                        incarnation = message.routerIncarnation
+                    }
                     switch message.kind {
                     case .job(let job):
-                        inFlight.insert(job.id)
-                        try pipe.send([frames[0]])
+                        inFlight.insert(HeldJob(incarnation: incarnation, id: job.id, attempt: job.attempt))
+                        try pipe.send([frames[0], HeldJob.encode(incarnation)])
+                    case .heartbeat(let beat) where beat.hasTiming:
+                        let timing = HeartbeatSettings(beat.timing)
+                        if timing != routerTiming {
+                            routerTiming = timing
+                            routerExpiryNs = settings.heartbeat.expiryNs(peer: timing)
+                            if let timing, timing != settings.heartbeat {
+                                logger.warning("router heartbeat settings differ from this worker's", metadata: [
+                                    "router_heartbeat": "\(timing.summary)", "worker_heartbeat": "\(settings.heartbeat.summary)",
+                                    "router_declared_dead_after_ms": "\(routerExpiryNs / 1_000_000)",
+                                    "fix": "give the router and every worker the same --heartbeat-ms and --liveness"])
+                            }
+                        }
                     case .disconnect(let d) where d.reason.hasPrefix("dropped"):
                         // The router ignores this connection from now on; after the heartbeat expiry
                         // we start over on a fresh one.
@@ -114,8 +141,13 @@ public final class Worker: @unchecked Sendable {
             }
             if ready[1] {
                 while let frames = try pipe.receive(dontWait: true) {
-                    if let message = WireMessage.decode(frames[0]), case .result(let result) = message.kind {
-                        inFlight.remove(result.id)
+                    guard frames.count == 2, let message = WireMessage.decode(frames[0]), case .result(let result) = message.kind else { continue }
+                    let from = HeldJob.decode(frames[1])
+                    inFlight.remove(HeldJob(incarnation: from, id: result.id, attempt: result.attempt))
+                    guard from == incarnation else {
+                        logger.info("answer dropped: its job came from a router that has since restarted",
+                                    metadata: ["job": "\(result.id)", "attempt": "\(result.attempt)"])
+                        continue
                     }
                     try socket.send([frames[0]])
                     lastSent = now
@@ -134,7 +166,7 @@ public final class Worker: @unchecked Sendable {
                     return
                 }
             }
-            if handshakeFailed || now - lastHeard > settings.heartbeat.expiryNs {
+            if handshakeFailed || now - lastHeard > routerExpiryNs {
                 // The router is gone or restarted, or refused us: start over with a fresh socket, backing off.
                 if !handshakeFailed {
                     logger.warning("router silent; reconnecting", metadata: ["endpoint": "\(endpoint)", "delay_ms": "\(reconnectDelayMs)"])
@@ -151,7 +183,7 @@ public final class Worker: @unchecked Sendable {
                 reconnectDelayMs = settings.heartbeat.intervalMs
             }
             if now - lastSent >= settings.heartbeat.intervalNs {
-                try socket.send([WireMessage.heartbeat().bytes()])
+                try socket.send([WireMessage.heartbeat(settings.heartbeat).bytes()])
                 lastSent = now
             }
             onTick?(Self.responsive(now: now, busySince: busySince.load(ordering: .relaxed), jobTimeoutMs: settings.jobTimeoutMs))
@@ -170,6 +202,7 @@ public final class Worker: @unchecked Sendable {
         ready.credit = UInt32(settings.credit)
         ready.model = handler.model
         ready.worker = settings.name
+        ready.heartbeat = settings.heartbeat.timing
         return WireMessage(.ready(ready)).bytes()
     }
 
@@ -187,11 +220,15 @@ public final class Worker: @unchecked Sendable {
         guard let pipe = try? ZMQSocket(context, .pair), (try? pipe.connect(pipeEndpoint)) != nil else { return }
         defer { pipe.close() }
         while let frames = try? pipe.receive(), let frame = frames.first, !frame.isEmpty {
-            guard let message = WireMessage.decode(frame), case .job(let job) = message.kind else { continue }
+            guard frames.count == 2, let message = WireMessage.decode(frame), case .job(let job) = message.kind else { continue }
             busySince.store(monotonicNanos(), ordering: .relaxed)
             let result = answer(job)
             busySince.store(0, ordering: .relaxed)
-            _ = try? pipe.send([WireMessage(.result(result)).bytes()])
+            // Addressed to the router that gave the job: a restarted one ignores it, even if the
+            // socket still held it when the restart happened.
+            var reply = WireMessage(.result(result))
+            reply.routerIncarnation = HeldJob.decode(frames[1])
+            _ = try? pipe.send([reply.bytes(), frames[1]])
         }
     }
 
@@ -248,6 +285,18 @@ extension Worker {
         if after.response != before.response { d.response = after.response }
         if after.hasError { d.error = after.error }
         return d
+    }
+}
+
+/// A job the compute thread has, by the router incarnation that gave it (ids restart with a router).
+struct HeldJob: Hashable {
+    let incarnation: UInt64
+    let id: UInt64
+    let attempt: UInt32
+
+    static func encode(_ incarnation: UInt64) -> [UInt8] { withUnsafeBytes(of: incarnation.littleEndian, Array.init) }
+    static func decode(_ bytes: [UInt8]) -> UInt64 {
+        bytes.count == 8 ? UInt64(littleEndian: bytes.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }) : 0
     }
 }
 

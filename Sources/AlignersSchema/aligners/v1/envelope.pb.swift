@@ -286,6 +286,24 @@ public nonisolated struct Aligners_V1_Envelope: @unchecked Sendable {
   fileprivate var _storage = _StorageClass.defaultInstance
 }
 
+/// How often a peer heartbeats, and after how many missed beats it counts the other side dead.
+/// A worker announces its own in Ready, the router its own in every Heartbeat. Each side then
+/// expects the other's beats at the slower of the two intervals, so a mismatch costs only a
+/// warning in the logs, never a live peer declared dead.
+public nonisolated struct Aligners_V1_HeartbeatTiming: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var intervalMs: UInt32 = 0
+
+  public var liveness: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 /// A worker announces the service it serves and how many jobs it takes at once (its credit).
 public nonisolated struct Aligners_V1_Ready: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
@@ -302,9 +320,20 @@ public nonisolated struct Aligners_V1_Ready: Sendable {
   /// human-readable name (host:pid) for logs and metrics
   public var worker: String = String()
 
+  public var heartbeat: Aligners_V1_HeartbeatTiming {
+    get {_heartbeat ?? Aligners_V1_HeartbeatTiming()}
+    set {_heartbeat = newValue}
+  }
+  /// Returns true if `heartbeat` has been explicitly set.
+  public var hasHeartbeat: Bool {self._heartbeat != nil}
+  /// Clears the value of `heartbeat`. Subsequent reads from it will return its default value.
+  public mutating func clearHeartbeat() {self._heartbeat = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _heartbeat: Aligners_V1_HeartbeatTiming? = nil
 }
 
 /// Work handed to a worker: a slice of a batch for one service.
@@ -315,6 +344,7 @@ public nonisolated struct Aligners_V1_Job: Sendable {
 
   public var id: UInt64 = 0
 
+  /// 1 on the first dispatch, one more each time the job is re-queued
   public var attempt: UInt32 = 0
 
   public var service: String = String()
@@ -328,7 +358,9 @@ public nonisolated struct Aligners_V1_Job: Sendable {
 
 /// A worker's answer: one delta per job envelope, in the job's order. A delta carries the id and
 /// seq, the score records and steps the stage added, the response only if the stage changed it,
-/// and error if that sample failed (the router never re-reads what it already has).
+/// and error if that sample failed (the router never re-reads what it already has). The router
+/// takes it only from the worker holding that attempt of the job; an answer to an older attempt
+/// (the job passed its deadline or the worker was presumed dead, and went elsewhere) is ignored.
 public nonisolated struct Aligners_V1_JobResult: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -336,6 +368,7 @@ public nonisolated struct Aligners_V1_JobResult: Sendable {
 
   public var id: UInt64 = 0
 
+  /// the job's attempt, echoed
   public var attempt: UInt32 = 0
 
   public var envelopes: [Aligners_V1_Envelope] = []
@@ -404,9 +437,21 @@ public nonisolated struct Aligners_V1_Heartbeat: Sendable {
 
   public var sentUnixNs: UInt64 = 0
 
+  /// the sender's own settings
+  public var timing: Aligners_V1_HeartbeatTiming {
+    get {_timing ?? Aligners_V1_HeartbeatTiming()}
+    set {_timing = newValue}
+  }
+  /// Returns true if `timing` has been explicitly set.
+  public var hasTiming: Bool {self._timing != nil}
+  /// Clears the value of `timing`. Subsequent reads from it will return its default value.
+  public mutating func clearTiming() {self._timing = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _timing: Aligners_V1_HeartbeatTiming? = nil
 }
 
 /// A peer is leaving. From a worker, reason "draining" means: send no more jobs, results for the
@@ -428,6 +473,14 @@ public nonisolated struct Aligners_V1_Message: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
+
+  /// Drawn at random when a router starts, and set on every message it sends. A peer that sees it
+  /// change is talking to a restarted router that knows nothing of what the old one held: a client
+  /// sends its unanswered samples again, a worker drops its answers to the old router's jobs.
+  /// Clients set it on Submit (the router that granted the credit), workers on JobResult (the
+  /// router that gave the job): a router ignores those meant for another incarnation, such as
+  /// messages a socket queued while the router restarted, so nothing is done twice.
+  public var routerIncarnation: UInt64 = 0
 
   public var kind: Aligners_V1_Message.OneOf_Kind? = nil
 
@@ -909,9 +962,44 @@ nonisolated extension Aligners_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf
   }
 }
 
+nonisolated extension Aligners_V1_HeartbeatTiming: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".HeartbeatTiming"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}interval_ms\0\u{1}liveness\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.intervalMs) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.liveness) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.intervalMs != 0 {
+      try visitor.visitSingularUInt32Field(value: self.intervalMs, fieldNumber: 1)
+    }
+    if self.liveness != 0 {
+      try visitor.visitSingularUInt32Field(value: self.liveness, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Aligners_V1_HeartbeatTiming, rhs: Aligners_V1_HeartbeatTiming) -> Bool {
+    if lhs.intervalMs != rhs.intervalMs {return false}
+    if lhs.liveness != rhs.liveness {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension Aligners_V1_Ready: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Ready"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}service\0\u{1}credit\0\u{1}model\0\u{1}worker\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}service\0\u{1}credit\0\u{1}model\0\u{1}worker\0\u{1}heartbeat\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -923,12 +1011,17 @@ nonisolated extension Aligners_V1_Ready: SwiftProtobuf.Message, SwiftProtobuf._M
       case 2: try { try decoder.decodeSingularUInt32Field(value: &self.credit) }()
       case 3: try { try decoder.decodeSingularStringField(value: &self.model) }()
       case 4: try { try decoder.decodeSingularStringField(value: &self.worker) }()
+      case 5: try { try decoder.decodeSingularMessageField(value: &self._heartbeat) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if !self.service.isEmpty {
       try visitor.visitSingularStringField(value: self.service, fieldNumber: 1)
     }
@@ -941,6 +1034,9 @@ nonisolated extension Aligners_V1_Ready: SwiftProtobuf.Message, SwiftProtobuf._M
     if !self.worker.isEmpty {
       try visitor.visitSingularStringField(value: self.worker, fieldNumber: 4)
     }
+    try { if let v = self._heartbeat {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -949,6 +1045,7 @@ nonisolated extension Aligners_V1_Ready: SwiftProtobuf.Message, SwiftProtobuf._M
     if lhs.credit != rhs.credit {return false}
     if lhs.model != rhs.model {return false}
     if lhs.worker != rhs.worker {return false}
+    if lhs._heartbeat != rhs._heartbeat {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1140,7 +1237,7 @@ nonisolated extension Aligners_V1_Credit: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension Aligners_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Heartbeat"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}sent_unix_ns\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}sent_unix_ns\0\u{1}timing\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1149,20 +1246,29 @@ nonisolated extension Aligners_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobu
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularUInt64Field(value: &self.sentUnixNs) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._timing) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if self.sentUnixNs != 0 {
       try visitor.visitSingularUInt64Field(value: self.sentUnixNs, fieldNumber: 1)
     }
+    try { if let v = self._timing {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Aligners_V1_Heartbeat, rhs: Aligners_V1_Heartbeat) -> Bool {
     if lhs.sentUnixNs != rhs.sentUnixNs {return false}
+    if lhs._timing != rhs._timing {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1200,7 +1306,7 @@ nonisolated extension Aligners_V1_Disconnect: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Aligners_V1_Message: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Message"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}ready\0\u{1}job\0\u{1}result\0\u{1}submit\0\u{1}deliver\0\u{1}credit\0\u{1}heartbeat\0\u{1}disconnect\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}ready\0\u{1}job\0\u{1}result\0\u{1}submit\0\u{1}deliver\0\u{1}credit\0\u{1}heartbeat\0\u{1}disconnect\0\u{3}router_incarnation\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1312,6 +1418,7 @@ nonisolated extension Aligners_V1_Message: SwiftProtobuf.Message, SwiftProtobuf.
           self.kind = .disconnect(v)
         }
       }()
+      case 9: try { try decoder.decodeSingularUInt64Field(value: &self.routerIncarnation) }()
       default: break
       }
     }
@@ -1357,10 +1464,14 @@ nonisolated extension Aligners_V1_Message: SwiftProtobuf.Message, SwiftProtobuf.
     }()
     case nil: break
     }
+    if self.routerIncarnation != 0 {
+      try visitor.visitSingularUInt64Field(value: self.routerIncarnation, fieldNumber: 9)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Aligners_V1_Message, rhs: Aligners_V1_Message) -> Bool {
+    if lhs.routerIncarnation != rhs.routerIncarnation {return false}
     if lhs.kind != rhs.kind {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
