@@ -532,7 +532,11 @@ func httpGet(port: Int, path: String) -> String {
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
     }
     guard rc == 0 else { return "connect failed" }
-    let request = Array("GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".utf8)
+    // A server that never closes fails the test instead of hanging it (the limit only matters then).
+    var timeout = timeval(tv_sec: 60, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    // Read to end of stream: ask the server to close after the response (HTTP/1.1 keeps it open).
+    let request = Array("GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".utf8)
     _ = request.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
     var data = [UInt8]()
     var buffer = [UInt8](repeating: 0, count: 65536)
