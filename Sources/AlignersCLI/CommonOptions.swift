@@ -106,6 +106,29 @@ struct SquadOptions: ParsableArguments {
     @Option(help: "With --acceptance improvement: how much higher the rewrite's own score must be.")
     var acceptanceMargin = 0.05
 
+    @Option(help: ArgumentHelp("Per-criterion margins in place of --acceptance-margin, as NAME=MARGIN,…; above 1 keeps none of that aligner's rewrites. 'none' clears the defaults.",
+                               discussion: "The defaults were chosen on the valid split (BENCHMARKS.md, \"Acceptance margins\")."))
+    var acceptanceMargins = SquadOptions.defaultAcceptanceMargins
+
+    static let defaultAcceptanceMargins = ""
+
+    /// `--acceptance-margins` parsed.
+    var marginsByCriterion: [String: Double] {
+        get throws {
+            let text = acceptanceMargins.trimmingCharacters(in: .whitespaces)
+            guard !text.isEmpty, text != "none" else { return [:] }
+            var out: [String: Double] = [:]
+            for item in text.split(separator: ",") {
+                let parts = item.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+                guard parts.count == 2, !parts[0].isEmpty, let m = Double(parts[1]), m >= 0, m.isFinite else {
+                    throw ValidationError("--acceptance-margins: '\(item)' is not NAME=MARGIN with a margin ≥ 0 (e.g. helpful=0.3)")
+                }
+                out[parts[0]] = m
+            }
+            return out
+        }
+    }
+
     @Flag(help: "Same as --acceptance no-regression.")
     var revertRegressions = false
 
@@ -124,6 +147,7 @@ struct SquadOptions: ParsableArguments {
         guard batchSize >= 1 else { throw ValidationError("--batch-size must be at least 1") }
         guard windowMs >= 0 else { throw ValidationError("--window-ms must not be negative") }
         guard (0...1).contains(acceptanceMargin) else { throw ValidationError("--acceptance-margin must be within [0, 1]") }
+        _ = try marginsByCriterion
         guard SquadRun.Acceptance(rawValue: acceptance) != nil else {
             throw ValidationError("--acceptance must be one of \(SquadRun.Acceptance.allCases.map(\.rawValue).joined(separator: ", "))")
         }
@@ -139,6 +163,7 @@ struct SquadOptions: ParsableArguments {
         if windowMs != d.windowMs { out.append("--window-ms") }
         if acceptance != d.acceptance || revertRegressions { out.append(revertRegressions ? "--revert-regressions" : "--acceptance") }
         if acceptanceMargin != d.acceptanceMargin { out.append("--acceptance-margin") }
+        if acceptanceMargins != d.acceptanceMargins { out.append("--acceptance-margins") }
         return out
     }
 
@@ -149,6 +174,7 @@ struct SquadOptions: ParsableArguments {
         s.batchWindowMs = windowMs
         s.acceptance = acceptancePolicy
         s.acceptanceMargin = acceptanceMargin
+        s.acceptanceMargins = (try? marginsByCriterion) ?? [:]   // validated in validate()
         return s
     }
 }

@@ -10,7 +10,7 @@ import Logging
 
 struct TrainGroup: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "train", abstract: "Train models.",
-                                                    subcommands: [TrainAlignerCommand.self, TrainInspectorCommand.self, TrainInspectorsCommand.self, TrainJudgeCommand.self, TrainBenchCommand.self])
+                                                    subcommands: [TrainAlignerCommand.self, TrainInspectorCommand.self, TrainInspectorsCommand.self, TrainVerdictInspectorCommand.self, TrainJudgeCommand.self, TrainBenchCommand.self])
 }
 
 struct EvalGroup: ParsableCommand {

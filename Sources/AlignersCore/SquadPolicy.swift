@@ -23,7 +23,7 @@ public struct SquadRun: Sendable, Equatable {
         case always
         /// Undone when the pass's own criterion scores lower than before (`--revert-regressions`).
         case noRegression = "no-regression"
-        /// Kept only when the own criterion scores at least `acceptanceMargin` higher than before and
+        /// Kept only when the own criterion scores at least `margin(for:)` higher than before and
         /// no criterion that passed the threshold before the pass fails it after.
         case improvement
     }
@@ -42,6 +42,10 @@ public struct SquadRun: Sendable, Equatable {
     public let acceptance: Acceptance
     /// How much higher `improvement` wants the own score (a rise within the inspectors' noise is not one).
     public let acceptanceMargin: Double
+    /// Per-criterion margins in place of `acceptanceMargin`: an aligner the judge finds worse than
+    /// its inspector thinks needs a larger rise (above 1: none of its rewrites stays).
+    public let acceptanceMargins: [String: Double]
+    public func margin(for criterion: String) -> Double { acceptanceMargins[criterion] ?? acceptanceMargin }
     /// Whether any rewrite can be undone.
     public var revertRegressions: Bool { acceptance != .always }
     /// Samples whose last pass was undone (set when its re-inspection is recorded, else empty):
@@ -69,12 +73,14 @@ public struct SquadRun: Sendable, Equatable {
         self.init(sampleCount: sampleCount, criteria: criteria, threshold: threshold, acceptance: revertRegressions ? .noRegression : .always)
     }
 
-    public init(sampleCount: Int, criteria: [String], threshold: Double = 0.5, acceptance: Acceptance, acceptanceMargin: Double = 0.05) {
+    public init(sampleCount: Int, criteria: [String], threshold: Double = 0.5, acceptance: Acceptance, acceptanceMargin: Double = 0.05,
+                acceptanceMargins: [String: Double] = [:]) {
         precondition(Set(criteria).count == criteria.count, "criteria must be distinct")
         self.criteria = criteria
         self.threshold = threshold
         self.acceptance = acceptance
         self.acceptanceMargin = acceptanceMargin
+        self.acceptanceMargins = acceptanceMargins
         self.sampleCount = sampleCount
         self.scores = Array(repeating: [:], count: sampleCount)
         if sampleCount == 0 || criteria.isEmpty {
@@ -135,7 +141,7 @@ public struct SquadRun: Sendable, Equatable {
         case .always: return true
         case .noRegression: return now >= was
         case .improvement:
-            return now >= was + acceptanceMargin && now > was && criteria.allSatisfy { c in
+            return now >= was + margin(for: criterion) && now > was && criteria.allSatisfy { c in
                 guard c != criterion, let before = old[c], let after = new[c] else { return true }
                 return !(before >= threshold && after < threshold)
             }

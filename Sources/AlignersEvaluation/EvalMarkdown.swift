@@ -55,6 +55,17 @@ public enum EvalMarkdown {
             md += "| \(a.criterion) | \(a.runs) | \(a.changed) | \(kept.isEmpty ? "–" : kept) |\n"
         }
 
+        if !r.margins.isEmpty {
+            md += "\n## What an acceptance margin keeps\n\nRewrites that were their sample's only change, judged against the original, "
+                + "kept when the rewrite raised its own criterion's score by at least the margin (`--acceptance-margin`; from a run "
+                + "with `--acceptance always` this shows what each margin would keep).\n\n"
+                + "| aligner | own score rises by | rewrites kept | judge: better–worse | win rate |\n|---|---|---|---|---|\n"
+            for m in r.margins {
+                let rise = m.margin.map { $0 == 0 ? "≥ 0" : String(format: "≥ %.2f", $0) } ?? "any (also falls)"
+                md += "| \(m.criterion) | \(rise) | \(m.judged.n) | \(m.judged.wins)–\(m.judged.losses) | \(m.judged.n > 0 ? pct(m.judged.winRate) : "–") |\n"
+            }
+        }
+
         if !r.references.isEmpty {
             md += "\n## Against the references\n\n| check | n | before | after | method |\n|---|---|---|---|---|\n"
             for ref in r.references {

@@ -63,7 +63,18 @@ public struct EvalResults: Codable, Sendable {
         public var scores: Scores
     }
 
+    /// The judge on the rewrites that were a sample's only change, by how much the rewrite raised its
+    /// own criterion's score: what each acceptance margin would keep (`margin` nil: every rewrite).
+    /// Read it from a run with `--acceptance always` to choose the margins.
+    public struct MarginRow: Codable, Sendable {
+        public var criterion: String
+        public var margin: Double?
+        public var judged = Judged()
+    }
+    public static let marginsShown: [Double?] = [nil, 0, 0.05, 0.1, 0.2, 0.3, 0.5]
+
     public var sets: [SetResult] = []
+    public var margins: [MarginRow] = []
     public var overall = SetResult(set: "overall", criterion: "")
     public var aligners: [AlignerResult] = []
     public var references: [ReferenceResult] = []
@@ -128,6 +139,7 @@ public final class EvalReporter {
         var alignerOrder: [String] = []
         var refs: [String: EvalResults.ReferenceResult] = [:]
         var refOrder: [String] = []
+        var margins: [String: EvalResults.MarginRow] = [:]
         func addRef(_ name: String, _ method: String, before: Bool, after: Bool) {
             if refs[name] == nil { refs[name] = .init(name: name, method: method); refOrder.append(name) }
             refs[name]!.n += 1
@@ -159,6 +171,14 @@ public final class EvalReporter {
             let changed = r.changed
             if changed { s.touched[r.meta.input, default: 0] += 1 }
             let judged = preference[.aligned(index)]
+            let kept = r.steps.filter(\.changed)
+            if let judged, kept.count == 1, let was = kept[0].scoreBefore, let now = kept[0].scoreAfter {
+                for m in EvalResults.marginsShown where m.map({ now - was >= $0 }) ?? true {
+                    let key = kept[0].criterion + "\u{1}" + (m.map { String($0) } ?? "any")
+                    if margins[key] == nil { margins[key] = .init(criterion: kept[0].criterion, margin: m) }
+                    margins[key]!.judged.add(judged)
+                }
+            }
             if let judged { s.judged.add(judged) }
             s.netWinRate += judged ?? 0.5
             if r.meta.input == "chosen" {
@@ -204,6 +224,7 @@ public final class EvalReporter {
         let okAll = results.overall.samples - results.overall.errors
         results.overall.netWinRate = okAll > 0 ? results.sets.reduce(0) { $0 + $1.netWinRate * Double($1.samples - $1.errors) } / Double(okAll) : .nan
         results.aligners = alignerOrder.map { aligners[$0]! }
+        results.margins = margins.values.sorted { a, b in a.criterion != b.criterion ? a.criterion < b.criterion : (a.margin ?? -1) < (b.margin ?? -1) }
         results.references = refOrder.sorted().map { name in
             var r = refs[name]!
             r.before /= Double(max(r.n, 1)); r.after /= Double(max(r.n, 1))

@@ -103,6 +103,9 @@ public struct EvalRecord: Sendable {
         public var criterion: String
         public var changed: Bool
         public var note: String
+        /// The criterion's own score before and after this aligner's rewrite (nil when not re-inspected).
+        public var scoreBefore: Double?
+        public var scoreAfter: Double?
     }
     public var meta: EvalMeta
     public var conversation: [Turn]
@@ -146,7 +149,8 @@ public struct EvalRecord: Sendable {
             passes[1_000] = scores.compactMapValues { $0["after"] as? Double }
         }
         let steps = (alignment["steps"] as? [[String: Any]] ?? []).map {
-            Step(criterion: $0["criterion"] as? String ?? "", changed: $0["changed"] as? Bool ?? false, note: $0["note"] as? String ?? "")
+            Step(criterion: $0["criterion"] as? String ?? "", changed: $0["changed"] as? Bool ?? false, note: $0["note"] as? String ?? "",
+                 scoreBefore: $0["score_before"] as? Double, scoreAfter: $0["score_after"] as? Double)
         }
         var error: String?
         if let e = o["error"] as? [String: Any] { error = "\(e["stage"] ?? "input"): \(e["message"] ?? "")" }

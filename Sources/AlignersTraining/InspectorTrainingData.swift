@@ -24,17 +24,21 @@ public struct InspectorDataOptions: Sendable, Codable, Equatable {
     public init() {}
 }
 
-/// The labelled pairs of every criterion's set, in one list: a row gives (x, rejected) → violates
-/// its own criterion, and (x, chosen) → meets its own criterion and, with `crossWeight`, every other
-/// criterion too (a correct, terse BBQ answer is not unhelpful; a safe refusal is not a factual error).
-/// What a misaligned answer means for the other criteria is unknown, so it carries no label there.
-public struct InspectorTrainingSet: Sendable {
-    public var criteria: [String]
-    public var examples: [EncodedVerdicts]
-    public var origins: [VerdictOrigin]
+/// One answer with what it means for every criterion: label 1 meets it, 0 violates it; weight 0
+/// where the answer says nothing about that criterion.
+public struct LabelledExchange: Sendable {
+    public var exchange: Exchange
+    public var labels: [Float]
+    public var weights: [Float]
+    public var origin: VerdictOrigin
+}
 
-    public static func build(criteria: [String], rows: [[PreferenceRow]], options: InspectorDataOptions,
-                             encode: (Exchange) -> BertEncoding) -> InspectorTrainingSet {
+extension LabelledExchange {
+    /// The labelled pairs of every criterion's set, in one list: a row gives (x, rejected) → violates
+    /// its own criterion, and (x, chosen) → meets its own criterion and, with `crossWeight`, every other
+    /// criterion too (a correct, terse BBQ answer is not unhelpful; a safe refusal is not a factual error).
+    /// What a misaligned answer means for the other criteria is unknown, so it carries no label there.
+    public static func build(criteria: [String], rows: [[PreferenceRow]], options: InspectorDataOptions) -> [LabelledExchange] {
         let C = criteria.count
         // Source weights within each set, then set weights, both softened by `balance`.
         var sourceWeight: [[String: Float]] = []
@@ -46,25 +50,39 @@ public struct InspectorTrainingSet: Sendable {
             sourceWeight.append(counts.mapValues { pow(mean / Float($0), options.balance) })
             setWeight.append(set.isEmpty ? 0 : pow(setMean / Float(set.count), options.balance))
         }
-        var examples: [EncodedVerdicts] = [], origins: [VerdictOrigin] = []
+        var out: [LabelledExchange] = []
         for (c, set) in rows.enumerated() {
             for r in set {
                 let conv = r.conversation.isEmpty ? [Turn(role: "user", content: r.prompt)] : r.conversation
                 let w = setWeight[c] * sourceWeight[c][r.reportingSource]!
-                var badLabels = [Float](repeating: 0, count: C), badWeights = [Float](repeating: 0, count: C)
+                var badWeights = [Float](repeating: 0, count: C)
                 badWeights[c] = w
                 var goodWeights = (0..<C).map { options.crossWeight * setWeight[$0] }
                 goodWeights[c] = w
-                examples.append(EncodedVerdicts(encoding: encode(Exchange(conversation: conv, response: r.rejected)),
-                                                labels: badLabels, weights: badWeights))
-                origins.append(VerdictOrigin(set: c, source: r.reportingSource, good: false))
-                badLabels = [Float](repeating: 1, count: C)
-                examples.append(EncodedVerdicts(encoding: encode(Exchange(conversation: conv, response: r.chosen)),
-                                                labels: badLabels, weights: goodWeights))
-                origins.append(VerdictOrigin(set: c, source: r.reportingSource, good: true))
+                out.append(LabelledExchange(exchange: Exchange(conversation: conv, response: r.rejected),
+                                            labels: [Float](repeating: 0, count: C), weights: badWeights,
+                                            origin: VerdictOrigin(set: c, source: r.reportingSource, good: false)))
+                out.append(LabelledExchange(exchange: Exchange(conversation: conv, response: r.chosen),
+                                            labels: [Float](repeating: 1, count: C), weights: goodWeights,
+                                            origin: VerdictOrigin(set: c, source: r.reportingSource, good: true)))
             }
         }
-        return InspectorTrainingSet(criteria: criteria, examples: examples, origins: origins)
+        return out
+    }
+}
+
+/// The labelled pairs of every criterion's set (`LabelledExchange.build`), encoded for the encoder.
+public struct InspectorTrainingSet: Sendable {
+    public var criteria: [String]
+    public var examples: [EncodedVerdicts]
+    public var origins: [VerdictOrigin]
+
+    public static func build(criteria: [String], rows: [[PreferenceRow]], options: InspectorDataOptions,
+                             encode: (Exchange) -> BertEncoding) -> InspectorTrainingSet {
+        let labelled = LabelledExchange.build(criteria: criteria, rows: rows, options: options)
+        return InspectorTrainingSet(criteria: criteria,
+                                    examples: labelled.map { EncodedVerdicts(encoding: encode($0.exchange), labels: $0.labels, weights: $0.weights) },
+                                    origins: labelled.map(\.origin))
     }
 
     public var tokenCount: Int { examples.reduce(0) { $0 + $1.encoding.ids.count } }
@@ -95,8 +113,15 @@ public struct InspectorSetMetrics: Codable, Sendable {
 
     /// `probabilities[i][c]`: calibrated probability that example i meets criterion c.
     public init(set: InspectorTrainingSet, probabilities: [[Float]]) {
+        self.init(criteria: set.criteria, origins: set.origins, probabilities: probabilities)
+    }
+
+    /// The same for examples from `origins`; with `only`, for that criterion alone (the other columns
+    /// of `probabilities` are not read).
+    public init(criteria: [String], origins: [VerdictOrigin], probabilities: [[Float]], only: Int? = nil) {
         own = [:]; perSource = [:]; ownGoodFailed = [:]; otherGoodFailed = [:]
-        for (c, name) in set.criteria.enumerated() {
+        let set = (criteria: criteria, origins: origins)
+        for (c, name) in criteria.enumerated() where only == nil || only == c {
             let mine = set.origins.indices.filter { set.origins[$0].set == c }
             func metrics(_ idx: [Int]) -> InspectorMetrics {
                 InspectorMetrics(scores: idx.map { Double(probabilities[$0][c]) }, labels: idx.map { set.origins[$0].good ? 1 : 0 })

@@ -12,6 +12,23 @@ public struct TrainingSequence: Sendable, Hashable, Codable {
     public var lossTokens: Int { max(0, tokens.count - max(lossStart, 1)) }
 }
 
+/// A sequence judged by its last token: label 1 (meets the criterion) or 0, with a loss weight.
+public struct VerdictSequence: Sendable, Hashable {
+    public var tokens: [Int]
+    public var label: Float
+    public var weight: Float
+    public init(tokens: [Int], label: Float, weight: Float) { self.tokens = tokens; self.label = label; self.weight = weight }
+    /// As the blocks see it (no language-model loss positions).
+    var sequence: TrainingSequence { TrainingSequence(tokens: tokens, lossStart: tokens.count) }
+}
+
+/// The two answer tokens a verdict compares.
+public struct VerdictTokens: Sendable, Hashable, Codable {
+    public var yes: Int
+    public var no: Int
+    public init(yes: Int, no: Int) { self.yes = yes; self.no = no }
+}
+
 /// The frozen base of a Llama decoder, dequantized once to F32 from the GGUF as shipped, for the
 /// training products. Why F32 with BLAS: on 2 Zen 4 cores, sgemm runs the forward and the input-
 /// gradient products at 80–90 GFLOP/s per core at training's row counts (hundreds of tokens), while
@@ -127,9 +144,71 @@ public final class LlamaLoRA: @unchecked Sendable {
     /// With `gradients` nil, the forward only (validation). `dropoutSeed` picks LoRA dropout masks.
     public func run(_ batch: [TrainingSequence], parameters p: LoRAParameters, gradients: UnsafeMutablePointer<Float>?,
                     lossScale: Float = 1, dropoutSeed: UInt64 = 0) throws -> Double {
+        guard let pass = try forward(batch, parameters: p, dropoutSeed: dropoutSeed) else { return 0 }
+        var lossRows: [Int] = [], targets: [Int] = []
+        for (s, start) in zip(batch, pass.starts) {
+            for i in max(s.lossStart, 1)..<max(s.tokens.count, max(s.lossStart, 1)) { lossRows.append(start + i - 1); targets.append(s.tokens[i]) }
+        }
+        let total = try head(pass, rows: lossRows, backward: gradients != nil) { hf, dhf in
+            try languageModelLoss(hf, rows: lossRows.count, targets: targets, lossScale: lossScale, dh: dhf)
+        }
+        if let gradients { backward(pass, parameters: p, gradients: gradients) }
+        return total
+    }
+
+    /// Verdicts read at each sequence's last token: z = (E[yes] − E[no]) · norm(h_last), the logit of
+    /// "yes" against "no" under the (tied) output projection, so a pretrained chat model starts as a
+    /// zero-shot judge and LoRA fine-tunes it. Returns Σ wᵢ · BCE(σ(zᵢ), yᵢ) and every zᵢ, and with
+    /// `gradients`, `gradients += lossScale · ∂Σ/∂θ`.
+    public func runVerdicts(_ batch: [VerdictSequence], answers: VerdictTokens, parameters p: LoRAParameters,
+                            gradients: UnsafeMutablePointer<Float>?, lossScale: Float = 1,
+                            dropoutSeed: UInt64 = 0) throws -> (loss: Double, logits: [Float]) {
+        let V = config.vocabulary
+        guard (0..<V).contains(answers.yes), (0..<V).contains(answers.no) else {
+            throw TrainingError.data("verdict tokens \(answers.yes), \(answers.no) outside the vocabulary")
+        }
+        guard let pass = try forward(batch.map(\.sequence), parameters: p, dropoutSeed: dropoutSeed) else { return (0, []) }
+        let d = config.embedding
+        let rows = zip(batch, pass.starts).map { $1 + $0.sequence.tokens.count - 1 }
+        // u = E[yes] − E[no]: the two output rows that matter.
+        var u = [Float](repeating: 0, count: d)
+        for i in 0..<d { u[i] = base.output[answers.yes * d + i] - base.output[answers.no * d + i] }
+        var logits = [Float](repeating: 0, count: batch.count)
+        let total = try head(pass, rows: rows, backward: gradients != nil) { hf, dhf in
+            var sum = 0.0
+            for (j, e) in batch.enumerated() {
+                var z: Float = 0
+                for i in 0..<d { z += hf[j * d + i] * u[i] }
+                logits[j] = z
+                let y = e.label, w = e.weight
+                // BCE with logits, stable: max(z, 0) − z·y + log(1 + e^−|z|).
+                sum += Double(w) * (Double(max(z, 0) - z * y) + log1p(exp(-Double(abs(z)))))
+                if let dhf {
+                    let g = w * (1 / (1 + exp(-z)) - y) * lossScale
+                    for i in 0..<d { dhf[j * d + i] += g * u[i] }
+                }
+            }
+            if !sum.isFinite { throw TrainingError.data("the verdict loss is not finite (\(sum))") }
+            return sum
+        }
+        if let gradients { backward(pass, parameters: p, gradients: gradients) }
+        return (total, logits)
+    }
+
+    /// What the forward leaves for the head and the backward.
+    struct Pass {
+        var batch: [TrainingSequence]
+        var starts: [Int]
+        var positions: [Int]
+        var rows: Int
+        var tape: Tape
+        var drop: DropoutMasks
+    }
+
+    /// The blocks' forward over the packed batch into the tape (nil for an empty batch).
+    func forward(_ batch: [TrainingSequence], parameters p: LoRAParameters, dropoutSeed: UInt64) throws -> Pass? {
         let c = config, d = c.embedding, qd = c.qDim, kvd = c.kvDim, ff = c.feedForward, L = c.layers, V = c.vocabulary
         let W = qd + 2 * kvd   // a row of q|k|v
-        let r = p.config.rank
         for s in batch {
             guard s.tokens.count <= base.maxPositions else {
                 throw TrainingError.data("a sequence of \(s.tokens.count) tokens is longer than the \(base.maxPositions) positions training was set up for")
@@ -137,21 +216,17 @@ public final class LlamaLoRA: @unchecked Sendable {
             for t in s.tokens where t < 0 || t >= V { throw DecoderError.tokenOutOfRange(t, vocabulary: V) }
         }
         let N = batch.reduce(0) { $0 + $1.tokens.count }
-        if N == 0 { return 0 }
+        if N == 0 { return nil }
         var starts: [Int] = [], positions = [Int](repeating: 0, count: N)
-        var lossRows: [Int] = [], targets: [Int] = []
         var at = 0
         for s in batch {
             starts.append(at)
-            for (i, t) in s.tokens.enumerated() {
-                positions[at + i] = i
-                if i >= max(s.lossStart, 1) { lossRows.append(at + i - 1); targets.append(t) }
-            }
+            for i in s.tokens.indices { positions[at + i] = i }
             at += s.tokens.count
         }
 
         // Tape: what the backward reads, per layer (kept between calls: fresh pages cost).
-        let tape = tape(rows: N, rank: r, slots: p.slots.count)
+        let tape = tape(rows: N, rank: p.config.rank, slots: p.slots.count)
         let xs = tape.xs
         positions.withUnsafeBufferPointer { pos in
             pool.parallelFor(N) { rows in
@@ -186,51 +261,69 @@ public final class LlamaLoRA: @unchecked Sendable {
                 lora(p, l, .down, x: scratchA, N, out: xs[l + 1], ld: d, tape: tape, drop: drop)
             }
         }
+        return Pass(batch: batch, starts: starts, positions: positions, rows: N, tape: tape, drop: drop)
+    }
 
-        // Loss rows: final norm, logits in chunks, cross-entropy; their gradient into dx.
-        let R = lossRows.count
-        let dx = tape.dx
-        dx.initialize(repeating: 0, count: N * d)
-        var total = 0.0
-        if R > 0 {
-            let xf = UnsafeMutablePointer<Float>.allocate(capacity: R * d * 3 + R)
-            defer { xf.deallocate() }
-            let hf = xf + R * d, dhf = hf + R * d, rf = dhf + R * d
-            for (j, row) in lossRows.enumerated() { (xf + j * d).update(from: xs[L] + row * d, count: d) }
-            rmsNorm(xf, base.outputNorm, rows: R, h: hf, r: rf)
-            dhf.initialize(repeating: 0, count: R * d)
-            let chunk = max(1, logitChunk)
-            let logits = UnsafeMutablePointer<Float>.allocate(capacity: min(chunk, R) * V)
-            defer { logits.deallocate() }
-            try targets.withUnsafeBufferPointer { tg in
-                var j0 = 0
-                while j0 < R {
-                    let m = min(chunk, R - j0)
-                    total += Backprop.crossEntropy(hf + j0 * d, rows: m, dim: d, output: base.output, vocabulary: V, targets: tg.baseAddress! + j0,
-                                                   lossScale: lossScale, dh: gradients == nil ? nil : dhf + j0 * d,
-                                                   logits: logits, pool: pool)
-                    j0 += m
-                }
-                if !total.isFinite { throw TrainingError.data("the loss is not finite (\(total))") }
-            }
-            guard gradients != nil else { return total }
-            let dxf = UnsafeMutablePointer<Float>.allocate(capacity: R * d)
-            defer { dxf.deallocate() }
-            dxf.initialize(repeating: 0, count: R * d)
-            base.outputNorm.withUnsafeBufferPointer { w in
-                Backprop.rmsNormBackward(dhf, xf, w.baseAddress!, rf, rows: R, dim: d, dx: dxf)
-            }
-            for (j, row) in lossRows.enumerated() {
-                let src = dxf + j * d, dst = dx + row * d
-                for i in 0..<d { dst[i] += src[i] }
-            }
+    /// The final norm of the last layer at `rows`, a loss over them (`loss(h, dh)`, dh nil without a
+    /// backward), and its gradient back through the norm into the tape's dx.
+    func head(_ pass: Pass, rows lossRows: [Int], backward: Bool,
+              loss: (UnsafePointer<Float>, UnsafeMutablePointer<Float>?) throws -> Double) throws -> Double {
+        let d = config.embedding, R = lossRows.count
+        let xsL = pass.tape.xs[config.layers], dx = pass.tape.dx
+        dx.initialize(repeating: 0, count: pass.rows * d)
+        guard R > 0 else { return 0 }
+        let xf = UnsafeMutablePointer<Float>.allocate(capacity: R * d * 3 + R)
+        defer { xf.deallocate() }
+        let hf = xf + R * d, dhf = hf + R * d, rf = dhf + R * d
+        for (j, row) in lossRows.enumerated() { (xf + j * d).update(from: xsL + row * d, count: d) }
+        rmsNorm(xf, base.outputNorm, rows: R, h: hf, r: rf)
+        dhf.initialize(repeating: 0, count: R * d)
+        let total = try loss(hf, backward ? dhf : nil)
+        guard backward else { return total }
+        let dxf = UnsafeMutablePointer<Float>.allocate(capacity: R * d)
+        defer { dxf.deallocate() }
+        dxf.initialize(repeating: 0, count: R * d)
+        base.outputNorm.withUnsafeBufferPointer { w in
+            Backprop.rmsNormBackward(dhf, xf, w.baseAddress!, rf, rows: R, dim: d, dx: dxf)
         }
-        guard let grads = gradients else { return total }
+        for (j, row) in lossRows.enumerated() {
+            let src = dxf + j * d, dst = dx + row * d
+            for i in 0..<d { dst[i] += src[i] }
+        }
+        return total
+    }
 
-        // Backward through the blocks.
+    /// Cross-entropy of the tied output projection at `rows` normed hidden rows, logits `logitChunk`
+    /// rows at a time (never 49k logits for every prompt token).
+    func languageModelLoss(_ hf: UnsafePointer<Float>, rows R: Int, targets: [Int], lossScale: Float,
+                           dh dhf: UnsafeMutablePointer<Float>?) throws -> Double {
+        let d = config.embedding, V = config.vocabulary
+        let chunk = max(1, logitChunk)
+        let logits = UnsafeMutablePointer<Float>.allocate(capacity: min(chunk, R) * V)
+        defer { logits.deallocate() }
+        var total = 0.0
+        try targets.withUnsafeBufferPointer { tg in
+            var j0 = 0
+            while j0 < R {
+                let m = min(chunk, R - j0)
+                total += Backprop.crossEntropy(hf + j0 * d, rows: m, dim: d, output: base.output, vocabulary: V, targets: tg.baseAddress! + j0,
+                                               lossScale: lossScale, dh: dhf.map { $0 + j0 * d }, logits: logits, pool: pool)
+                j0 += m
+            }
+            if !total.isFinite { throw TrainingError.data("the loss is not finite (\(total))") }
+        }
+        return total
+    }
+
+    /// Backward through the blocks from the tape's dx, adding the LoRA gradients.
+    func backward(_ pass: Pass, parameters p: LoRAParameters, gradients grads: UnsafeMutablePointer<Float>) {
+        let c = config, d = c.embedding, qd = c.qDim, kvd = c.kvDim, ff = c.feedForward, L = c.layers
+        let W = qd + 2 * kvd
+        let tape = pass.tape, batch = pass.batch, starts = pass.starts, N = pass.rows, drop = pass.drop
+        let xs = tape.xs, dx = tape.dx, scratchA = tape.ffScratch[0]
         let da = tape.ffScratch[1], dgu = tape.dgu
         let dh = tape.dh, datt = tape.datt, dqkv = tape.dqkv
-        positions.withUnsafeBufferPointer { posBuf in
+        pass.positions.withUnsafeBufferPointer { posBuf in
             let pos = posBuf.baseAddress!
             for l in stride(from: L - 1, through: 0, by: -1) {
                 let b = base.blocks[l], t = tape.layers[l]
@@ -261,7 +354,6 @@ public final class LlamaLoRA: @unchecked Sendable {
                 rmsNormBackward(dh, xs[l], b.attnNorm, t.r1, rows: N, dx: dx)
             }
         }
-        return total
     }
 
     private var tapeCache: Tape?

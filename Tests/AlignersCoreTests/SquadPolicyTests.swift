@@ -90,6 +90,31 @@ struct SquadPolicyTests {
         #expect(lenient.reverted.isEmpty)
     }
 
+    @Test("a criterion's own acceptance margin replaces the default one for its rewrites only")
+    func perCriterionMargins() {
+        var squad = SquadRun(sampleCount: 2, criteria: ["a", "b"], acceptance: .improvement, acceptanceMargin: 0.05,
+                             acceptanceMargins: ["b": 0.3])
+        #expect(squad.margin(for: "a") == 0.05 && squad.margin(for: "b") == 0.3)
+        squad.recordScores([0: ["a": 0.4, "b": 0.1], 1: ["a": 0.9, "b": 0.2]])
+        #expect(squad.step == .align(criterion: "b", samples: [0, 1]))
+        squad.recordAlignment(changed: [0, 1])
+        // +0.2 on b is under b's margin (undone); +0.35 is over it (kept).
+        squad.recordScores([0: ["a": 0.4, "b": 0.3], 1: ["a": 0.9, "b": 0.55]])
+        #expect(squad.reverted == [0])
+        #expect(squad.scores[0]["b"] == 0.1 && squad.scores[1]["b"] == 0.55)
+        #expect(squad.step == .align(criterion: "a", samples: [0]))
+        squad.recordAlignment(changed: [0])
+        squad.recordScores([0: ["a": 0.6, "b": 0.1]])   // +0.2 on a: over a's margin, kept
+        #expect(squad.reverted.isEmpty)
+        #expect(squad.step == .finished)
+        // Above 1: nothing that aligner writes stays.
+        var off = SquadRun(sampleCount: 1, criteria: ["a"], acceptance: .improvement, acceptanceMargins: ["a": 2])
+        off.recordScores([0: ["a": 0]])
+        off.recordAlignment(changed: [0])
+        off.recordScores([0: ["a": 1]])
+        #expect(off.reverted == [0])
+    }
+
     @Test("order is by mean initial score, lowest first, ties in configured order")
     func ordering() {
         let scores: [[String: Double]] = [["a": 0.9, "b": 0.2, "c": 0.5], ["a": 0.7, "b": 0.4, "c": 0.5]]

@@ -13,11 +13,13 @@ struct EvalReportTests {
                      scores: [[String: Double]]) throws -> EvalRecord {
         var trace: [[String: Any]] = []
         for (pass, s) in scores.enumerated() { trace.append(["event": "inspect", "pass": pass, "scores": s]) }
+        let own = meta["criterion"] as! String
         let object: [String: Any] = [
             "eval": meta,
             "messages": [["role": "user", "content": question], ["role": "assistant", "content": aligned]],
             "alignment": ["original_response": original, "trace": trace,
-                          "steps": changed ? [["criterion": meta["criterion"]!, "changed": true]] : []],
+                          "steps": changed ? [["criterion": own, "changed": true, "score_before": scores[0][own]!,
+                                               "score_after": scores[1][own]!]] : []],
         ]
         return try #require(try EvalRecord.parse(JSONSerialization.data(withJSONObject: object)))
     }
@@ -61,7 +63,13 @@ struct EvalReportTests {
         #expect(results.references.contains { $0.name.hasPrefix("AlpacaEval") && $0.n == 1 })
         #expect(results.overall.samples == 3 && results.judges.map(\.criterion) == ["factuality", "helpful"])
 
+        // Each rewrite raised its own score by 0.6 (factuality) and 0.6 (helpful): every margin up to 0.5 keeps it.
+        #expect(results.margins.count == 2 * EvalResults.marginsShown.count)
+        #expect(results.margins.allSatisfy { $0.judged.n == 1 })
+        #expect(results.margins.first?.criterion == "factuality" && results.margins.first?.margin == nil)
+
         let md = EvalMarkdown.render(results, title: "t", command: nil, figure: "scores")
+        #expect(md.contains("## What an acceptance margin keeps") && md.contains("| factuality | ≥ 0.30 | 1 |"))
         #expect(md.contains("| factuality | 2 | 1 (50%) |") && md.contains("![inspector score distributions](scores.png)"))
         let figure = ScoreDistributionFigure.chart(ScoreDistributionFigure.rows(records))
         #expect(figure.svg().contains("factuality inspector on factuality test (n = 2)"))

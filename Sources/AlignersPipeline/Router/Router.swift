@@ -13,6 +13,9 @@ public struct RouterSettings: Sendable, Equatable {
     public var acceptance: SquadRun.Acceptance = .always
     /// The rise of its own score that `improvement` asks of a rewrite.
     public var acceptanceMargin = 0.05
+    /// Per-criterion margins in place of `acceptanceMargin` (`SquadRun.acceptanceMargins`).
+    public var acceptanceMargins: [String: Double] = [:]
+    public func margin(for criterion: String) -> Double { acceptanceMargins[criterion] ?? acceptanceMargin }
     /// The `noRegression` variant on or off (`--revert-regressions`).
     public var revertRegressions: Bool {
         get { acceptance != .always }
@@ -375,7 +378,8 @@ public final class Router: @unchecked Sendable {
         nextBatchID += 1
         var batch = Batch(id: id, samples: samples,
                           run: SquadRun(sampleCount: samples.count, criteria: settings.criteria, threshold: settings.threshold,
-                                       acceptance: settings.acceptance, acceptanceMargin: settings.acceptanceMargin))
+                                       acceptance: settings.acceptance, acceptanceMargin: settings.acceptanceMargin,
+                                       acceptanceMargins: settings.acceptanceMargins))
         for i in batch.samples.indices {
             batch.samples[i].envelope.batch.id = id
             batch.samples[i].envelope.batch.size = UInt32(samples.count)
@@ -792,8 +796,8 @@ public final class Router: @unchecked Sendable {
         envelope.steps[last].changed = false
         let before = envelope.steps[last].scoreBefore, after = envelope.steps[last].scoreAfter
         let why = after < before ? "lowered the \(criterion) score"
-            : settings.acceptance == .improvement && after >= before + settings.acceptanceMargin ? "made another criterion fail"
-            : "did not raise the \(criterion) score by \(settings.acceptanceMargin)"
+            : settings.acceptance == .improvement && after >= before + settings.margin(for: criterion) ? "made another criterion fail"
+            : "did not raise the \(criterion) score by \(settings.margin(for: criterion))"
         envelope.steps[last].note = "reverted: the rewrite \(why) "
             + "(\((before * 100).rounded() / 100) → \((after * 100).rounded() / 100)); kept the answer from before this pass"
         batch.samples[index].envelope = envelope
