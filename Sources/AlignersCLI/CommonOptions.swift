@@ -106,11 +106,11 @@ struct SquadOptions: ParsableArguments {
     @Option(help: "With --acceptance improvement: how much higher the rewrite's own score must be.")
     var acceptanceMargin = 0.05
 
-    @Option(help: ArgumentHelp("Per-criterion margins in place of --acceptance-margin, as NAME=MARGIN,…; above 1 keeps none of that aligner's rewrites. 'none' clears the defaults.",
-                               discussion: "The defaults were chosen on the valid split (BENCHMARKS.md, \"Acceptance margins\")."))
+    @Option(help: ArgumentHelp("With --acceptance improvement: per-criterion margins in place of --acceptance-margin, as NAME=MARGIN,…; NAME=off (or a margin above 1) never runs that aligner (its inspector still scores). 'none' clears the defaults.",
+                               discussion: "The default turns the helpful aligner off: on the valid split no margin made its kept rewrites win 65% of the judge's comparisons (BENCHMARKS.md, \"Acceptance margins\")."))
     var acceptanceMargins = SquadOptions.defaultAcceptanceMargins
 
-    static let defaultAcceptanceMargins = ""
+    static let defaultAcceptanceMargins = "helpful=off"
 
     /// `--acceptance-margins` parsed.
     var marginsByCriterion: [String: Double] {
@@ -120,8 +120,9 @@ struct SquadOptions: ParsableArguments {
             var out: [String: Double] = [:]
             for item in text.split(separator: ",") {
                 let parts = item.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
-                guard parts.count == 2, !parts[0].isEmpty, let m = Double(parts[1]), m >= 0, m.isFinite else {
-                    throw ValidationError("--acceptance-margins: '\(item)' is not NAME=MARGIN with a margin ≥ 0 (e.g. helpful=0.3)")
+                let value = parts.count == 2 ? (parts[1] == "off" ? Double.infinity : Double(parts[1])) : nil
+                guard parts.count == 2, !parts[0].isEmpty, let m = value, m >= 0, !m.isNaN else {
+                    throw ValidationError("--acceptance-margins: '\(item)' is not NAME=MARGIN with a margin ≥ 0 or NAME=off (e.g. helpful=0.3)")
                 }
                 out[parts[0]] = m
             }

@@ -46,6 +46,9 @@ public struct SquadRun: Sendable, Equatable {
     /// its inspector thinks needs a larger rise (above 1: none of its rewrites stays).
     public let acceptanceMargins: [String: Double]
     public func margin(for criterion: String) -> Double { acceptanceMargins[criterion] ?? acceptanceMargin }
+    /// Whether a criterion's aligner runs at all: not when no rewrite of it could stay (a margin above
+    /// 1 under `improvement`, e.g. `.infinity` for "off"); its inspector still scores.
+    public func aligns(_ criterion: String) -> Bool { acceptance != .improvement || margin(for: criterion) <= 1 }
     /// Whether any rewrite can be undone.
     public var revertRegressions: Bool { acceptance != .always }
     /// Samples whose last pass was undone (set when its re-inspection is recorded, else empty):
@@ -171,6 +174,7 @@ public struct SquadRun: Sendable, Equatable {
         var i = index
         while i < order.count {
             let criterion = order[i]
+            guard aligns(criterion) else { i += 1; continue }
             let gate = (0..<sampleCount).filter { s in
                 !dropped.contains(s) && (scores[s][criterion].map { $0 < threshold } ?? false)
             }

@@ -107,12 +107,14 @@ struct SquadPolicyTests {
         squad.recordScores([0: ["a": 0.6, "b": 0.1]])   // +0.2 on a: over a's margin, kept
         #expect(squad.reverted.isEmpty)
         #expect(squad.step == .finished)
-        // Above 1: nothing that aligner writes stays.
-        var off = SquadRun(sampleCount: 1, criteria: ["a"], acceptance: .improvement, acceptanceMargins: ["a": 2])
-        off.recordScores([0: ["a": 0]])
-        off.recordAlignment(changed: [0])
-        off.recordScores([0: ["a": 1]])
-        #expect(off.reverted == [0])
+        // Above 1 no rewrite could stay, so that aligner does not run; the others still do.
+        var off = SquadRun(sampleCount: 1, criteria: ["a", "b"], acceptance: .improvement, acceptanceMargins: ["a": .infinity])
+        #expect(!off.aligns("a") && off.aligns("b"))
+        off.recordScores([0: ["a": 0, "b": 0.1]])
+        #expect(off.order == ["a", "b"])
+        #expect(off.step == .align(criterion: "b", samples: [0]))
+        // Under `always` every aligner runs whatever the margins say.
+        #expect(SquadRun(sampleCount: 1, criteria: ["a"], acceptance: .always, acceptanceMargins: ["a": .infinity]).aligns("a"))
     }
 
     @Test("order is by mean initial score, lowest first, ties in configured order")

@@ -11,7 +11,7 @@ func runFilter(_ input: [UInt8], criteria: [String] = ["ethical", "helpful"], wi
                settings: FilterSettings = FilterSettings(), batchSize: Int = 8, windowMs: Int = 5,
                extraHandlers: [any StageHandler] = [], revertRegressions: Bool = false,
                combinedInspection: Bool = false, maxMessageBytes: Int? = nil,
-               serviceTimeoutMs: Int = 20_000) throws -> (lines: [[String: Any]], raw: [String], summary: FilterSummary) {
+               serviceTimeoutMs: Int = 20_000, acceptanceMargins: [String: Double]? = nil) throws -> (lines: [[String: Any]], raw: [String], summary: FilterSummary) {
     var logger = Logger(label: "test")
     logger.logLevel = .error
     let context = ZMQContext()
@@ -21,6 +21,10 @@ func runFilter(_ input: [UInt8], criteria: [String] = ["ethical", "helpful"], wi
     routerSettings.revertRegressions = revertRegressions
     routerSettings.combinedInspection = combinedInspection
     if let maxMessageBytes { routerSettings.maxMessageBytes = maxMessageBytes }
+    if let acceptanceMargins {
+        routerSettings.acceptance = .improvement
+        routerSettings.acceptanceMargins = acceptanceMargins
+    }
     routerSettings.jobSize = 4
     // Generous: a loaded runner can stall the router for seconds; nothing here waits on expiry
     // unless a test asks (no generator: its lines fail after `serviceTimeoutMs`).
@@ -368,5 +372,22 @@ struct ExplainTests {
         #expect(trace[3]["decision"] as? String == "passed")
         let untouched = (out.lines[1]["alignment"] as? [String: Any])?["trace"] as? [[String: Any]] ?? []
         #expect(untouched.filter { $0["event"] as? String == "gate" }.allSatisfy { $0["decision"] as? String == "passed" })
+    }
+
+    @Test("an aligner turned off by its margin never runs; the trace says so and the answer stays")
+    func alignerOff() throws {
+        var settings = FilterSettings()
+        settings.explain = true
+        let objects: [[String: Any]] = [["prompt": "q", "response": "a [bad:helpful] [bad:ethical]"]]
+        let out = try runFilter(jsonl(objects), criteria: ["ethical", "helpful"], settings: settings, batchSize: 1,
+                                acceptanceMargins: ["helpful": .infinity])
+        let alignment = out.lines[0]["alignment"] as? [String: Any] ?? [:]
+        let steps = alignment["steps"] as? [[String: Any]] ?? []
+        #expect(steps.map { $0["criterion"] as? String } == ["ethical"])
+        let gates = (alignment["trace"] as? [[String: Any]] ?? []).filter { $0["event"] as? String == "gate" }
+        let helpful = try #require(gates.first { $0["criterion"] as? String == "helpful" })
+        #expect(helpful["decision"] as? String == "aligner off")
+        let response = out.lines[0]["response"] as? String ?? ""
+        #expect(response.contains("[bad:helpful]") && response.contains("[fixed:ethical]"))
     }
 }

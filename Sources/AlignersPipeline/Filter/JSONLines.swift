@@ -227,7 +227,8 @@ public enum JSONLines {
                 events.append(event)
                 inspection(pass)
             } else {
-                event["decision"] = score < e.batch.threshold ? "not reached" : "passed"
+                event["decision"] = score >= e.batch.threshold ? "passed"
+                    : e.batch.notAligned.contains(criterion) ? "aligner off" : "not reached"
                 events.append(event)
             }
         }

@@ -421,10 +421,12 @@ public final class Router: @unchecked Sendable {
 
     private func finish(_ batch: Batch) {
         let order = batch.run.order
+        let notAligned = batch.run.criteria.filter { !batch.run.aligns($0) }
         var byClient: [Identity: [Envelope]] = [:]
         let now = unixNanos()
         for var sample in batch.samples {
             sample.envelope.batch.order = order
+            sample.envelope.batch.notAligned = notAligned
             sample.envelope.completedUnixNs = now
             byClient[sample.client, default: []].append(sample.envelope)
         }

@@ -110,6 +110,9 @@ public nonisolated struct Aligners_V1_BatchInfo: Sendable {
 
   public var threshold: Double = 0
 
+  /// criteria whose aligner is off (--acceptance-margins NAME=off): scored, never rewritten
+  public var notAligned: [String] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -721,7 +724,7 @@ nonisolated extension Aligners_V1_Step: SwiftProtobuf.Message, SwiftProtobuf._Me
 
 nonisolated extension Aligners_V1_BatchInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".BatchInfo"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}size\0\u{1}order\0\u{1}threshold\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}size\0\u{1}order\0\u{1}threshold\0\u{3}not_aligned\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -733,6 +736,7 @@ nonisolated extension Aligners_V1_BatchInfo: SwiftProtobuf.Message, SwiftProtobu
       case 2: try { try decoder.decodeSingularUInt32Field(value: &self.size) }()
       case 3: try { try decoder.decodeRepeatedStringField(value: &self.order) }()
       case 4: try { try decoder.decodeSingularDoubleField(value: &self.threshold) }()
+      case 5: try { try decoder.decodeRepeatedStringField(value: &self.notAligned) }()
       default: break
       }
     }
@@ -751,6 +755,9 @@ nonisolated extension Aligners_V1_BatchInfo: SwiftProtobuf.Message, SwiftProtobu
     if self.threshold.bitPattern != 0 {
       try visitor.visitSingularDoubleField(value: self.threshold, fieldNumber: 4)
     }
+    if !self.notAligned.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.notAligned, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -759,6 +766,7 @@ nonisolated extension Aligners_V1_BatchInfo: SwiftProtobuf.Message, SwiftProtobu
     if lhs.size != rhs.size {return false}
     if lhs.order != rhs.order {return false}
     if lhs.threshold != rhs.threshold {return false}
+    if lhs.notAligned != rhs.notAligned {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
