@@ -54,6 +54,12 @@ final class SummaryPrinter: @unchecked Sendable {
         for step in envelope.steps where !step.changed && !step.note.isEmpty {
             text += "  \(step.criterion) aligner kept the answer: \(step.note)\n"
         }
+        // Failing criteria whose aligner is off: say why nothing tried to fix them.
+        for c in envelope.batch.notAligned {
+            if let last = envelope.scores.last(where: { $0.criterion == c }), last.score < envelope.batch.threshold {
+                text += "  \(c) fails, but its aligner is off (--acceptance-margins)\n"
+            }
+        }
         rows.append((envelope.seq, text))
     }
 
