@@ -119,7 +119,9 @@ let package = Package(
         // Test doubles for the pipeline's plumbing, and a worker process serving them (tests only).
         .target(name: "PipelineTestDoubles", dependencies: ["AlignersCore"], path: "Tests/PipelineTestDoubles"),
         .executableTarget(name: "aligners-testworker",
-                          dependencies: ["AlignersPipeline", "PipelineTestDoubles", .product(name: "Logging", package: "swift-log")],
+                          dependencies: ["AlignersPipeline", "AlignersSchema", "CZeroMQ", "PipelineTestDoubles",
+                                         .product(name: "Logging", package: "swift-log"),
+                                         .product(name: "SwiftProtobuf", package: "swift-protobuf")],
                           path: "Tests/TestWorker"),
     ]
 )
