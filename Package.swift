@@ -115,7 +115,7 @@ let package = Package(
         .testTarget(name: "AlignersTrainingTests", dependencies: ["AlignersTraining", "AlignersModels", "AlignersKernels", "AlignersCore"],
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "AlignersPipelineTests",
-                    dependencies: ["AlignersPipeline", "AlignersCore", "AlignersSchema", "PipelineTestDoubles"]),
+                    dependencies: ["AlignersPipeline", "AlignersCore", "AlignersSchema", "CZeroMQ", "PipelineTestDoubles"]),
         // Test doubles for the pipeline's plumbing, and a worker process serving them (tests only).
         .target(name: "PipelineTestDoubles", dependencies: ["AlignersCore"], path: "Tests/PipelineTestDoubles"),
         .executableTarget(name: "aligners-testworker",
