@@ -105,7 +105,7 @@ let package = Package(
 
         // The pipeline benchmark (router + no-op workers beside raw ZeroMQ); see BENCHMARKS.md.
         .executableTarget(name: "aligners-bench", dependencies: [
-            "AlignersPipeline", "AlignersCore", "AlignersSchema", .product(name: "Logging", package: "swift-log"),
+            "AlignersPipeline", "AlignersCore", "AlignersSchema", "CZeroMQ", .product(name: "Logging", package: "swift-log"),
         ], path: "Sources/AlignersBench"),
 
         .testTarget(name: "AlignersCoreTests", dependencies: ["AlignersCore"]),
