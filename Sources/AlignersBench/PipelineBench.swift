@@ -119,6 +119,9 @@ struct PipelineBench {
         try curve?.makeServer(pull)
         try pull.bind(endpoint)
         let payload = [UInt8](repeating: 0x61, count: size)
+        // The sender closes (LINGER 0 drops what is still queued) only once everything has arrived:
+        // a fixed pause lost the tail when the transfer was slower (CURVE, a loaded machine).
+        let allReceived = DispatchSemaphore(value: 0)
         let sender = Thread {
             guard let push = try? ZMQSocket(context, .push) else { return }
             do {
@@ -126,7 +129,7 @@ struct PipelineBench {
                 try push.connect(endpoint)
             } catch { return }
             for _ in 0..<count { _ = try? push.send([payload]) }
-            Thread.sleep(forTimeInterval: 0.5)
+            allReceived.wait()
             push.close()
         }
         sender.start()
@@ -138,6 +141,7 @@ struct PipelineBench {
             received += 1
         }
         let seconds = Double(monotonicNanos() - t0) / 1e9
+        allReceived.signal()
         return Double(count - 1) / seconds
     }
 
