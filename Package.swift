@@ -105,7 +105,7 @@ let package = Package(
 
         // The pipeline benchmark (router + no-op workers beside raw ZeroMQ); see BENCHMARKS.md.
         .executableTarget(name: "aligners-bench", dependencies: [
-            "AlignersPipeline", "AlignersCore", "AlignersSchema", .product(name: "Logging", package: "swift-log"),
+            "AlignersPipeline", "AlignersCore", "AlignersSchema", "CZeroMQ", .product(name: "Logging", package: "swift-log"),
         ], path: "Sources/AlignersBench"),
 
         .testTarget(name: "AlignersCoreTests", dependencies: ["AlignersCore"]),
@@ -115,11 +115,13 @@ let package = Package(
         .testTarget(name: "AlignersTrainingTests", dependencies: ["AlignersTraining", "AlignersModels", "AlignersKernels", "AlignersCore"],
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "AlignersPipelineTests",
-                    dependencies: ["AlignersPipeline", "AlignersCore", "AlignersSchema", "PipelineTestDoubles"]),
+                    dependencies: ["AlignersPipeline", "AlignersCore", "AlignersSchema", "CZeroMQ", "PipelineTestDoubles"]),
         // Test doubles for the pipeline's plumbing, and a worker process serving them (tests only).
         .target(name: "PipelineTestDoubles", dependencies: ["AlignersCore"], path: "Tests/PipelineTestDoubles"),
         .executableTarget(name: "aligners-testworker",
-                          dependencies: ["AlignersPipeline", "PipelineTestDoubles", .product(name: "Logging", package: "swift-log")],
+                          dependencies: ["AlignersPipeline", "AlignersSchema", "CZeroMQ", "PipelineTestDoubles",
+                                         .product(name: "Logging", package: "swift-log"),
+                                         .product(name: "SwiftProtobuf", package: "swift-protobuf")],
                           path: "Tests/TestWorker"),
     ]
 )

@@ -6,7 +6,9 @@
 #      Fails on a non-zero exit and on any diagnostic that names our units: systemd only warns
 #      ("ignoring") on a misspelt key or a bad value, which would silently drop a sandbox setting.
 #   2. Every ${VAR} / $VAR the units use is set in Systemd/aligners.env.
-#   3. The aligner's instance-name split: helpful-1 -> --criterion helpful (run through /bin/sh).
+#   3. The aligner's instance-name split: helpful-1 -> --criterion helpful (run through /bin/sh);
+#      the combined inspector's ExecStart gets ALIGNERS_INSPECTOR_CRITERIA, which names the router's
+#      default criteria.
 #   4. systemd-analyze security --offline=true: the exposure score of each unit (informational).
 #   5. The README's enable example starts an inspector and an aligner for every default criterion.
 #
@@ -37,6 +39,7 @@ declare -A instances=(
   [aligners-inspector@.service]="ethical"
   [aligners-aligner@.service]="helpful helpful-1 harm-less-12"
   [aligners-generator@.service]="1"
+  [aligners-inspector-set@.service]="1 2"
 )
 
 targets=()
@@ -97,6 +100,26 @@ for case in helpful:helpful helpful-1:helpful helpful-12:helpful harm-less-3:har
   if [ "$got" = "$expected" ]; then echo "   ok  $instance -> --criterion $want"
   else echo "FAIL: $instance: got $got, expected $expected"; failed=1; fi
 done
+
+# 3b. The combined inspector (aligners-inspector-set@N): its ExecStart as systemd would run it with
+#     aligners.env's ALIGNERS_INSPECTOR_CRITERIA, which must name every criterion the router runs by
+#     default (a combined inspector that misses one is dropped by the router).
+echo "== aligners-inspector-set@ criteria"
+set_criteria=$(sed -n 's/^ALIGNERS_INSPECTOR_CRITERIA=//p' "$units_dir/aligners.env")
+line=$(grep '^ExecStart=' "$units_dir/aligners-inspector-set@.service" | sed 's/^ExecStart=//')
+cmd=${line//\$\$/\$}
+cmd=${cmd//%%/%}
+cmd=${cmd//%i/1}
+cmd=${cmd//\/usr\/local\/bin\/aligners/$work/fake-aligners}
+got=$(export ALIGNERS_ROUTER=tcp://r:1 ALIGNERS_MODELS_DIR=/m CREDENTIALS_DIRECTORY=/c ALIGNERS_INSPECTOR_CRITERIA="$set_criteria" \
+        ALIGNERS_WORKER_OPTS="--a 1"; eval "$cmd")
+expected="worker|--role|inspector|--criteria|$set_criteria|--connect|tcp://r:1|--curve-server-key|/etc/aligners/curve/router.pub|--curve-key|/c/worker.key|--models-dir|/m|--a|1|"
+if [ "$got" = "$expected" ]; then echo "   ok  --criteria $set_criteria"
+else echo "FAIL: aligners-inspector-set@1: got $got, expected $expected"; failed=1; fi
+router_defaults=$("$binary" router --help | tr -s ' \n' ' ' | sed -n 's/.*--criteria <criteria>[^(]*(default: \([a-z,]*\)).*/\1/p')
+if [ -n "$router_defaults" ] && [ "$set_criteria" != "$router_defaults" ]; then
+  echo "FAIL: ALIGNERS_INSPECTOR_CRITERIA=$set_criteria in aligners.env is not the router's default --criteria ($router_defaults)"; failed=1
+fi
 
 # 5. The unit set Systemd/README.md tells operators to enable serves every criterion the router runs
 #    by default: an inspector and an aligner each (else every sample fails after the service timeout).

@@ -1,6 +1,7 @@
 import AlignersCore
 import AlignersPipeline
 import AlignersSchema
+import CZeroMQ
 import Foundation
 import Glibc
 import Logging
@@ -9,6 +10,7 @@ import Logging
 /// a router hop adds, each beside raw ZeroMQ measured in the same run.
 ///
 ///     swift run -c release aligners-bench [--envelopes N] [--size BYTES] [--transport ipc|tcp]
+///     swift run -c release aligners-bench --curve [--transport tcp]   (the same, CURVE off and on)
 @main
 struct PipelineBench {
     static func main() throws {
@@ -30,7 +32,8 @@ struct PipelineBench {
             return
         }
         if args.contains("--help") || args.contains("-h") {
-            say("usage: aligners-bench [--envelopes N] [--size BYTES] [--transport ipc|tcp] [--round-trips N]")
+            say("usage: aligners-bench [--envelopes N] [--size BYTES] [--transport ipc|tcp] [--round-trips N] [--curve]")
+            say("       --curve: every measure twice, plain and with CURVE on every socket (the cost of encryption per hop)")
             say("       aligners-bench --codec    (protobuf decode/encode cost of one 1 KB envelope)")
             return
         }
@@ -47,6 +50,10 @@ struct PipelineBench {
             return "ipc://\(dir.path)/\(name)"
         }
         say("pipeline benchmark: \(count) envelopes of \(size) B over \(transport), \(ProcessInfo.processInfo.activeProcessorCount) cores")
+        if args.contains("--curve") {
+            try compareCurve(count: count, size: size, roundTrips: roundTrips, dir: dir, endpoint: endpoint)
+            return
+        }
 
         let raw = try rawPushPull(count: count, size: size, endpoint: endpoint("raw"))
         let (routed, routerCPU) = try throughRouter(count: count, size: size, front: endpoint("front"), back: endpoint("back"))
@@ -70,17 +77,59 @@ struct PipelineBench {
         say("round trip: raw = DEALER→ROUTER echo; ours = client → router → worker → router → client (2 hops each way).")
     }
 
+    // MARK: CURVE on vs off
+
+    /// Every measure twice in one run, plain and with CURVE on every socket (the router's allowlists
+    /// and ZAP handler included), and what encryption adds per socket hop.
+    static func compareCurve(count: Int, size: Int, roundTrips: Int, dir: URL, endpoint: @escaping (String) -> String) throws {
+        let curve = try BenchCurve(dir: dir)
+        var rows: [(measure: String, plain: Double, curve: Double, unit: String)] = []
+        // Plain and CURVE alternate per measure, so a change in the machine's load shows on both.
+        for (name, unit, measure) in [
+            ("throughput, ours (envelopes/s)", "/s", { (c: BenchCurve?) in try throughRouter(count: count, size: size, front: endpoint("front"), back: endpoint("back"), curve: c).0 }),
+            ("throughput, raw PUSH→PULL (messages/s)", "/s", { (c: BenchCurve?) in try rawPushPull(count: count, size: size, endpoint: endpoint("raw"), curve: c) }),
+            ("round trip p50, ours (4 hops)", "µs", { (c: BenchCurve?) in try routerRoundTrip(n: roundTrips, size: size, front: endpoint("front2"), back: endpoint("back2"), curve: c).p50 }),
+            ("round trip p50, raw echo (2 hops)", "µs", { (c: BenchCurve?) in try rawRoundTrip(n: roundTrips, size: size, endpoint: endpoint("rtt"), curve: c).p50 }),
+        ] as [(String, String, (BenchCurve?) throws -> Double)] {
+            let plain = try measure(nil)
+            let encrypted = try measure(curve)
+            rows.append((name, plain, encrypted, unit))
+            say("  \(name): plain \(String(format: "%.1f", plain)), CURVE \(String(format: "%.1f", encrypted))")
+        }
+        func cell(_ x: Double, _ unit: String) -> String { unit == "µs" ? String(format: "%.1f µs", x) : String(format: "%.0f", x) }
+        say("")
+        say("| measure (\(size) B) | plain | CURVE | CURVE / plain |")
+        say("|---|---:|---:|---:|")
+        for row in rows {
+            say("| \(row.measure) | \(cell(row.plain, row.unit)) | \(cell(row.curve, row.unit)) | \(String(format: "%.2f×", row.curve / row.plain)) |")
+        }
+        let oursAdded = (rows[2].curve - rows[2].plain) / 4, rawAdded = (rows[3].curve - rows[3].plain) / 2
+        say("| added by CURVE per hop, p50: ours / raw | \(String(format: "%.1f µs", oursAdded)) | \(String(format: "%.1f µs", rawAdded)) | |")
+        say("")
+        say("ours = client → router → no-op worker → router → client, CURVE on the front and back end (ZAP allowlists);")
+        say("raw = the same ZeroMQ sockets without the router (CURVE server without ZAP). Per hop: the round-trip difference")
+        say("divided by the hops it crosses (ours 4, raw 2).")
+    }
+
     // MARK: Raw ZeroMQ baselines
 
-    static func rawPushPull(count: Int, size: Int, endpoint: String) throws -> Double {
+    static func rawPushPull(count: Int, size: Int, endpoint: String, curve: BenchCurve? = nil) throws -> Double {
         let context = ZMQContext()
         let pull = try ZMQSocket(context, .pull)
+        try curve?.makeServer(pull)
         try pull.bind(endpoint)
         let payload = [UInt8](repeating: 0x61, count: size)
+        // The sender closes (LINGER 0 drops what is still queued) only once everything has arrived:
+        // a fixed pause lost the tail when the transfer was slower (CURVE, a loaded machine).
+        let allReceived = DispatchSemaphore(value: 0)
         let sender = Thread {
-            guard let push = try? ZMQSocket(context, .push), (try? push.connect(endpoint)) != nil else { return }
+            guard let push = try? ZMQSocket(context, .push) else { return }
+            do {
+                try curve?.makeClient(push)
+                try push.connect(endpoint)
+            } catch { return }
             for _ in 0..<count { _ = try? push.send([payload]) }
-            Thread.sleep(forTimeInterval: 0.5)
+            allReceived.wait()
             push.close()
         }
         sender.start()
@@ -92,14 +141,19 @@ struct PipelineBench {
             received += 1
         }
         let seconds = Double(monotonicNanos() - t0) / 1e9
+        allReceived.signal()
         return Double(count - 1) / seconds
     }
 
-    static func rawRoundTrip(n: Int, size: Int, endpoint: String) throws -> (p50: Double, p95: Double) {
+    static func rawRoundTrip(n: Int, size: Int, endpoint: String, curve: BenchCurve? = nil) throws -> (p50: Double, p95: Double) {
         let context = ZMQContext()
         let ready = DispatchSemaphore(value: 0)
         let echo = Thread {
-            guard let router = try? ZMQSocket(context, .router), (try? router.bind(endpoint)) != nil else { return }
+            guard let router = try? ZMQSocket(context, .router) else { return }
+            do {
+                try curve?.makeServer(router)
+                try router.bind(endpoint)
+            } catch { return }
             ready.signal()
             for _ in 0..<(n + 1) {
                 guard let frames = try? router.receive() else { return }
@@ -109,6 +163,7 @@ struct PipelineBench {
         echo.start()
         ready.wait()
         let dealer = try ZMQSocket(context, .dealer)
+        try curve?.makeClient(dealer)
         try dealer.connect(endpoint)
         let payload = [UInt8](repeating: 0x61, count: size)
         var samples: [Double] = []
@@ -134,7 +189,7 @@ struct PipelineBench {
     }
 
     static func startPipeline(front: String, back: String, batchSize: Int, windowMs: Int, jobSize: Int,
-                              workers: Int) throws -> (Router, [Worker], ZMQContext) {
+                              workers: Int, curve: BenchCurve? = nil) throws -> (Router, [Worker], ZMQContext) {
         var logger = Logger(label: "bench")
         logger.logLevel = .error
         let context = ZMQContext()
@@ -143,7 +198,8 @@ struct PipelineBench {
         settings.batchWindowMs = windowMs
         settings.jobSize = jobSize
         settings.clientWindow = 4096
-        let router = try Router(context: context, frontend: front, backend: back, settings: settings, logger: logger)
+        let router = try Router(context: context, frontend: front, backend: back, settings: settings,
+                                security: RouterSecurity(curve: curve?.server), logger: logger)
         let routerThread = Thread { try? router.run() }
         routerThread.name = "router"
         routerThread.start()
@@ -151,6 +207,7 @@ struct PipelineBench {
         for _ in 0..<workers {
             var ws0 = WorkerSettings()
             ws0.credit = 4
+            ws0.curve = curve?.worker
             let w = try Worker(context: context, endpoint: back, handler: InspectorStage(NoOpInspector()), settings: ws0, logger: logger)
             let t = Thread { try? w.run() }
             t.name = "worker-io"
@@ -161,11 +218,12 @@ struct PipelineBench {
     }
 
     /// Envelopes per second end to end, and the seconds of CPU the router thread spent on them.
-    static func throughRouter(count: Int, size: Int, front: String, back: String) throws -> (Double, Double) {
+    static func throughRouter(count: Int, size: Int, front: String, back: String, curve: BenchCurve? = nil) throws -> (Double, Double) {
         let (router, workers, context) = try startPipeline(front: front, back: back, batchSize: 64, windowMs: 1,
-                                                           jobSize: 64, workers: 1)
+                                                           jobSize: 64, workers: 1, curve: curve)
         defer { router.drain(); workers.forEach { $0.drain() } }
         let client = try ZMQSocket(context, .dealer)
+        try curve?.makeClient(client)
         try client.connect(front)
         try client.send([hello()])
         let template = (0..<64).map { envelope($0, size: size) }
@@ -197,11 +255,12 @@ struct PipelineBench {
         return (Double(received) / elapsed, cpu)
     }
 
-    static func routerRoundTrip(n: Int, size: Int, front: String, back: String) throws -> (p50: Double, p95: Double) {
+    static func routerRoundTrip(n: Int, size: Int, front: String, back: String, curve: BenchCurve? = nil) throws -> (p50: Double, p95: Double) {
         let (router, workers, context) = try startPipeline(front: front, back: back, batchSize: 1, windowMs: 0,
-                                                           jobSize: 1, workers: 1)
+                                                           jobSize: 1, workers: 1, curve: curve)
         defer { router.drain(); workers.forEach { $0.drain() } }
         let client = try ZMQSocket(context, .dealer)
+        try curve?.makeClient(client)
         try client.connect(front)
         try client.send([hello()])
         var credit = 0
@@ -245,3 +304,30 @@ struct NoOpInspector: Inspector {
 
 /// Unbuffered, so progress shows when piped.
 func say(_ s: String) { FileHandle.standardOutput.write(Data((s + "\n").utf8)) }
+
+/// Keys for a CURVE run: the router's pair, one client pair that every allowlist admits (the
+/// benchmark's client, its workers and the raw sockets share it).
+struct BenchCurve {
+    let server: CurveServerKeys
+    let worker: CurveClientKeys
+
+    init(dir: URL) throws {
+        let router = try CurveKeyPair.generate(), client = try CurveKeyPair.generate()
+        let list = dir.appendingPathComponent("allow").path
+        try "\(client.publicKey) # bench\n".write(toFile: list, atomically: true, encoding: .utf8)
+        server = CurveServerKeys(keyPair: router, allowlists: try PeerAllowlists(.init(clients: list, workers: list)))
+        worker = try CurveClientKeys(serverPublicKey: router.publicKey, keyPair: client)
+    }
+
+    /// A CURVE server socket without ZAP (any client key): for the raw baselines only.
+    func makeServer(_ socket: ZMQSocket) throws {
+        try socket.set(ZMQ_CURVE_SERVER, 1)
+        try socket.set(ZMQ_CURVE_SECRETKEY, bytes: Curve.decode(server.keyPair.secretKey)!)
+    }
+
+    func makeClient(_ socket: ZMQSocket) throws {
+        try socket.set(ZMQ_CURVE_SERVERKEY, bytes: Curve.decode(worker.serverPublicKey)!)
+        try socket.set(ZMQ_CURVE_PUBLICKEY, bytes: Curve.decode(worker.keyPair.publicKey)!)
+        try socket.set(ZMQ_CURVE_SECRETKEY, bytes: Curve.decode(worker.keyPair.secretKey)!)
+    }
+}

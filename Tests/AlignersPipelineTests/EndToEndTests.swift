@@ -37,9 +37,10 @@ final class ProcessGroup {
         try FileManager.default.createDirectory(at: logDir, withIntermediateDirectories: true)
     }
 
+    /// `input`, when given, is the process's stdin instead of `stdin` (a pipe the test writes into).
     @discardableResult
     func start(_ executable: URL, _ arguments: [String], name: String,
-               stdin: URL? = nil, stdout: URL? = nil, environment: [String: String] = [:]) throws -> Process {
+               stdin: URL? = nil, stdout: URL? = nil, input: FileHandle? = nil, environment: [String: String] = [:]) throws -> Process {
         let p = Process()
         p.executableURL = executable
         p.arguments = arguments
@@ -55,7 +56,7 @@ final class ProcessGroup {
         } else {
             p.standardOutput = FileHandle.nullDevice
         }
-        p.standardInput = try stdin.map { try FileHandle(forReadingFrom: $0) } ?? FileHandle.nullDevice
+        p.standardInput = try input ?? stdin.map { try FileHandle(forReadingFrom: $0) } ?? FileHandle.nullDevice
         try p.run()
         processes.append(p)
         return p
@@ -65,9 +66,14 @@ final class ProcessGroup {
         (try? String(contentsOf: logDir.appendingPathComponent("\(name).log"), encoding: .utf8)) ?? ""
     }
 
-    deinit {
+    /// Kills (SIGKILL, by pid) every process still running and waits for all of them.
+    func stopAll() {
         for p in processes where p.isRunning { kill(p.processIdentifier, SIGKILL) }
         for p in processes { p.waitUntilExit() }
+    }
+
+    deinit {
+        stopAll()
         try? FileManager.default.removeItem(at: logDir)
     }
 }

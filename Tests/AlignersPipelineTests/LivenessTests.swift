@@ -280,6 +280,8 @@ struct LivenessTests {
         #expect(stuck.wait(onJob: { more.append($0) }) { pipeline.stats.delivered == 1 }, "the job ran elsewhere: \(pipeline.stats)")
         #expect(try first.wait() != nil)
         #expect(allAligned(first.delivered.value, ids: ["s0"]))
+        // Delivered envelopes report the dispatches their jobs took (they said 0 before).
+        #expect((first.delivered.value.first?.attempt ?? 0) >= 2, "s0's inspection ran twice: \(first.delivered.value.map(\.attempt))")
         #expect(pipeline.stats.expiredDeadlines >= 1)
 
         // More work while it still holds the job: none for it, though it has a free credit.
@@ -287,6 +289,7 @@ struct LivenessTests {
         #expect(stuck.wait(onJob: { more.append($0) }) { pipeline.stats.delivered == 9 }, "\(pipeline.stats)")
         #expect(try second.wait() != nil)
         #expect(allAligned(second.delivered.value, ids: (1..<9).map { "s\($0)" }))
+        #expect(second.delivered.value.allSatisfy { $0.attempt >= 1 }, "\(second.delivered.value.map(\.attempt))")
         #expect(more.isEmpty, "an overdue worker was given jobs \(more.map(\.id))")
 
         // It answers at last: the answer is ignored (the line is out already), and it works again.
@@ -318,6 +321,8 @@ struct LivenessTests {
         #expect(try run.wait() != nil)
         let envelopes = run.delivered.value
         #expect(envelopes.count == 2 && envelopes.allSatisfy { $0.error.code == .noWorker }, "\(envelopes.map(\.error))")
+        // Dispatched once, re-queued at its deadline, never dispatched again: one attempt.
+        #expect(envelopes.allSatisfy { $0.attempt == 1 }, "\(envelopes.map(\.attempt))")
         #expect(envelopes.first?.error.message.contains("(hand) has held a job past --job-timeout-ms 500 without answering") == true,
                 "\(envelopes.first?.error.message ?? "")")
         #expect(pipeline.stats.expiredDeadlines == 1 && pipeline.stats.inFlight == 0)
@@ -351,6 +356,7 @@ struct LivenessTests {
         let summary = try run.wait()
         #expect(summary != nil, "the job stayed in flight: \(pipeline.stats)")
         #expect(allAligned(run.delivered.value, ids: ["s0", "s1"]))
+        #expect(run.delivered.value.allSatisfy { $0.attempt == 3 }, "the inspection took three dispatches: \(run.delivered.value.map(\.attempt))")
 
         // Attempt 2's answer comes too, after the job was finished elsewhere: ignored.
         hand.register()

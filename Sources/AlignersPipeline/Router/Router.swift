@@ -500,7 +500,8 @@ public final class Router: @unchecked Sendable {
                 wire.id = job.id
                 wire.attempt = UInt32(job.attempt)
                 wire.service = job.service
-                wire.envelopes = envelopes(of: job)
+                // Each envelope of a job says which dispatch of that job it came in.
+                wire.envelopes = envelopes(of: job).map { var e = $0; e.attempt = UInt32(job.attempt); return e }
                 let sent = (try? backend.send([workerID.bytes, stamped(WireMessage(.job(wire)))], dontWait: true)) ?? false
                 if !sent {
                     // The worker vanished between heartbeats; forget it. The job stays first in line.
@@ -510,6 +511,7 @@ public final class Router: @unchecked Sendable {
                 services[name]!.queue.removeFirst()
                 job.worker = workerID
                 job.dispatchedAt = monotonicNanos()
+                job.dispatches = job.attempt
                 jobs[jobID] = job
                 worker.held[jobID] = job.attempt
                 workers[workerID] = worker
@@ -675,6 +677,7 @@ public final class Router: @unchecked Sendable {
         case .generation(let client):
             for (delta, sent) in zip(result.envelopes, job.envelopes) {
                 var envelope = sent
+                envelope.noteDispatches(of: job)
                 if delta.hasError {
                     envelope.error = delta.error
                     send([envelope], to: client, countsAgainstCredit: true)
@@ -687,6 +690,7 @@ public final class Router: @unchecked Sendable {
             }
         case .batch(let batchID, let indices):
             guard var batch = batches.removeValue(forKey: batchID) else { return }
+            for i in indices { batch.samples[i].envelope.noteDispatches(of: job) }
             merge(result.envelopes, indices: indices, service: job.service, into: &batch)
             batch.outstanding.remove(job.id)
             batches[batchID] = batch
@@ -817,11 +821,14 @@ public final class Router: @unchecked Sendable {
         logger.warning("job failed", metadata: ["service": "\(job.service)", "envelopes": "\(count)", "error": "\(error.message)"])
         switch job.owner {
         case .generation(let client):
-            let failed = job.envelopes.map { var e = $0; e.error = error; return e }
+            let failed = job.envelopes.map { var e = $0; e.error = error; e.noteDispatches(of: job); return e }
             send(failed, to: client, countsAgainstCredit: true)
         case .batch(let batchID, let indices):
             guard var batch = batches.removeValue(forKey: batchID) else { return }
-            for i in indices { batch.samples[i].envelope.error = error }
+            for i in indices {
+                batch.samples[i].envelope.error = error
+                batch.samples[i].envelope.noteDispatches(of: job)
+            }
             batch.run.drop(indices)
             batch.outstanding.remove(job.id)
             batches[batchID] = batch
@@ -1073,6 +1080,16 @@ struct Job {
     let queuedAt: UInt64
     /// When the current attempt was dispatched (its deadline runs from here).
     var dispatchedAt: UInt64 = 0
+    /// Times the job has been sent to a worker (its attempts so far; 0 while never dispatched).
+    var dispatches = 0
+}
+
+extension Envelope {
+    /// A delivered envelope's `attempt`: the most dispatches any of its jobs needed (1 when every
+    /// job ran once; a job re-queued after a lost worker or a deadline counts each dispatch).
+    mutating func noteDispatches(of job: Job) {
+        attempt = max(attempt, UInt32(clamping: job.dispatches))
+    }
 }
 
 struct Batch {

@@ -80,13 +80,13 @@ public final class PeerAllowlists: Sendable {
 
 /// The ZAP handler (RFC 27) of a CURVE router: admits a peer whose public key is on the allowlist
 /// of the socket's domain, refuses (400) any other, and logs each refused key (once a minute at
-/// most). Bound at `inproc://zeromq.zap.01` of the router's context; the router's thread serves it.
+/// most per key and domain: a peer trying the back end and then the tap is logged for both). Bound at `inproc://zeromq.zap.01` of the router's context; the router's thread serves it.
 final class ZAPHandler {
     static let endpoint = "inproc://zeromq.zap.01"
     let socket: ZMQSocket
     private let allowlists: PeerAllowlists
     private let logger: Logger
-    /// Per refused key: when it was last logged, and the refusals since.
+    /// Per refused key and domain: when it was last logged, and the refusals since.
     private var refusalLog: [String: (loggedAt: UInt64, unlogged: Int)] = [:]
     /// Handshakes refused so far.
     private(set) var refused = 0
@@ -142,14 +142,15 @@ final class ZAPHandler {
         refused += 1
         PipelineMetrics.shared.count("aligners_peers_refused_total", [("domain", domain)])
         let now = monotonicNanos()
-        // A refused peer retries every 100 ms or so: one line per key per minute says enough.
-        if let last = refusalLog[key], now - last.loggedAt < 60_000_000_000 {
-            refusalLog[key]!.unlogged += 1
+        // A refused peer retries every 100 ms or so: one line per key and domain per minute says enough.
+        let entry = "\(domain) \(key)"
+        if let last = refusalLog[entry], now - last.loggedAt < 60_000_000_000 {
+            refusalLog[entry]!.unlogged += 1
             return
         }
         if refusalLog.count >= 1024 { refusalLog.removeAll() }   // bounded, whatever a scanner sends
-        let since = refusalLog[key]?.unlogged ?? 0
-        refusalLog[key] = (now, 0)
+        let since = refusalLog[entry]?.unlogged ?? 0
+        refusalLog[entry] = (now, 0)
         logger.warning("peer refused", metadata: ["reason": "\(why)", "key": "\(key)", "domain": "\(domain)",
                                                    "address": "\(address)", "refused_since_last_line": "\(since)"])
     }

@@ -211,7 +211,7 @@ public nonisolated struct Aligners_V1_Envelope: @unchecked Sendable {
     set {_uniqueStorage()._seq = newValue}
   }
 
-  /// how many times the current job was dispatched
+  /// in a job: its dispatch; delivered: the most dispatches any of its jobs needed
   public var attempt: UInt32 {
     get {_storage._attempt}
     set {_uniqueStorage()._attempt = newValue}
