@@ -10,7 +10,8 @@
 #      the combined inspector's ExecStart gets ALIGNERS_INSPECTOR_CRITERIA, which names the router's
 #      default criteria.
 #   4. systemd-analyze security --offline=true: the exposure score of each unit (informational).
-#   5. The README's enable example starts an inspector and an aligner for every default criterion.
+#   5. The README's enable example starts an inspector for every default criterion, and an aligner
+#      for each whose aligner the router's default --acceptance-margins does not turn off.
 #
 # Exit 0: all good, or systemd-analyze absent (skipped, with a message). Exit 1: a check failed.
 set -euo pipefail
@@ -129,8 +130,13 @@ units=$(sed -n '/^sudo systemctl enable aligners.target aligners-router.service/
         | tr -d '\\' | tr ' ' '\n' | grep '@' || true)
 units=$(eval "echo $(echo $units)")
 [ -n "$defaults" ] || { echo "FAIL: could not read the router's default criteria from --help"; failed=1; }
+# Criteria whose aligner the router's default --acceptance-margins turns off need no aligner unit.
+off=$("$binary" router --help | tr -s ' \n' ' ' | sed -n 's/.*--acceptance-margins <[a-z-]*>//p' | grep -o '(default: [^)]*)' \
+      | head -1 | sed 's/(default: \(.*\))/\1/' | tr ',' '\n' | sed -n 's/^\([a-z-]*\)=off$/\1/p' | tr '\n' ' ')
 for c in ${defaults//,/ }; do
-  for role in inspector aligner; do
+  roles="inspector aligner"
+  if [[ " $off " == *" $c "* ]]; then roles=inspector; echo "   --  no aligner needed for $c (off by default)"; fi
+  for role in $roles; do
     if echo "$units" | tr ' ' '\n' | grep -Eq "^aligners-$role@$c(-[0-9]+)?\.service$"; then echo "   ok  $role for $c"
     else echo "FAIL: the README's enable example starts no $role for $c (router default criteria: $defaults)"; failed=1; fi
   done

@@ -26,7 +26,7 @@ struct LoRAOptions: ParsableArguments {
     }
 }
 
-struct TrainAlignerCommand: ParsableCommand {
+struct TrainAlignerCommand: ParsableCommand, TrainingLoopFlags {
     static let configuration = CommandConfiguration(
         commandName: "aligner",
         abstract: "Train a criterion's aligner: a LoRA adapter on the decoder, in PEFT's format.",
@@ -99,19 +99,7 @@ struct TrainAlignerCommand: ParsableCommand {
         stderrLine("\(criterion): \(trainSet.examples.count) training examples (\(trainSet.tokenCount) tokens; \(trainSet.summary); "
                    + "\(trainSet.droppedForLength) over \(maxTokens) tokens left out), \(valid.count) validation examples")
 
-        var opts = LoRATrainingOptions()
-        opts.learningRate = lr
-        opts.epochs = epochs
-        opts.maxSteps = maxSteps
-        opts.batchSize = batchSize
-        opts.microBatchTokens = microBatchTokens
-        opts.warmupSteps = warmup
-        opts.weightDecay = weightDecay
-        opts.clipNorm = clip
-        opts.seed = seed
-        opts.checkpointEvery = checkpointEvery
-        opts.evalEvery = evalEvery
-        opts.patience = patience
+        let opts = loopOptions
 
         let t0 = Date()
         let longest = max(trainSet.examples.map(\.sequence.tokens.count).max() ?? 0, valid.map(\.tokens.count).max() ?? 0)
@@ -122,10 +110,7 @@ struct TrainAlignerCommand: ParsableCommand {
                           config.targets.map(\.rawValue).joined(separator: ","), LoRAParameters(config: config, model: base.config).count,
                           BLAS.coreName))
         // The command that reproduces the adapter: this one, without the flags that only pause or resume it.
-        var args = Array(CommandLine.arguments.dropFirst())
-        if let i = args.firstIndex(of: "--stop-after"), i + 1 < args.count { args.removeSubrange(i...i + 1) }
-        args.removeAll { $0 == "--resume" || $0.hasPrefix("--stop-after=") }
-        let command = "aligners " + shellQuoted(args[...])
+        let command = reproducingCommand
         let trainer = LoRATrainer(model: engine, lora: config, train: trainSet.examples.map(\.sequence), valid: valid, options: opts,
                                   outputDirectory: outDir) { params, report in
             let adapter = params.adapter(name: criterion)

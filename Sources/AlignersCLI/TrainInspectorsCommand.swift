@@ -22,7 +22,7 @@ struct FineTunedInspectorCard: Codable {
     var openblasKernels: String
 }
 
-struct TrainInspectorsCommand: ParsableCommand {
+struct TrainInspectorsCommand: ParsableCommand, TrainingLoopFlags {
     static let configuration = CommandConfiguration(
         commandName: "inspectors",
         abstract: "Fine-tune the inspectors of several criteria at once: LoRA on the encoder, a calibrated head per criterion.",
@@ -111,27 +111,12 @@ struct TrainInspectorsCommand: ParsableCommand {
         let lora = EncoderLoRAConfig(rank: rank, alpha: alpha)
         var initial = EncoderInspectorParameters(config: lora, model: featurizer.encoder.config, criteria: names)
         initial.initialise(seed: seed)
-        var opts = LoRATrainingOptions()
-        opts.learningRate = lr
-        opts.epochs = epochs
-        opts.maxSteps = maxSteps
-        opts.batchSize = batchSize
-        opts.microBatchTokens = microBatchTokens
-        opts.warmupSteps = warmup
-        opts.weightDecay = weightDecay
-        opts.clipNorm = clip
-        opts.seed = seed
-        opts.checkpointEvery = checkpointEvery
-        opts.evalEvery = evalEvery
-        opts.patience = patience
+        let opts = loopOptions
         stderrLine("LoRA rank \(rank) on \(lora.targets.count) projections of \(featurizer.encoder.config.numHiddenLayers) layers + "
                    + "\(names.count) heads: \(initial.count) parameters; OpenBLAS kernels: \(BLAS.coreName)")
 
         let engine = BERTLoRA(base: featurizer.encoder, pool: pool)
-        var args = Array(CommandLine.arguments.dropFirst())
-        if let i = args.firstIndex(of: "--stop-after"), i + 1 < args.count { args.removeSubrange(i...i + 1) }
-        args.removeAll { $0 == "--resume" || $0.hasPrefix("--stop-after=") }
-        let command = "aligners " + shellQuoted(args[...])
+        let command = reproducingCommand
         final class Best: @unchecked Sendable { var params: EncoderInspectorParameters? }
         let best = Best()
         let trainer = Trainer(model: engine, initial: initial, train: train.examples, valid: validSample.examples, options: opts,

@@ -29,7 +29,7 @@ struct VerdictInspectorCard: Codable {
     var openblasKernels: String
 }
 
-struct TrainVerdictInspectorCommand: ParsableCommand {
+struct TrainVerdictInspectorCommand: ParsableCommand, TrainingLoopFlags {
     static let configuration = CommandConfiguration(
         commandName: "verdict-inspector",
         abstract: "Train one criterion's inspector on the decoder: LoRA on SmolLM2 asked \"does the answer meet the criterion?\".",
@@ -136,24 +136,9 @@ struct TrainVerdictInspectorCommand: ParsableCommand {
         var params = initial   // B = 0: the base model itself
         var opts: LoRATrainingOptions?
         var report: LoRATrainingReport?
-        var args = Array(CommandLine.arguments.dropFirst())
-        if let i = args.firstIndex(of: "--stop-after"), i + 1 < args.count { args.removeSubrange(i...i + 1) }
-        args.removeAll { $0 == "--resume" || $0.hasPrefix("--stop-after=") }
-        let command = "aligners " + shellQuoted(args[...])
+        let command = reproducingCommand
         if !zeroShot {
-            var o = LoRATrainingOptions()
-            o.learningRate = lr
-            o.epochs = epochs
-            o.maxSteps = maxSteps
-            o.batchSize = batchSize
-            o.microBatchTokens = microBatchTokens
-            o.warmupSteps = warmup
-            o.weightDecay = weightDecay
-            o.clipNorm = clip
-            o.seed = seed
-            o.checkpointEvery = checkpointEvery
-            o.evalEvery = evalEvery
-            o.patience = patience
+            let o = loopOptions
             final class Best: @unchecked Sendable { var params: LoRAParameters? }
             let best = Best()
             let trainer = Trainer(model: judge, initial: initial, train: train.examples, valid: valid.sample(validExamples, seed: seed),

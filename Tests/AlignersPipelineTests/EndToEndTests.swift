@@ -105,7 +105,7 @@ struct EndToEndTests {
         try #require(FileManager.default.isExecutableFile(atPath: aligners.path), "build first: \(aligners.path)")
 
         try group.start(aligners, ["router", "--frontend", front, "--backend", back, "--criteria", "ethical,helpful",
-                                   "--batch-size", "64", "--window-ms", "20", "--job-size", "16",
+                                   "--acceptance-margins", "none", "--batch-size", "64", "--window-ms", "20", "--job-size", "16",
                                    "--heartbeat-ms", "200", "--liveness", "3", "--log-level", "warning"], name: "router")
         var victims: [Process] = []
         for service in ["inspect.ethical", "inspect.helpful", "align.ethical", "align.helpful", "generate"] {
@@ -204,7 +204,7 @@ struct EndToEndTests {
         let group = try ProcessGroup()
         let front = "ipc://\(group.logDir.path)/front", back = "ipc://\(group.logDir.path)/back"
         try group.start(builtExecutable("aligners"), ["router", "--frontend", front, "--backend", back, "--criteria", "ethical,helpful",
-                                                      "--batch-size", "8", "--window-ms", "2000", "--log-level", "warning"],
+                                                      "--acceptance-margins", "none", "--batch-size", "8", "--window-ms", "2000", "--log-level", "warning"],
                         name: "router")
         for service in ["inspect.ethical", "inspect.helpful", "align.ethical", "align.helpful"] {
             try group.start(builtExecutable("aligners-testworker"), ["--service", service, "--connect", back], name: service)
@@ -526,10 +526,10 @@ func normalized(_ line: String) -> String {
     return String(decoding: data, as: UTF8.self)
 }
 
-/// A plain HTTP GET on loopback (the test's own server only).
-func httpGet(port: Int, path: String) -> String {
+/// A TCP socket connected to 127.0.0.1:`port`, or -1.
+func loopbackSocket(port: Int) -> Int32 {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
+    guard fd >= 0 else { return -1 }
     var addr = sockaddr_in()
     addr.sin_family = sa_family_t(AF_INET)
     addr.sin_port = in_port_t(UInt16(port).bigEndian)
@@ -537,7 +537,15 @@ func httpGet(port: Int, path: String) -> String {
     let rc = withUnsafePointer(to: &addr) {
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
     }
-    guard rc == 0 else { return "connect failed" }
+    if rc != 0 { close(fd); return -1 }
+    return fd
+}
+
+/// A plain HTTP GET on loopback (the test's own server only).
+func httpGet(port: Int, path: String) -> String {
+    let fd = loopbackSocket(port: port)
+    defer { if fd >= 0 { close(fd) } }
+    guard fd >= 0 else { return "connect failed" }
     // A server that never closes fails the test instead of hanging it (the limit only matters then).
     var timeout = timeval(tv_sec: 60, tv_usec: 0)
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))

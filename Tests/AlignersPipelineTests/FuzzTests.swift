@@ -202,16 +202,9 @@ final class SocketEvents {
 /// up to `total` bytes, until the peer closes the connection. Returns what went out and whether
 /// the peer closed it (false: everything was taken, or a send blocked for a minute).
 func flood(port: Int, prefix: [UInt8], total: Int) -> (sent: Int, closedByPeer: Bool) {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var addr = sockaddr_in()
-    addr.sin_family = sa_family_t(AF_INET)
-    addr.sin_port = in_port_t(UInt16(port).bigEndian)
-    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-    let rc = withUnsafePointer(to: &addr) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-    }
-    guard rc == 0 else { return (0, false) }
+    let fd = loopbackSocket(port: port)
+    defer { if fd >= 0 { close(fd) } }
+    guard fd >= 0 else { return (0, false) }
     var timeout = timeval(tv_sec: 60, tv_usec: 0)
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
     var sent = 0
