@@ -18,17 +18,24 @@ struct InspectorModelOptions: ParsableArguments {
     var batchSize = 32
 }
 
-/// Progress bar on stderr.
+/// Progress on stderr: a bar redrawn in place on a terminal, a plain line every 30 s otherwise (logs).
 final class ProgressBar: @unchecked Sendable {
     let label: String
     let start = Date()
     var last = Date.distantPast
     private var remaining = RemainingTime()
+    private let terminal = isatty(STDERR_FILENO) == 1
     init(_ label: String) { self.label = label }
     func update(_ done: Int, _ total: Int) {
         let now = Date()
-        guard now.timeIntervalSince(last) > 0.25 || done == total else { return }
+        guard now.timeIntervalSince(last) > (terminal ? 0.25 : 30) || done == total else { return }
         last = now
+        if !terminal {
+            let eta = remaining.seconds(done: done, total: total, now: now.timeIntervalSince(start))
+            stderrLine(String(format: "%@ %d/%d %.0fs eta %@", label, done, total, now.timeIntervalSince(start),
+                              eta.map { String(format: "%.0fs", $0) } ?? "–"))
+            return
+        }
         let frac = total > 0 ? Double(done) / Double(total) : 1
         let width = 30, filled = Int(frac * Double(width))
         let el = now.timeIntervalSince(start)
