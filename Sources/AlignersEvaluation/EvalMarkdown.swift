@@ -66,6 +66,15 @@ public enum EvalMarkdown {
             }
         }
 
+        if !r.gates.isEmpty {
+            md += "\n## What a gate threshold keeps\n\nThe same rewrites by the score that sent the sample to the aligner: "
+                + "a criterion gated at a lower threshold would have run its aligner only on the samples scored below it.\n\n"
+                + "| aligner | gate score below | rewrites | judge: better–worse | win rate |\n|---|---|---|---|---|\n"
+            for g in r.gates {
+                md += "| \(g.criterion) | \(String(format: "%.2f", g.threshold)) | \(g.judged.n) | \(g.judged.wins)–\(g.judged.losses) | \(pct(g.judged.winRate)) |\n"
+            }
+        }
+
         if !r.references.isEmpty {
             md += "\n## Against the references\n\n| check | n | before | after | method |\n|---|---|---|---|---|\n"
             for ref in r.references {

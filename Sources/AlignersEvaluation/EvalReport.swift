@@ -72,6 +72,15 @@ public struct EvalResults: Codable, Sendable {
         public var judged = Judged()
     }
     public static let marginsShown: [Double?] = [nil, 0, 0.05, 0.1, 0.2, 0.3, 0.5]
+    /// The same rewrites by the gate score that sent them to the aligner: what a lower per-criterion
+    /// threshold would keep (`threshold`: the rewrites of samples that scored below it).
+    public struct GateRow: Codable, Sendable {
+        public var criterion: String
+        public var threshold: Double
+        public var judged = Judged()
+    }
+    public static let gatesShown: [Double] = [0.5, 0.45, 0.4, 0.3, 0.2, 0.1]
+    public var gates: [GateRow] = []
 
     public var sets: [SetResult] = []
     public var margins: [MarginRow] = []
@@ -140,6 +149,7 @@ public final class EvalReporter {
         var refs: [String: EvalResults.ReferenceResult] = [:]
         var refOrder: [String] = []
         var margins: [String: EvalResults.MarginRow] = [:]
+        var gates: [String: EvalResults.GateRow] = [:]
         func addRef(_ name: String, _ method: String, before: Bool, after: Bool) {
             if refs[name] == nil { refs[name] = .init(name: name, method: method); refOrder.append(name) }
             refs[name]!.n += 1
@@ -177,6 +187,11 @@ public final class EvalReporter {
                     let key = kept[0].criterion + "\u{1}" + (m.map { String($0) } ?? "any")
                     if margins[key] == nil { margins[key] = .init(criterion: kept[0].criterion, margin: m) }
                     margins[key]!.judged.add(judged)
+                }
+                for t in EvalResults.gatesShown where was < t {
+                    let key = kept[0].criterion + "\u{1}" + String(t)
+                    if gates[key] == nil { gates[key] = .init(criterion: kept[0].criterion, threshold: t) }
+                    gates[key]!.judged.add(judged)
                 }
             }
             if let judged { s.judged.add(judged) }
@@ -224,6 +239,7 @@ public final class EvalReporter {
         let okAll = results.overall.samples - results.overall.errors
         results.overall.netWinRate = okAll > 0 ? results.sets.reduce(0) { $0 + $1.netWinRate * Double($1.samples - $1.errors) } / Double(okAll) : .nan
         results.aligners = alignerOrder.map { aligners[$0]! }
+        results.gates = gates.values.sorted { a, b in a.criterion != b.criterion ? a.criterion < b.criterion : a.threshold > b.threshold }
         results.margins = margins.values.sorted { a, b in a.criterion != b.criterion ? a.criterion < b.criterion : (a.margin ?? -1) < (b.margin ?? -1) }
         results.references = refOrder.sorted().map { name in
             var r = refs[name]!

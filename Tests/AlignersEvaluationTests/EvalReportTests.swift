@@ -67,6 +67,9 @@ struct EvalReportTests {
         #expect(results.margins.count == 2 * EvalResults.marginsShown.count)
         #expect(results.margins.allSatisfy { $0.judged.n == 1 })
         #expect(results.margins.first?.criterion == "factuality" && results.margins.first?.margin == nil)
+        // Both rewrites were gated at 0.2 and 0.1 before: thresholds above that keep them, 0.1 and 0.2 do not.
+        #expect(results.gates.filter { $0.criterion == "factuality" }.map(\.threshold) == [0.5, 0.45, 0.4, 0.3])
+        #expect(results.gates.filter { $0.criterion == "helpful" }.map(\.threshold) == [0.5, 0.45, 0.4, 0.3, 0.2])
 
         let md = EvalMarkdown.render(results, title: "t", command: nil, figure: "scores")
         #expect(md.contains("## What an acceptance margin keeps") && md.contains("| factuality | ≥ 0.30 | 1 |"))
