@@ -710,12 +710,14 @@ public final class Router: @unchecked Sendable {
         for (delta, id) in zip(result.envelopes, expected) where delta.id != id {
             return "returned envelope '\(delta.id.prefix(64))' in place of the job's '\(id)'"
         }
-        let criterion = String(job.service.drop(while: { $0 != "." }).dropFirst())
+        let service = StageService(name: job.service)
+        let criterion = service?.criterion ?? ""
         var required: [String] = []
-        if job.service == ServiceName.inspectAll {
+        switch service {
+        case .inspectAll:
             if case .batch(let batchID, _) = job.owner, case .inspect(let criteria, _)? = batches[batchID]?.run.step { required = criteria }
-        } else if job.service.hasPrefix("inspect.") {
-            required = [criterion]
+        case .inspect(let c): required = [c]
+        default: break
         }
         for delta in result.envelopes where !delta.hasError {
             for record in delta.scores where !(record.score.isFinite && (0...1).contains(record.score)) {
@@ -724,7 +726,7 @@ public final class Router: @unchecked Sendable {
             if let missing = required.first(where: { c in !delta.scores.contains { $0.criterion == c } }) {
                 return "returned no \(missing) score for envelope '\(delta.id)'"
             }
-            if job.service.hasPrefix("align."), let step = delta.steps.first(where: { $0.criterion != criterion }) {
+            if case .align? = service, let step = delta.steps.first(where: { $0.criterion != criterion }) {
                 return "recorded a step for '\(step.criterion.prefix(64))' in a job for \(criterion)"
             }
         }
@@ -734,10 +736,11 @@ public final class Router: @unchecked Sendable {
     /// Folds a worker's deltas (what the stage added, see `JobResult`) into the batch's envelopes
     /// and the step's tallies, mutating them in place.
     private func merge(_ deltas: [Envelope], indices: [Int], service: String, into batch: inout Batch) {
-        let isInspect = service.hasPrefix("inspect.")
-        let criterion = String(service.drop(while: { $0 != "." }).dropFirst())
+        let typed = StageService(name: service)
+        let isInspect = typed?.isInspection ?? false
+        let criterion = typed?.criterion ?? ""
         var inspected: Set<String> = [criterion]
-        if service == ServiceName.inspectAll, case .inspect(let criteria, _) = batch.run.step { inspected = Set(criteria) }
+        if typed == .inspectAll, case .inspect(let criteria, _) = batch.run.step { inspected = Set(criteria) }
         for (delta, index) in zip(deltas, indices) {
             if delta.hasError {
                 batch.samples[index].envelope.error = delta.error
@@ -965,9 +968,9 @@ public final class Router: @unchecked Sendable {
             if serving.contains(where: { $0.overdue.isEmpty }) { continue }
             let since = service.everServed ? service.lastWorkerSeen : (jobs[service.queue[0]]?.queuedAt ?? now)
             guard now - since > timeout else { continue }
-            let role = name == ServiceName.generate ? "generator" : name.hasPrefix("inspect.") ? "inspector" : "aligner"
-            let start = "start one with `aligners worker --role \(role)"
-                + (name.contains(".") ? " --criterion \(name.split(separator: ".", maxSplits: 1)[1])`" : "`")
+            let typed = StageService(name: name)
+            let start = "start one with `aligners worker --role \(typed?.role ?? "aligner")"
+                + (typed?.criterion.map { " --criterion \($0)`" } ?? (typed == .inspectAll ? " --criteria …`" : "`"))
             let message = serving.isEmpty ? "no worker serves '\(name)'; \(start)"
                 : "every worker serving '\(name)' (\(serving.map(\.name).sorted().joined(separator: ", "))) has held a job past "
                     + "--job-timeout-ms \(settings.jobTimeoutMs ?? 0) without answering: restart it (a stuck model?), or \(start)"
