@@ -169,7 +169,7 @@ public final class LlamaLoRA: @unchecked Sendable {
         }
         guard let pass = try forward(batch.map(\.sequence), parameters: p, dropoutSeed: dropoutSeed) else { return (0, []) }
         let d = config.embedding
-        let rows = zip(batch, pass.starts).map { $1 + $0.sequence.tokens.count - 1 }
+        let rows = zip(batch, pass.starts).map { $1 + $0.tokens.count - 1 }
         // u = E[yes] − E[no]: the two output rows that matter.
         var u = [Float](repeating: 0, count: d)
         for i in 0..<d { u[i] = base.output[answers.yes * d + i] - base.output[answers.no * d + i] }

@@ -15,7 +15,6 @@ public struct RouterSettings: Sendable, Equatable {
     public var acceptanceMargin = 0.05
     /// Per-criterion margins in place of `acceptanceMargin` (`SquadRun.acceptanceMargins`).
     public var acceptanceMargins: [String: Double] = [:]
-    public func margin(for criterion: String) -> Double { acceptanceMargins[criterion] ?? acceptanceMargin }
     /// The `noRegression` variant on or off (`--revert-regressions`).
     public var revertRegressions: Bool {
         get { acceptance != .always }
@@ -805,8 +804,8 @@ public final class Router: @unchecked Sendable {
         envelope.steps[last].changed = false
         let before = envelope.steps[last].scoreBefore, after = envelope.steps[last].scoreAfter
         let why = after < before ? "lowered the \(criterion) score"
-            : settings.acceptance == .improvement && after >= before + settings.margin(for: criterion) ? "made another criterion fail"
-            : "did not raise the \(criterion) score by \(settings.margin(for: criterion))"
+            : batch.run.acceptance == .improvement && after >= before + batch.run.margin(for: criterion) ? "made another criterion fail"
+            : "did not raise the \(criterion) score by \(batch.run.margin(for: criterion))"
         envelope.steps[last].note = "reverted: the rewrite \(why) "
             + "(\((before * 100).rounded() / 100) → \((after * 100).rounded() / 100)); kept the answer from before this pass"
         batch.samples[index].envelope = envelope
