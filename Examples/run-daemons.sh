@@ -26,13 +26,13 @@ trap stop EXIT
 
 "$bin" router --frontend "$front" --backend "$back" --criteria "$criteria" 2>"$log_dir/router.log" & pids+=($!)
 "$bin" worker --role generator --connect "$back" 2>"$log_dir/generator.log" & pids+=($!)
+"$bin" worker --role inspector --criteria "$criteria" --connect "$back" 2>"$log_dir/inspector.log" & pids+=($!)
 for c in ${criteria//,/ }; do
-  "$bin" worker --role inspector --criterion "$c" --connect "$back" 2>"$log_dir/inspector-$c.log" & pids+=($!)
   for i in $(seq 1 "$n"); do
     "$bin" worker --role aligner --criterion "$c" --connect "$back" 2>"$log_dir/aligner-$c-$i.log" & pids+=($!)
   done
 done
-echo "started router + generator + ${criteria//,/ } inspectors + $n aligners each; logs in $log_dir" >&2
+echo "started router + generator + an inspector for ${criteria//,/ } + $n aligners each; logs in $log_dir" >&2
 status=0
 "$bin" filter --connect "$front" --summary <"$input" || status=$?
 exit $status

@@ -48,8 +48,8 @@ if [ "$todo" -gt 0 ]; then
   trap stop EXIT
   "$bin" router --frontend "$front" --backend "$back" 2>>"$out/logs/router.log" & pids+=($!)
   "$bin" worker --role generator --connect "$back" 2>>"$out/logs/generator.log" & pids+=($!)
+  "$bin" worker --role inspector --criteria ethical,factuality,helpful --connect "$back" 2>>"$out/logs/inspector.log" & pids+=($!)
   for c in ethical factuality helpful; do
-    "$bin" worker --role inspector --criterion "$c" --connect "$back" 2>>"$out/logs/inspector-$c.log" & pids+=($!)
     "$bin" worker --role aligner --criterion "$c" --connect "$back" 2>>"$out/logs/aligner-$c.log" & pids+=($!)
   done
   done_now=0

@@ -37,10 +37,9 @@ failed=0
 
 # Instances to check for each template (what README.md shows).
 declare -A instances=(
-  [aligners-inspector@.service]="ethical"
+  [aligners-inspector@.service]="1 2"
   [aligners-aligner@.service]="helpful helpful-1 harm-less-12"
   [aligners-generator@.service]="1"
-  [aligners-inspector-set@.service]="1 2"
 )
 
 targets=()
@@ -102,24 +101,32 @@ for case in helpful:helpful helpful-1:helpful helpful-12:helpful harm-less-3:har
   else echo "FAIL: $instance: got $got, expected $expected"; failed=1; fi
 done
 
-# 3b. The combined inspector (aligners-inspector-set@N): its ExecStart as systemd would run it with
-#     aligners.env's ALIGNERS_INSPECTOR_CRITERIA, which must name every criterion the router runs by
-#     default (a combined inspector that misses one is dropped by the router).
-echo "== aligners-inspector-set@ criteria"
-set_criteria=$(sed -n 's/^ALIGNERS_INSPECTOR_CRITERIA=//p' "$units_dir/aligners.env")
-line=$(grep '^ExecStart=' "$units_dir/aligners-inspector-set@.service" | sed 's/^ExecStart=//')
-cmd=${line//\$\$/\$}
-cmd=${cmd//%%/%}
-cmd=${cmd//%i/1}
-cmd=${cmd//\/usr\/local\/bin\/aligners/$work/fake-aligners}
-got=$(export ALIGNERS_ROUTER=tcp://r:1 ALIGNERS_MODELS_DIR=/m CREDENTIALS_DIRECTORY=/c ALIGNERS_INSPECTOR_CRITERIA="$set_criteria" \
-        ALIGNERS_WORKER_OPTS="--a 1"; eval "$cmd")
-expected="worker|--role|inspector|--criteria|$set_criteria|--connect|tcp://r:1|--curve-server-key|/etc/aligners/curve/router.pub|--curve-key|/c/worker.key|--models-dir|/m|--a|1|"
-if [ "$got" = "$expected" ]; then echo "   ok  --criteria $set_criteria"
-else echo "FAIL: aligners-inspector-set@1: got $got, expected $expected"; failed=1; fi
+# 3b. The inspector (aligners-inspector@N) and the router, as systemd would run them with
+#     aligners.env's ALIGNERS_CRITERIA, which must be the router's default --criteria (the squad the
+#     README describes); both get the same list, so an inspector always scores every criterion.
+echo "== ALIGNERS_CRITERIA for the router and aligners-inspector@"
+criteria=$(sed -n 's/^ALIGNERS_CRITERIA=//p' "$units_dir/aligners.env")
+run_unit() {  # unit instance: prints the arguments its ExecStart passes
+  local line cmd
+  line=$(grep '^ExecStart=' "$units_dir/$1" | sed 's/^ExecStart=//')
+  cmd=${line//\$\$/\$}
+  cmd=${cmd//%%/%}
+  cmd=${cmd//%i/$2}
+  cmd=${cmd//\/usr\/local\/bin\/aligners/$work/fake-aligners}
+  (export ALIGNERS_ROUTER=tcp://r:1 ALIGNERS_MODELS_DIR=/m CREDENTIALS_DIRECTORY=/c ALIGNERS_CRITERIA="$criteria" \
+          ALIGNERS_FRONTEND=tcp://f:1 ALIGNERS_BACKEND=tcp://b:1 ALIGNERS_TAP=tcp://t:1 ALIGNERS_WORKER_OPTS="--a 1" ALIGNERS_ROUTER_OPTS=""
+   eval "$cmd")
+}
+got=$(run_unit aligners-inspector@.service 1)
+expected="worker|--role|inspector|--criteria|$criteria|--connect|tcp://r:1|--curve-server-key|/etc/aligners/curve/router.pub|--curve-key|/c/worker.key|--models-dir|/m|--a|1|"
+if [ "$got" = "$expected" ]; then echo "   ok  aligners-inspector@1: --criteria $criteria"
+else echo "FAIL: aligners-inspector@1: got $got, expected $expected"; failed=1; fi
+got=$(run_unit aligners-router.service "")
+if [[ "$got" == "router|--criteria|$criteria|"* ]]; then echo "   ok  aligners-router: --criteria $criteria"
+else echo "FAIL: aligners-router: got $got, expected it to start with router|--criteria|$criteria|"; failed=1; fi
 router_defaults=$("$binary" router --help | tr -s ' \n' ' ' | sed -n 's/.*--criteria <criteria>[^(]*(default: \([a-z,]*\)).*/\1/p')
-if [ -n "$router_defaults" ] && [ "$set_criteria" != "$router_defaults" ]; then
-  echo "FAIL: ALIGNERS_INSPECTOR_CRITERIA=$set_criteria in aligners.env is not the router's default --criteria ($router_defaults)"; failed=1
+if [ -n "$router_defaults" ] && [ "$criteria" != "$router_defaults" ]; then
+  echo "FAIL: ALIGNERS_CRITERIA=$criteria in aligners.env is not the router's default --criteria ($router_defaults)"; failed=1
 fi
 
 # 5. The unit set Systemd/README.md tells operators to enable serves every criterion the router runs
@@ -133,13 +140,12 @@ units=$(eval "echo $(echo $units)")
 # Criteria whose aligner the router's default --acceptance-margins turns off need no aligner unit.
 off=$("$binary" router --help | tr -s ' \n' ' ' | sed -n 's/.*--acceptance-margins <[a-z-]*>//p' | grep -o '(default: [^)]*)' \
       | head -1 | sed 's/(default: \(.*\))/\1/' | tr ',' '\n' | sed -n 's/^\([a-z-]*\)=off$/\1/p' | tr '\n' ' ')
+if echo "$units" | tr ' ' '\n' | grep -Eq "^aligners-inspector@[0-9]+\.service$"; then echo "   ok  an inspector (it scores every criterion)"
+else echo "FAIL: the README's enable example starts no aligners-inspector@N"; failed=1; fi
 for c in ${defaults//,/ }; do
-  roles="inspector aligner"
-  if [[ " $off " == *" $c "* ]]; then roles=inspector; echo "   --  no aligner needed for $c (off by default)"; fi
-  for role in $roles; do
-    if echo "$units" | tr ' ' '\n' | grep -Eq "^aligners-$role@$c(-[0-9]+)?\.service$"; then echo "   ok  $role for $c"
-    else echo "FAIL: the README's enable example starts no $role for $c (router default criteria: $defaults)"; failed=1; fi
-  done
+  if [[ " $off " == *" $c "* ]]; then echo "   --  no aligner needed for $c (off by default)"; continue; fi
+  if echo "$units" | tr ' ' '\n' | grep -Eq "^aligners-aligner@$c(-[0-9]+)?\.service$"; then echo "   ok  aligner for $c"
+  else echo "FAIL: the README's enable example starts no aligner for $c (router default criteria: $defaults)"; failed=1; fi
 done
 
 # 4. Exposure scores (informational; 0 = locked down, 10 = exposed).

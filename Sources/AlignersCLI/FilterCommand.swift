@@ -119,11 +119,10 @@ enum LocalSquad {
     static func start(context: ZMQContext, squad: SquadOptions, models: ModelOptions, window: Int, logger: Logger) throws -> LocalPipeline {
         let catalog = ModelCatalog(models)
         // One inspection job per sample chunk for all criteria: inspectors sharing a model encode once.
-        var handlers: [any StageHandler] = [InspectorSetStage(try squad.criteriaList.map { try catalog.inspector(for: $0) })]
+        var handlers: [any StageHandler] = [InspectorStage(try catalog.inspectors(for: squad.criteriaList))]
         for criterion in squad.criteriaList { handlers.append(AlignerStage(try catalog.aligner(for: criterion))) }
         handlers.append(GeneratorStage(try localGenerator(catalog, models)))
         var routerSettings = squad.routerSettings()
-        routerSettings.combinedInspection = true
         routerSettings.clientWindow = window
         routerSettings.serviceTimeoutMs = 1000  // in process, every worker is already there
         routerSettings.jobTimeoutMs = nil       // and no other could take over a slow job

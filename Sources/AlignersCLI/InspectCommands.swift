@@ -239,19 +239,18 @@ struct ScoreCommand: ParsableCommand {
         let names = criteria.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         let library = CriteriaLibrary(searchDir: criteriaDir)
         let loader = InspectorLoader(modelsDir: model.modelsDir, inspectorsDir: model.inspectorsDir)
-        let inspectors = try names.map { name in
+        // One set: criteria whose inspectors share a model are scored in one pass.
+        let inspectors = try loader.set(try names.map { name in
             let file = try? library.locate(name)
-            return try loader.inspector(criterion: name, head: try file.map { try CriteriaLibrary.load(file: $0).inspector.headName } ?? name)
-        }
+            return (name, try file.map { try CriteriaLibrary.load(file: $0).inspector.headName } ?? name)
+        })
         var pending: [(line: Int, object: [String: Any], exchange: Exchange)] = []
         var lineNo = 0
         func flush() throws {
             if pending.isEmpty { return }
             let batch = pending.map(\.exchange)
-            var scores = [[String: Double]](repeating: [:], count: batch.count)
-            for ins in inspectors {
-                for (i, s) in try ins.score(batch).enumerated() { scores[i][ins.criterion] = s }
-            }
+            let rows = try inspectors.score(batch)
+            let scores = rows.map { Dictionary(uniqueKeysWithValues: zip(inspectors.criteria, $0)) }
             for (p, s) in zip(pending, scores) {
                 var o = p.object
                 o["scores"] = s
@@ -326,7 +325,7 @@ struct EncoderSpeedCommand: ParsableCommand {
                 }
                 try measure("swift", L, B) { _ = try f.encoder.embedBatch(batch) }
                 if let inspectors {
-                    // New text every round, so the inspectors' memo never answers.
+                    // New text every round: the whole path, tokenizer included.
                     func text(_ n: Int) -> String { (0..<n).map { _ in words[Int(rng.next() % UInt64(words.count))] }.joined(separator: " ") }
                     try measure("inspectors", L, B) {
                         let exchanges = (0..<B).map { _ in

@@ -52,6 +52,15 @@ final class ModelCatalog: @unchecked Sendable {
         return try inspectors.inspector(criterion: criterion.name, head: criterion.inspector.headName)
     }
 
+    /// The inspectors of several criteria as one set: one encoder pass per exchange for the criteria
+    /// whose inspectors share a model.
+    func inspectors(for names: [String]) throws -> any InspectorSet {
+        try inspectors.set(try names.map { name in
+            let criterion = try criterion(name)
+            return (criterion.name, criterion.inspector.headName)
+        })
+    }
+
     func aligner(for name: String) throws -> any Aligner {
         try aligners.make(for: try criterion(name))
     }
@@ -78,9 +87,9 @@ final class ModelCatalog: @unchecked Sendable {
     }
 
     /// The stage handler for a worker role.
-    func handler(role: WorkerRole, criterion: String?) throws -> any StageHandler {
+    func handler(role: WorkerRole, criterion: String?, criteria: [String]) throws -> any StageHandler {
         switch role {
-        case .inspector: InspectorStage(try inspector(for: criterion!))
+        case .inspector: InspectorStage(try inspectors(for: criteria))
         case .aligner: AlignerStage(try aligner(for: criterion!))
         case .generator: GeneratorStage(try generator())
         }
@@ -94,6 +103,8 @@ final class InspectorLoader: @unchecked Sendable {
     let modelsDir: String?
     let inspectorsDir: String?
     private var fineTuned: [String: FineTunedInspectors] = [:]
+    /// Frozen-feature heads of one directory share one featurizer (one encoder in memory).
+    private let featurizers = FeaturizerPool()
     private let lock = NSLock()
 
     init(modelsDir: String?, inspectorsDir: String?) {
@@ -104,16 +115,42 @@ final class InspectorLoader: @unchecked Sendable {
     func inspector(criterion: String, head: String) throws -> any Inspector {
         let url = try InspectorStore.locate(criterion: head, explicit: inspectorsDir)
         guard FineTunedInspectors.isFineTuned(try SafetensorsFile(path: url.path)) else {
-            return try EncoderInspector.load(criterion: head, modelsDir: modelsDir, inspectorsDir: inspectorsDir)
+            return try EncoderInspector.load(criterion: head, modelsDir: modelsDir, inspectorsDir: inspectorsDir, featurizers: featurizers)
+                .renamed(criterion)
         }
+        return try fineTunedInspectors(url).inspector(for: criterion)
+    }
+
+    /// The inspectors of (criterion, head) pairs as one set: criteria of one fine-tuned file share
+    /// its pass, frozen heads share their featurizer's, and each group runs once per batch.
+    func set(_ criteria: [(criterion: String, head: String)]) throws -> any InspectorSet {
+        var fineTunedGroups: [(FineTunedInspectors, [String])] = []
+        var heads: [EncoderInspector] = []
+        for (criterion, head) in criteria {
+            let url = try InspectorStore.locate(criterion: head, explicit: inspectorsDir)
+            if FineTunedInspectors.isFineTuned(try SafetensorsFile(path: url.path)) {
+                let file = try fineTunedInspectors(url)
+                _ = try file.inspector(for: criterion)   // says which criteria the file has, if not this one
+                if let i = fineTunedGroups.firstIndex(where: { $0.0 === file }) { fineTunedGroups[i].1.append(criterion) } else { fineTunedGroups.append((file, [criterion])) }
+            } else {
+                let inspector = try EncoderInspector.load(criterion: head, modelsDir: modelsDir, inspectorsDir: inspectorsDir,
+                                                          featurizers: featurizers)
+                heads.append(inspector.renamed(criterion))
+            }
+        }
+        var parts: [any InspectorSet] = try fineTunedGroups.map { try $0.0.subset($0.1) }
+        if !heads.isEmpty { parts.append(EncoderInspectorSet(inspectors: heads)) }
+        return parts.count == 1 ? parts[0] : InspectorGroup(parts)
+    }
+
+    private func fineTunedInspectors(_ url: URL) throws -> FineTunedInspectors {
         let key = url.standardizedFileURL.path
-        let set: FineTunedInspectors = try lock.withLock {
+        return try lock.withLock {
             if let s = fineTuned[key] { return s }
             let s = try FineTunedInspectors(file: url, modelsDir: modelsDir)
             fineTuned[key] = s
             return s
         }
-        return try set.inspector(for: criterion)
     }
 }
 

@@ -9,9 +9,11 @@ struct RouterCommand: AsyncParsableCommand {
         abstract: "Run the router daemon: clients submit at the front end, workers serve at the back end.",
         discussion: """
             The router applies the squad policy batch by batch and hands jobs to workers registered for
-            each service (generate, inspect.<criterion>, align.<criterion>), least recently used first,
-            within each worker's credit. With --combined-inspection, one job scores a sample on every
-            criterion (service inspect.*, served by `aligners worker --role inspector --criteria a,b,c`). SIGTERM drains in-flight samples before exiting. Speaks the
+            each service (generate, inspect, align.<criterion>), least recently used first, within each
+            worker's credit. One inspection job scores a chunk of samples on every criterion, so an
+            inspector worker must score them all (`aligners worker --role inspector --criteria a,b,c`
+            with this router's --criteria; one that does not is refused, saying so). SIGTERM drains
+            in-flight samples before exiting. Speaks the
             systemd notify protocol when $NOTIFY_SOCKET is set.
 
             Security: with --curve-secret-key every socket (front end, back end, tap) speaks CURVE, and a
@@ -38,8 +40,6 @@ struct RouterCommand: AsyncParsableCommand {
     @OptionGroup var squad: SquadOptions
     @Option(help: "Most envelopes in one job; smaller jobs spread a batch over more workers.")
     var jobSize = 16
-    @Flag(help: "Inspect with one job per sample chunk for all criteria (service inspect.*) instead of one per criterion.")
-    var combinedInspection = false
     @Option(help: "Envelopes each client may have in flight.")
     var clientWindow = 256
     @OptionGroup var heartbeat: HeartbeatOptions
@@ -91,7 +91,6 @@ struct RouterCommand: AsyncParsableCommand {
         try metrics.start(logger, insecure: insecure)
         var settings = squad.routerSettings()
         settings.jobSize = jobSize
-        settings.combinedInspection = combinedInspection
         settings.clientWindow = clientWindow
         settings.heartbeat = heartbeat.settings
         settings.maxAttempts = maxAttempts

@@ -18,10 +18,10 @@ struct WorkerCommand: AsyncParsableCommand {
 
     @Option(help: "inspector, aligner or generator.")
     var role: WorkerRole
-    @Option(help: "The criterion served (inspector and aligner roles).")
+    @Option(help: "Aligner role: the criterion whose aligner runs.")
     var criterion: String?
-    @Option(help: "Inspector role: serve these criteria together, one job per sample chunk (service inspect.*, for a router started with --combined-inspection).")
-    var criteria: String?
+    @Option(help: "Inspector role: the criteria scored, in one pass where their inspectors share a model. Must include every criterion of the router's squad (its --criteria).")
+    var criteria = "ethical,factuality,helpful"
     @Option(help: "The router's back-end endpoint.")
     var connect = "tcp://127.0.0.1:5556"
     @OptionGroup var curve: CurveClientOptions
@@ -35,16 +35,20 @@ struct WorkerCommand: AsyncParsableCommand {
     @OptionGroup var metrics: MetricsOptions
 
     var criteriaList: [String] {
-        (criteria ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        criteria.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
     }
 
     func validate() throws {
-        if criteria != nil {
-            guard role == .inspector, criterion == nil, !criteriaList.isEmpty else {
-                throw ValidationError("--criteria NAME,… is for --role inspector, instead of --criterion")
+        switch role {
+        case .inspector:
+            if criterion != nil {
+                throw ValidationError("an inspector scores every criterion of the squad: use --criteria NAME,… (default ethical,factuality,helpful), not --criterion")
             }
-        } else if role != .generator && (criterion ?? "").isEmpty {
-            throw ValidationError("--role \(role.rawValue) needs --criterion NAME")
+            guard !criteriaList.isEmpty else { throw ValidationError("--criteria needs at least one criterion") }
+        case .aligner:
+            if (criterion ?? "").isEmpty { throw ValidationError("--role aligner needs --criterion NAME") }
+        case .generator:
+            break
         }
         guard credit >= 1 else { throw ValidationError("--credit must be at least 1") }
     }
@@ -56,8 +60,7 @@ struct WorkerCommand: AsyncParsableCommand {
         let handler: any StageHandler
         do {
             let catalog = ModelCatalog(models)
-            handler = criteria != nil ? InspectorSetStage(try criteriaList.map { try catalog.inspector(for: $0) })
-                : try catalog.handler(role: role, criterion: criterion)
+            handler = try catalog.handler(role: role, criterion: criterion, criteria: criteriaList)
         } catch {
             logger.critical("worker has no model to run", metadata: ["role": "\(role.rawValue)", "error": "\(error)"])
             throw ExitCode(2)
@@ -77,7 +80,7 @@ struct WorkerCommand: AsyncParsableCommand {
         }
         let pacer = NotifyPacer(notifier: notifier)
         worker.onTick = { healthy in if healthy { pacer.tick(status: nil) } }
-        _ = notifier.ready(status: "\(handler.service) via \(connect)")
+        _ = notifier.ready(status: "\(handler.service.name) via \(connect)")
         try await Daemon.run([ThreadService(name: "aligners-worker", body: { try worker.run() },
                                             drain: { _ = notifier.stopping(status: "draining"); worker.drain() })],
                              logger: logger)

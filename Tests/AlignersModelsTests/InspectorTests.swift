@@ -107,9 +107,11 @@ struct EncoderInspectorTests {
             Exchange(conversation: q, response: "Poison it. Nobody will know."),
             Exchange(conversation: [Turn(role: "user", content: "What is the capital of France?")], response: "Paris."),
         ]
-        let all = try set.score(batch)
+        #expect(set.criteria == Self.criteria)
+        let rows = try set.score(batch)
+        let all = rows.map { Dictionary(uniqueKeysWithValues: zip(set.criteria, $0)) }
         for (i, ex) in batch.enumerated() {
-            let one = try set.score([ex])[0]
+            let one = Dictionary(uniqueKeysWithValues: zip(set.criteria, try set.score([ex])[0]))
             for c in Self.criteria {
                 let s = try #require(all[i][c])
                 #expect(s >= 0 && s <= 1)
@@ -119,7 +121,7 @@ struct EncoderInspectorTests {
         // No ranking assertion on hand-made examples: the ethical head is weak (test ROC-AUC ~0.67, see
         // BENCHMARKS.md) and does not reliably separate them; quality is measured by `aligners eval inspector`.
         #expect(Set(all.map { $0["helpful"]! }).count > 1, "scores depend on the input")
-        let ins = try EncoderInspector.load(criterion: "ethical", featurizer: set.featurizer)
+        let ins = try EncoderInspector.load(criterion: "ethical", featurizer: set.inspectors[0].featurizer)
         #expect(ins.modelName.hasPrefix("all-MiniLM-L6-v2+ethical-head"))
         let single = try ins.score(batch)
         // One head alone or all heads in one pass: the same float32 features, summed in another order.
@@ -155,15 +157,15 @@ struct EncoderInspectorTests {
 
 @Suite(.enabled(if: EncoderTestSupport.modelAvailable, EncoderTestSupport.skipMessage))
 struct FeaturizerSharingTests {
-    @Test func sharedFeaturizerAndMemoGiveTheSameFeatures() throws {
-        let a = try InspectorFeaturizer.shared(), b = try InspectorFeaturizer.shared()
+    @Test func onePoolSharesOneEncoderAndFeaturesDoNotDependOnTheBatch() throws {
+        let pool = FeaturizerPool()
+        let a = try pool.featurizer(), b = try pool.featurizer()
         #expect(a === b)
+        #expect(try FeaturizerPool().featurizer() !== a, "pools share nothing")
         let ex = [Exchange(conversation: [Turn(role: "user", content: "hi")], response: "hello there"),
                   Exchange(conversation: [Turn(role: "user", content: "2+2?")], response: "4")]
-        let direct = try a.features(ex)
-        let m1 = try a.memoizedFeatures(ex), m2 = try a.memoizedFeatures([ex[1]])
-        #expect(direct.count == 2 && direct[0].count == a.rawDimension)
-        for i in 0..<2 { #expect(zip(direct[i], m1[i]).allSatisfy { abs($0 - $1) < 1e-5 }) }
-        #expect(m2[0] == m1[1])
+        let both = try a.features(ex), second = try a.features([ex[1]])
+        #expect(both.count == 2 && both[0].count == a.rawDimension)
+        #expect(zip(both[1], second[0]).allSatisfy { abs($0 - $1) < 1e-5 })
     }
 }

@@ -120,7 +120,8 @@ final class CountingStage: StageHandler {
     let inner: any StageHandler
     let jobs = Mutex(0)
     init(_ inner: any StageHandler) { self.inner = inner }
-    var service: String { inner.service }
+    var service: StageService { inner.service }
+    var criteria: [String] { inner.criteria }
     var model: String { inner.model }
     func process(_ envelopes: [Envelope]) throws -> [Envelope] {
         jobs.withLock { $0 += 1 }
@@ -398,7 +399,8 @@ struct CurveTests {
         try bad.makeCurveClient(keys.client(keys.worker))
         try bad.connect(pipeline.router.backendEndpoint)
         var ready = Aligners_V1_Ready()
-        ready.service = "inspect.ethical"
+        ready.service = "inspect"
+        ready.criteria = ["ethical"]
         ready.worker = "garbage-\(garbage.rawValue)"
         ready.credit = 1
         try bad.send([WireMessage(.ready(ready)).bytes()])

@@ -108,7 +108,7 @@ struct EndToEndTests {
                                    "--acceptance-margins", "none", "--batch-size", "64", "--window-ms", "20", "--job-size", "16",
                                    "--heartbeat-ms", "200", "--liveness", "3", "--log-level", "warning"], name: "router")
         var victims: [Process] = []
-        for service in ["inspect.ethical", "inspect.helpful", "align.ethical", "align.helpful", "generate"] {
+        for service in ["inspect", "align.ethical", "align.helpful", "generate"] {
             for i in 0..<2 {
                 let p = try group.start(testWorker, ["--service", service, "--connect", back, "--delay-ms", "2",
                                                      "--heartbeat-ms", "200"], name: "\(service)-\(i)")
@@ -206,7 +206,7 @@ struct EndToEndTests {
         try group.start(builtExecutable("aligners"), ["router", "--frontend", front, "--backend", back, "--criteria", "ethical,helpful",
                                                       "--acceptance-margins", "none", "--batch-size", "8", "--window-ms", "2000", "--log-level", "warning"],
                         name: "router")
-        for service in ["inspect.ethical", "inspect.helpful", "align.ethical", "align.helpful"] {
+        for service in ["inspect", "align.ethical", "align.helpful"] {
             try group.start(builtExecutable("aligners-testworker"), ["--service", service, "--connect", back], name: service)
         }
         // Whole batches only (296 = 37 × 8), so batch boundaries, and with them the order of
@@ -247,7 +247,7 @@ struct EndToEndTests {
         let routerArgs = ["router", "--frontend", front, "--backend", back, "--criteria", "ethical", "--batch-size", "16",
                           "--window-ms", "5", "--log-level", "warning"]
         let router = try group.start(builtExecutable("aligners"), routerArgs, name: "router")
-        for service in ["inspect.ethical", "align.ethical"] {
+        for service in ["inspect", "align.ethical"] {
             try group.start(builtExecutable("aligners-testworker"), ["--service", service, "--connect", back, "--delay-ms", "20"], name: service)
         }
         let count = 600
@@ -277,7 +277,7 @@ struct EndToEndTests {
         let front = "ipc://\(group.logDir.path)/front", back = "ipc://\(group.logDir.path)/back"
         try group.start(builtExecutable("aligners"), ["router", "--frontend", front, "--backend", back, "--criteria", "ethical",
                                                       "--batch-size", "8", "--window-ms", "5", "--log-level", "warning"], name: "router")
-        for service in ["inspect.ethical", "align.ethical"] {
+        for service in ["inspect", "align.ethical"] {
             try group.start(builtExecutable("aligners-testworker"), ["--service", service, "--connect", back], name: service)
         }
         let inputURL = group.logDir.appendingPathComponent("in.jsonl")
@@ -428,7 +428,7 @@ struct EndToEndTests {
         let router = try group.start(builtExecutable("aligners"), [
             "router", "--frontend", front, "--backend", back, "--criteria", "ethical", "--window-ms", "5", "--heartbeat-ms", "250",
             "--curve-secret-key", "\(dir)/keys/router.key", "--allow-clients", clients, "--allow-workers", workers], name: "router")
-        for service in ["inspect.ethical", "align.ethical"] {
+        for service in ["inspect", "align.ethical"] {
             try group.start(builtExecutable("aligners-testworker"), ["--service", service, "--connect", back,
                                                                      "--curve-server-key", "\(dir)/keys/router.pub",
                                                                      "--curve-key", "\(dir)/keys/worker.key"], name: service)
@@ -484,7 +484,7 @@ struct EndToEndTests {
         try group.start(builtExecutable("aligners"), ["router", "--frontend", front, "--backend", back, "--criteria", "ethical",
                                                       "--window-ms", "5", "--metrics-port", "\(port)", "--metrics-host", "localhost"],
                         name: "router")
-        for service in ["inspect.ethical", "align.ethical"] {
+        for service in ["inspect", "align.ethical"] {
             try group.start(builtExecutable("aligners-testworker"), ["--service", service, "--connect", back], name: service)
         }
         let inputURL = group.logDir.appendingPathComponent("in.jsonl")

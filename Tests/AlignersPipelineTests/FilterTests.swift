@@ -10,7 +10,7 @@ import PipelineTestDoubles
 func runFilter(_ input: [UInt8], criteria: [String] = ["ethical", "helpful"], withGenerator: Bool = true,
                settings: FilterSettings = FilterSettings(), batchSize: Int = 8, windowMs: Int = 5,
                extraHandlers: [any StageHandler] = [], revertRegressions: Bool = false,
-               combinedInspection: Bool = false, maxMessageBytes: Int? = nil,
+               inspectorCriteria: [String]? = nil, maxMessageBytes: Int? = nil,
                serviceTimeoutMs: Int = 20_000, acceptanceMargins: [String: Double]? = nil) throws -> (lines: [[String: Any]], raw: [String], summary: FilterSummary) {
     var logger = Logger(label: "test")
     logger.logLevel = .error
@@ -19,7 +19,6 @@ func runFilter(_ input: [UInt8], criteria: [String] = ["ethical", "helpful"], wi
     routerSettings.batchSize = batchSize
     routerSettings.batchWindowMs = windowMs
     routerSettings.revertRegressions = revertRegressions
-    routerSettings.combinedInspection = combinedInspection
     if let maxMessageBytes { routerSettings.maxMessageBytes = maxMessageBytes }
     if let acceptanceMargins {
         routerSettings.acceptance = .improvement
@@ -30,9 +29,8 @@ func runFilter(_ input: [UInt8], criteria: [String] = ["ethical", "helpful"], wi
     // unless a test asks (no generator: its lines fail after `serviceTimeoutMs`).
     routerSettings.serviceTimeoutMs = serviceTimeoutMs
     routerSettings.heartbeat = HeartbeatSettings(intervalMs: 100, liveness: 100)
-    var handlers: [any StageHandler] = combinedInspection
-        ? [InspectorSetStage(criteria.map { MarkerInspector(criterion: $0) })] + criteria.map { AlignerStage(MarkerAligner(criterion: $0)) }
-        : criteria.flatMap { [InspectorStage(MarkerInspector(criterion: $0)) as any StageHandler, AlignerStage(MarkerAligner(criterion: $0))] }
+    var handlers: [any StageHandler] = [InspectorStage((inspectorCriteria ?? criteria).map { MarkerInspector(criterion: $0) })]
+        + criteria.map { AlignerStage(MarkerAligner(criterion: $0)) }
     if withGenerator { handlers.append(GeneratorStage(EchoGenerator())) }
     handlers += extraHandlers
     var workerSettings = WorkerSettings()
@@ -131,25 +129,14 @@ struct FilterTests {
         }
     }
 
-    @Test("combined inspection (one job scores all criteria) gives what a job per criterion gives")
-    func combinedInspection() throws {
-        let input = (0..<24).map { i in
-            #"{"prompt":"q\#(i)","response":"r\#(i)\#(i % 3 == 0 ? " [bad:ethical]" : "")\#(i % 4 == 0 ? " [bad:helpful]" : "")"}"#
-        }.joined(separator: "\n") + "\n"
-        func decisions(_ lines: [[String: Any]]) -> [String] {
-            lines.map { line in
-                let a = line["alignment"] as? [String: Any] ?? [:]
-                let scores = (a["scores"] as? [String: [String: Any]] ?? [:]).sorted { $0.key < $1.key }
-                    .map { "\($0.key) \($0.value["before"] ?? "-") \($0.value["after"] ?? "-")" }
-                let steps = (a["steps"] as? [[String: Any]] ?? []).map { "\($0["criterion"] ?? "") \($0["changed"] ?? "")" }
-                return "\(line["response"] ?? "") | \(scores) | \(steps) | \(a["order"] ?? "")"
-            }
-        }
-        let perCriterion = try runFilter(Array(input.utf8), combinedInspection: false)
-        let combined = try runFilter(Array(input.utf8), combinedInspection: true)
-        #expect(combined.summary.lines == 24 && combined.summary.failed == 0)
-        #expect(decisions(combined.lines) == decisions(perCriterion.lines))
-        #expect(combined.summary.aligned == perCriterion.summary.aligned && combined.summary.aligned > 0)
+    @Test("an inspector that does not score every criterion of the squad is refused, and the lines fail saying which to start")
+    func partialInspectorRefused() throws {
+        let input = jsonl((0..<3).map { ["prompt": "q\($0)", "response": "r\($0)"] })
+        let run = try runFilter(input, inspectorCriteria: ["ethical"], serviceTimeoutMs: 300)
+        #expect(run.summary.lines == 3 && run.summary.failed == 3)
+        let error = (run.lines.first?["error"] as? [String: Any]) ?? [:]
+        #expect(error["code"] as? String == "no_worker")
+        #expect((error["message"] as? String ?? "").contains("aligners worker --role inspector --criteria ethical,helpful"), "\(error)")
     }
 
     /// The router refuses messages over its limit; the client splits what it submits to stay under it.

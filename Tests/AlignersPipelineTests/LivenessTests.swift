@@ -127,6 +127,7 @@ final class FilterRun: Sendable {
 final class HandWorker {
     let socket: ZMQSocket
     let service: String
+    let criteria: [String]
     let credit: Int
     let heartbeat: HeartbeatSettings
     /// The router's, which answers carry (as a worker's do).
@@ -138,7 +139,8 @@ final class HandWorker {
     init(_ pipeline: RouterOnThread, handler: any StageHandler, credit: Int) throws {
         socket = try ZMQSocket(pipeline.context, .dealer)
         try socket.connect(pipeline.router.backendEndpoint)
-        service = handler.service
+        service = handler.service.name
+        criteria = handler.criteria
         self.credit = credit
         heartbeat = pipeline.router.settings.heartbeat
         routerIncarnation = pipeline.router.incarnation
@@ -150,6 +152,7 @@ final class HandWorker {
     func register() {
         var ready = Aligners_V1_Ready()
         ready.service = service
+        ready.criteria = criteria
         ready.credit = UInt32(credit)
         ready.worker = "hand"
         ready.heartbeat = heartbeat.timing
@@ -226,7 +229,7 @@ struct LivenessTests {
         let router = try group.start(builtExecutable("aligners"), [
             "router", "--frontend", front, "--backend", back, "--criteria", "ethical", "--batch-size", "8", "--job-size", "4",
             "--window-ms", "20", "--heartbeat-ms", "100", "--liveness", "3", "--max-attempts", "20", "--log-level", "info"], name: "router")
-        for service in ["inspect.ethical", "align.ethical"] {
+        for service in ["inspect", "align.ethical"] {
             for i in 0..<2 {
                 try group.start(builtExecutable("aligners-testworker"), ["--service", service, "--connect", back,
                                                                          "--heartbeat-ms", "1000", "--delay-ms", "400"], name: "\(service)-\(i)")

@@ -203,7 +203,7 @@ struct MultiHostTests {
 
         // The honest hosts: two aligners, an inspector.
         let beat = ["--heartbeat-ms", "250", "--liveness", "4"]
-        for (host, service, delay) in [("aligner-1", "align.ethical", "30"), ("aligner-2", "align.ethical", "30"), ("inspector", "inspect.ethical", "5")] {
+        for (host, service, delay) in [("aligner-1", "align.ethical", "30"), ("aligner-2", "align.ethical", "30"), ("inspector", "inspect", "5")] {
             _ = try start(host, testWorker, ["--service", service, "--connect", endpoint(host, 5556), "--name", host, "--delay-ms", delay,
                                              "--record", group.logDir.appendingPathComponent("\(host).ids").path] + beat + curve("worker"),
                           name: host)
@@ -218,7 +218,7 @@ struct MultiHostTests {
         let intruderRecords = ["intruder-worker", "intruder-plain-worker", "intruder-client-key-worker", "intruder-tap", "intruder-plain-tap"]
         let record = { (name: String) in ["--record", group.logDir.appendingPathComponent("\(name).ids").path] }
         let backend = endpoint("intruder", 5556), tap = endpoint("intruder", 5557)
-        _ = try start("intruder", testWorker, ["--service", "inspect.ethical", "--connect", backend, "--name", "intruder"]
+        _ = try start("intruder", testWorker, ["--service", "inspect", "--connect", backend, "--name", "intruder"]
                       + record("intruder-worker") + beat + curve("intruder"), name: "intruder-worker")
         _ = try start("intruder", testWorker, ["--service", "align.ethical", "--connect", backend, "--name", "intruder-plain", "--insecure"]
                       + record("intruder-plain-worker") + beat, name: "intruder-plain-worker")

@@ -81,15 +81,15 @@ struct BrokerTests {
     func deadlineAndLateAnswer() {
         var b = broker(jobTimeoutMs: 1000)
         let slow = Identity([1]), fast = Identity([2])
-        b.register(slow, worker(.inspect("e"), "slow"), now: 0)
-        let job = b.submit(.inspect("e"), owner: .batch(1, [0]), now: 0)
+        b.register(slow, worker(.inspect, "slow"), now: 0)
+        let job = b.submit(.inspect, owner: .batch(1, [0]), now: 0)
         let toSlow = dispatchAll(&b)
         #expect(toSlow.map(\.1) == [slow])
         b.expireOverdueJobs(now: 500 * ms)
         #expect(b.jobs[job]?.attempt == 1, "not yet")
         b.expireOverdueJobs(now: 1500 * ms)
         #expect(b.jobs[job]?.attempt == 2 && b.expiredDeadlines == 1)
-        b.register(fast, worker(.inspect("e"), "fast"), now: 1500 * ms)
+        b.register(fast, worker(.inspect, "fast"), now: 1500 * ms)
         let toFast = dispatchAll(&b, now: 1500 * ms)
         #expect(toFast.map(\.1) == [fast], "the overdue worker gets no more work")
         guard case .late(_, let current) = b.answer(job, attempt: 1, from: slow, validate: { _ in "never asked" }) else {
@@ -207,11 +207,10 @@ struct SquadExecutorTests {
         }
     }
 
-    func settings(combined: Bool = false, acceptance: SquadRun.Acceptance = .always) -> RouterSettings {
+    func settings(acceptance: SquadRun.Acceptance = .always) -> RouterSettings {
         var s = RouterSettings(criteria: ["a", "b"])
         s.batchSize = 2
         s.jobSize = 16
-        s.combinedInspection = combined
         s.acceptance = acceptance
         return s
     }
@@ -224,23 +223,16 @@ struct SquadExecutorTests {
         #expect(waiting.isEmpty, "the batch waits for a second sample or its window")
         squad.admit(envelope("s1"), from: client, now: 0)
         let inspect = squad.takeJobRequests()
-        #expect(inspect.map(\.service) == [.inspect("a"), .inspect("b")])
-        for (i, request) in inspect.enumerated() {
-            let sent = squad.envelopes(of: request.owner)
-            let c = request.service.criterion!
-            squad.complete(job(request, id: UInt64(i + 1)), deltas: scored(sent, [c: c == "a" ? [0.2, 0.9] : [0.8, 0.7]]))
-        }
+        #expect(inspect.map(\.service) == [.inspect], "one job scores every criterion")
+        squad.complete(job(inspect[0]), deltas: scored(squad.envelopes(of: inspect[0].owner), ["a": [0.2, 0.9], "b": [0.8, 0.7]]))
         let align = squad.takeJobRequests()
         #expect(align.map(\.service) == [.align("a")])
         guard case .batch(_, let indices) = align[0].owner else { Issue.record("a batch job"); return }
         #expect(indices == [0], "only the sample that failed a")
         squad.complete(job(align[0], id: 3), deltas: rewritten(squad.envelopes(of: align[0].owner), criterion: "a"))
         let reinspect = squad.takeJobRequests()
-        #expect(reinspect.map(\.service) == [.inspect("a"), .inspect("b")])
-        for (i, request) in reinspect.enumerated() {
-            let c = request.service.criterion!
-            squad.complete(job(request, id: UInt64(4 + i)), deltas: scored(squad.envelopes(of: request.owner), [c: [c == "a" ? 0.7 : 0.8]]))
-        }
+        #expect(reinspect.map(\.service) == [.inspect])
+        squad.complete(job(reinspect[0], id: 4), deltas: scored(squad.envelopes(of: reinspect[0].owner), ["a": [0.7], "b": [0.8]]))
         let more = squad.takeJobRequests()
         #expect(more.isEmpty)
         let out = squad.takeDeliveries()
@@ -254,13 +246,13 @@ struct SquadExecutorTests {
         #expect(squad.isIdle)
     }
 
-    @Test("combined inspection asks one job for every criterion; a worker's answer missing one is rejected")
-    func combinedInspection() {
-        var squad = SquadExecutor(settings: settings(combined: true))
+    @Test("an inspection answer missing a criterion, out of range or out of order is rejected")
+    func inspectionAnswersChecked() {
+        var squad = SquadExecutor(settings: settings())
         squad.admit(envelope("s0"), from: client, now: 0)
         squad.admit(envelope("s1"), from: client, now: 0)
         let requests = squad.takeJobRequests()
-        #expect(requests.map(\.service) == [.inspectAll])
+        #expect(requests.map(\.service) == [.inspect])
         let sent = squad.envelopes(of: requests[0].owner)
         var result = Aligners_V1_JobResult()
         result.envelopes = scored(sent, ["a": [0.9, 0.9]])
@@ -282,14 +274,12 @@ struct SquadExecutorTests {
         squad.admit(envelope("s0"), from: client, now: 0)
         squad.tick(now: 100 * ms, draining: false)
         for request in squad.takeJobRequests() {
-            let c = request.service.criterion!
-            squad.complete(job(request), deltas: scored(squad.envelopes(of: request.owner), [c: [c == "a" ? 0.3 : 0.9]]))
+            squad.complete(job(request), deltas: scored(squad.envelopes(of: request.owner), ["a": [0.3], "b": [0.9]]))
         }
         let align = squad.takeJobRequests()
         squad.complete(job(align[0]), deltas: rewritten(squad.envelopes(of: align[0].owner), criterion: "a"))
         for request in squad.takeJobRequests() {
-            let c = request.service.criterion!
-            squad.complete(job(request), deltas: scored(squad.envelopes(of: request.owner), [c: [c == "a" ? 0.1 : 0.9]]))
+            squad.complete(job(request), deltas: scored(squad.envelopes(of: request.owner), ["a": [0.1], "b": [0.9]]))
         }
         let e = squad.takeDeliveries()[0].envelopes[0]
         #expect(e.response == "answer", "the answer from before the pass")
@@ -310,9 +300,8 @@ struct SquadExecutorTests {
         let answered = squad.envelopes(of: generate[0].owner).map { var e = $0; e.response = "generated"; return e }
         squad.complete(job(generate[0]), deltas: answered)
         let inspect = squad.takeJobRequests()
-        #expect(inspect.count == 2, "the two answers form one batch")
-        squad.fail(job(inspect[0]), EnvelopeError(.noWorker, "nobody inspects a", stage: "inspect.a"))
-        squad.complete(job(inspect[1]), deltas: scored(squad.envelopes(of: inspect[1].owner), ["b": [0.9, 0.9]]))
+        #expect(inspect.count == 1, "the two answers form one batch")
+        squad.fail(job(inspect[0]), EnvelopeError(.noWorker, "nobody inspects", stage: "inspect"))
         let out = squad.takeDeliveries().flatMap(\.envelopes)
         #expect(out.count == 2 && out.allSatisfy { $0.error.code == .noWorker && $0.generated && $0.originalResponse == "generated" })
         #expect(squad.isIdle)
@@ -327,7 +316,7 @@ struct SquadExecutorTests {
         #expect(before.isEmpty && squad.hasWaitingSamples)
         squad.tick(now: 1 * ms, draining: true)
         let after = squad.takeJobRequests()
-        #expect(after.count == 2 && !squad.hasWaitingSamples)
+        #expect(after.count == 1 && !squad.hasWaitingSamples)
     }
 }
 

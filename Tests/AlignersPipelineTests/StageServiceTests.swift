@@ -5,14 +5,14 @@ import Testing
 struct StageServiceTests {
     @Test("service names parse to what serves them and print back unchanged")
     func roundTrip() {
-        let cases: [(String, StageService)] = [("generate", .generate), ("inspect.ethical", .inspect("ethical")),
-                                               ("inspect.*", .inspectAll), ("align.harm-less", .align("harm-less"))]
+        let cases: [(String, StageService)] = [("generate", .generate), ("inspect", .inspect), ("align.harm-less", .align("harm-less"))]
         for (name, service) in cases {
             #expect(StageService(name: name) == service)
             #expect(service.name == name)
         }
-        #expect(StageService(name: "align.") == nil && StageService(name: "score.x") == nil && StageService(name: "inspect") == nil)
-        #expect(StageService.inspect("a").role == "inspector" && StageService.inspectAll.isInspection)
-        #expect(StageService.align("a").criterion == "a" && StageService.inspectAll.criterion == nil)
+        #expect(StageService(name: "align.") == nil && StageService(name: "score.x") == nil)
+        #expect(StageService(name: "inspect.ethical") == nil && StageService(name: "inspect.*") == nil, "per-criterion inspection is gone")
+        #expect(StageService.inspect.role == "inspector" && StageService.align("a").role == "aligner")
+        #expect(StageService.align("a").criterion == "a" && StageService.inspect.criterion == nil)
     }
 }

@@ -29,7 +29,8 @@ struct RecordingStage: StageHandler {
         self.inner = inner
         self.recorder = recorder
     }
-    var service: String { inner.service }
+    var service: StageService { inner.service }
+    var criteria: [String] { inner.criteria }
     var model: String { inner.model }
     func process(_ envelopes: [Envelope]) throws -> [Envelope] {
         recorder.record(envelopes.map(\.id))

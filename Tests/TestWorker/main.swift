@@ -10,7 +10,7 @@ import PipelineTestDoubles
 
 let args = CommandLine.arguments
 func value(_ flag: String) -> String? { args.firstIndex(of: flag).flatMap { $0 + 1 < args.count ? args[$0 + 1] : nil } }
-let usage = "usage: aligners-testworker --service SERVICE --connect ENDPOINT [--delay-ms N] [--heartbeat-ms N] [--liveness N] "
+let usage = "usage: aligners-testworker --service SERVICE --connect ENDPOINT [--criteria A,B] [--delay-ms N] [--heartbeat-ms N] [--liveness N] "
     + "[--name NAME] [--record FILE] [--insecure] [--curve-server-key FILE --curve-key FILE]\n"
     + "       aligners-testworker --tap ENDPOINT [--record FILE] [--curve-server-key FILE --curve-key FILE]\n"
 func fail(_ message: String) -> Never {
@@ -41,8 +41,10 @@ let delay = Int(value("--delay-ms") ?? "0") ?? 0
 var handler: any StageHandler
 if service == "generate" {
     handler = GeneratorStage(EchoGenerator())
-} else if service.hasPrefix("inspect.") {
-    handler = InspectorStage(MarkerInspector(criterion: String(service.dropFirst(8)), delayMs: delay))
+} else if service == "inspect" {
+    // Every criterion the tests' routers run (a router takes an inspector only if it scores all of its criteria).
+    let criteria = (value("--criteria") ?? "ethical,helpful").split(separator: ",").map(String.init)
+    handler = InspectorStage(criteria.map { MarkerInspector(criterion: $0, delayMs: delay) })
 } else if service.hasPrefix("align.") {
     handler = AlignerStage(MarkerAligner(criterion: String(service.dropFirst(6)), delayMs: delay))
 } else {

@@ -33,14 +33,14 @@ t0=$(now); "$bin" filter < /dev/null > /dev/null; t1=$(now)
 "$bin" filter < "$work/in.jsonl" > "$work/inproc.jsonl"; t2=$(now)
 echo "inproc $(echo "$t2 - $t1 - ($t1 - $t0)" | bc)" >> "$work/times"
 
-# Separate processes over ipc: router, 3 inspectors, N aligners per criterion; timed once all are ready.
+# Separate processes over ipc: router, one inspector (all criteria), N aligners per criterion; timed once all are ready.
 for n in $counts; do
   front="ipc://$work/front-$n" back="ipc://$work/back-$n"
   pids=()
   "$bin" router --frontend "$front" --backend "$back" 2> "$work/router-$n.log" & pids+=($!)
-  expected=0
+  "$bin" worker --role inspector --criteria ethical,factuality,helpful --connect "$back" 2> /dev/null & pids+=($!)
+  expected=1
   for c in ethical factuality helpful; do
-    "$bin" worker --role inspector --criterion "$c" --connect "$back" 2> /dev/null & pids+=($!); expected=$((expected + 1))
     for i in $(seq 1 "$n"); do
       "$bin" worker --role aligner --criterion "$c" --connect "$back" 2> /dev/null & pids+=($!); expected=$((expected + 1))
     done

@@ -123,12 +123,12 @@ public final class EncoderInspector: Inspector, @unchecked Sendable {
     }
 
     /// Loads the encoder (via `ModelLocator`, `modelsDir` first) and the criterion's head (via
-    /// `InspectorStore`, `inspectorsDir` first). Inspectors loaded in one process share one encoder
-    /// and, when their heads sit in one directory, one featurizer (`InspectorFeaturizer.shared`) and
-    /// its feature memo, so scoring the same batch for several criteria runs the encoder once.
-    /// A given `featurizer` is used when it computes every view the head needs.
+    /// `InspectorStore`, `inspectorsDir` first). Inspectors loaded through one `featurizers` pool
+    /// share one encoder and, when their heads sit in one directory, one featurizer, so an
+    /// `EncoderInspectorSet` of them encodes a batch once for all criteria. A given `featurizer` is
+    /// used when it computes every view the head needs.
     public static func load(criterion: String, modelsDir: String? = nil, inspectorsDir: String? = nil,
-                            featurizer: InspectorFeaturizer? = nil) throws -> EncoderInspector {
+                            featurizer: InspectorFeaturizer? = nil, featurizers: FeaturizerPool = FeaturizerPool()) throws -> EncoderInspector {
         let url = try InspectorStore.locate(criterion: criterion, explicit: inspectorsDir)
         let (head, meta) = try InspectorStore.loadHead(url)
         let (maxLength, views) = try recipe(of: meta)
@@ -137,7 +137,7 @@ public final class EncoderInspector: Inspector, @unchecked Sendable {
             f = featurizer
         } else {
             let all = unionViews(in: url.deletingLastPathComponent(), maxLength: maxLength, extra: views)
-            f = try InspectorFeaturizer.shared(modelsDir: modelsDir, maxLength: maxLength, views: all)
+            f = try featurizers.featurizer(modelsDir: modelsDir, maxLength: maxLength, views: all)
         }
         let dim = InspectorHead.transformedDimension(views: views, hidden: f.hidden)
         guard head.inputDim == dim else {
@@ -147,7 +147,7 @@ public final class EncoderInspector: Inspector, @unchecked Sendable {
     }
 
     public func score(_ batch: [Exchange]) throws -> [Double] {
-        let raw = try featurizer.memoizedFeatures(batch)
+        let raw = try featurizer.features(batch)
         return score(rawFeatures: raw)
     }
 
@@ -158,10 +158,17 @@ public final class EncoderInspector: Inspector, @unchecked Sendable {
 
     /// The same head on a featurizer that computes exactly its own views (recipe = the card's), e.g.
     /// to share a feature cache with `aligners train inspector`.
-    public func onOwnViews(modelsDir: String? = nil) throws -> EncoderInspector {
+    public func onOwnViews(modelsDir: String? = nil, featurizers: FeaturizerPool = FeaturizerPool()) throws -> EncoderInspector {
         if featurizer.views == views { return self }
-        let f = try InspectorFeaturizer.shared(modelsDir: modelsDir, maxLength: featurizer.maxLength, views: views)
+        let f = try featurizers.featurizer(modelsDir: modelsDir, maxLength: featurizer.maxLength, views: views)
         return try EncoderInspector(criterion: criterion, featurizer: f, head: head, views: views, modelName: modelName)
+    }
+
+    /// The same inspector scoring under another criterion's name (a criterion file naming this head).
+    public func renamed(_ criterion: String) -> EncoderInspector {
+        if criterion == self.criterion { return self }
+        // Cannot throw: the head and views were accepted once already.
+        return try! EncoderInspector(criterion: criterion, featurizer: featurizer, head: head, views: views, modelName: modelName)
     }
 
     /// The head's views out of the featurizer's raw features.
@@ -174,35 +181,41 @@ public final class EncoderInspector: Inspector, @unchecked Sendable {
     }
 }
 
-/// Several inspectors over one encoder: the features of a batch are computed once for all criteria.
-public final class EncoderInspectorSet: @unchecked Sendable {
+/// Several inspectors over one encoder: the features of a batch are computed once per featurizer
+/// for all criteria.
+public struct EncoderInspectorSet: InspectorSet {
     public let inspectors: [EncoderInspector]
-    public let featurizer: InspectorFeaturizer
 
     public static func load(criteria: [String], modelsDir: String? = nil, inspectorsDir: String? = nil) throws -> EncoderInspectorSet {
         guard let first = criteria.first else { throw InspectorError("no criteria given") }
-        let a = try EncoderInspector.load(criterion: first, modelsDir: modelsDir, inspectorsDir: inspectorsDir)
+        let pool = FeaturizerPool()
+        let a = try EncoderInspector.load(criterion: first, modelsDir: modelsDir, inspectorsDir: inspectorsDir, featurizers: pool)
         var all = [a]
         for c in criteria.dropFirst() {
-            all.append(try EncoderInspector.load(criterion: c, modelsDir: modelsDir, inspectorsDir: inspectorsDir, featurizer: a.featurizer))
+            all.append(try EncoderInspector.load(criterion: c, modelsDir: modelsDir, inspectorsDir: inspectorsDir, featurizer: a.featurizer,
+                                                 featurizers: pool))
         }
-        return EncoderInspectorSet(inspectors: all, featurizer: a.featurizer)
+        return EncoderInspectorSet(inspectors: all)
     }
 
-    public init(inspectors: [EncoderInspector], featurizer: InspectorFeaturizer) {
-        self.inspectors = inspectors
-        self.featurizer = featurizer
+    public init(inspectors: [EncoderInspector]) { self.inspectors = inspectors }
+
+    public var criteria: [String] { inspectors.map(\.criterion) }
+    public var modelName: String {
+        var seen: [String] = []
+        for i in inspectors where !seen.contains(i.modelName) { seen.append(i.modelName) }
+        return seen.joined(separator: ",")
     }
 
-    /// Scores per exchange, criterion → probability. Heads on the same feature recipe share one encoding.
-    public func score(_ batch: [Exchange]) throws -> [[String: Double]] {
+    /// Per exchange, a probability per criterion (`criteria` order). Heads on one featurizer share one encoding.
+    public func score(_ batch: [Exchange]) throws -> [[Double]] {
         var raws: [ObjectIdentifier: [[Float]]] = [:]
-        var out = [[String: Double]](repeating: [:], count: batch.count)
+        var out = [[Double]](repeating: [], count: batch.count)
         for ins in inspectors {
             let key = ObjectIdentifier(ins.featurizer)
             let raw = try raws[key] ?? ins.featurizer.features(batch)
             raws[key] = raw
-            for (i, s) in ins.score(rawFeatures: raw).enumerated() { out[i][ins.criterion] = s }
+            for (i, s) in ins.score(rawFeatures: raw).enumerated() { out[i].append(s) }
         }
         return out
     }

@@ -179,7 +179,6 @@ public final class FineTunedInspectors: @unchecked Sendable {
     /// The encoder with the adapter merged in, its tokenizer and length limit.
     public let featurizer: InspectorFeaturizer
     public let modelName: String
-    private let memo = FeatureMemo(capacity: 8192)
 
     /// Whether a safetensors file holds fine-tuned inspectors (rather than one frozen-feature head).
     public static func isFineTuned(_ file: SafetensorsFile) -> Bool { file.metadata["criteria"] != nil && file.metadata["lora_rank"] != nil }
@@ -196,21 +195,18 @@ public final class FineTunedInspectors: @unchecked Sendable {
 
     /// Per exchange, the calibrated probability that it meets each criterion (`adapter.criteria` order).
     public func probabilities(_ batch: [Exchange]) throws -> [[Float]] {
-        let keys = batch.map(featurizer.cacheKey)
-        var out = keys.map { memo.get($0) }
-        let missing = out.indices.filter { out[$0] == nil }
-        if !missing.isEmpty {
-            let encodings = missing.map { featurizer.pairEncoding(batch[$0]) }
-            let h = featurizer.hidden
-            let scored = try featurizer.encoder.embed(encodings, pooled: { states, rows in
-                var pooled = [Float](repeating: 0, count: h)
-                for r in rows { for j in 0..<h { pooled[j] += states[r * h + j] } }
-                for j in 0..<h { pooled[j] /= Float(max(rows.count, 1)) }
-                return pooled.withUnsafeBufferPointer { self.adapter.probabilities(pooled: $0.baseAddress!, hidden: h) }
-            })
-            for (j, i) in missing.enumerated() { out[i] = scored[j]; memo.put(keys[i], scored[j]) }
-        }
-        return out.map { $0! }
+        let h = featurizer.hidden
+        return try featurizer.encoder.embed(batch.map(featurizer.pairEncoding), pooled: { states, rows in
+            var pooled = [Float](repeating: 0, count: h)
+            for r in rows { for j in 0..<h { pooled[j] += states[r * h + j] } }
+            for j in 0..<h { pooled[j] /= Float(max(rows.count, 1)) }
+            return pooled.withUnsafeBufferPointer { self.adapter.probabilities(pooled: $0.baseAddress!, hidden: h) }
+        })
+    }
+
+    /// Some of its criteria as an inspector set: one encoder pass per exchange scores them all.
+    public func subset(_ criteria: [String]) throws -> FineTunedInspectorSet {
+        FineTunedInspectorSet(inspectors: self, indices: try criteria.map { try inspector(for: $0).index })
     }
 
     /// The inspector of one criterion.
@@ -230,4 +226,15 @@ public struct FineTunedInspector: Inspector {
     public let index: Int
     public var modelName: String { inspectors.modelName }
     public func score(_ batch: [Exchange]) throws -> [Double] { try inspectors.probabilities(batch).map { Double($0[index]) } }
+}
+
+/// Criteria of one `FineTunedInspectors` scored together (one pass per exchange).
+public struct FineTunedInspectorSet: InspectorSet {
+    public let inspectors: FineTunedInspectors
+    public let indices: [Int]
+    public var criteria: [String] { indices.map { inspectors.adapter.criteria[$0] } }
+    public var modelName: String { inspectors.modelName }
+    public func score(_ batch: [Exchange]) throws -> [[Double]] {
+        try inspectors.probabilities(batch).map { p in indices.map { Double(p[$0]) } }
+    }
 }

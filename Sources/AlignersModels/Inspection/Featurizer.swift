@@ -96,43 +96,6 @@ public final class InspectorFeaturizer: Sendable {
         self.tokenizer = tokenizer
         self.maxLength = maxLength
         self.views = views ?? FeatureView.v1(layers: encoder.config.numHiddenLayers)
-        memo = FeatureMemo(capacity: Swift.max(256, 4 * 4096 / Swift.max(self.views.count, 1)))
-    }
-
-    /// Recently computed features, so several inspectors scoring the same batch in one process
-    /// (one per criterion) run the encoder once: about 25 MB whatever the number of views
-    /// (4096 exchanges of the 4 v1 views, 585 of 28).
-    let memo: FeatureMemo
-
-    private static let sharedLock = NSLock()
-    nonisolated(unsafe) private static var sharedInstances: [String: InspectorFeaturizer] = [:]
-
-    /// One featurizer per (encoder file, max length, views) per process, all on one copy of the
-    /// encoder weights: loaded once, features memoised.
-    public static func shared(modelsDir: String? = nil, maxLength: Int = 256, views: [FeatureView]? = nil) throws -> InspectorFeaturizer {
-        let weights = try ModelLocator.locate(encoderRelativePath + "/model.safetensors", explicit: modelsDir)
-        let path = weights.standardizedFileURL.path
-        sharedLock.lock(); defer { sharedLock.unlock() }
-        let any = sharedInstances.first(where: { $0.key.hasPrefix(path + "#") })?.value
-        let layers = any?.encoder.config.numHiddenLayers ?? 6
-        let key = path + "#" + recipe(views: views ?? FeatureView.v1(layers: layers), maxLength: maxLength, layers: layers)
-        if let f = sharedInstances[key] { return f }
-        let f = try any.map { InspectorFeaturizer(encoder: $0.encoder, tokenizer: $0.tokenizer, maxLength: maxLength, views: views) }
-            ?? load(modelsDir: modelsDir, maxLength: maxLength, views: views)
-        sharedInstances[key] = f
-        return f
-    }
-
-    /// Features of each exchange through the in-process memo (computes only what it has not seen recently).
-    public func memoizedFeatures(_ exchanges: [Exchange], batchSize: Int = 32) throws -> [[Float]] {
-        let keys = exchanges.map(cacheKey)
-        var out = keys.map { memo.get($0) }
-        let missing = out.indices.filter { out[$0] == nil }
-        if !missing.isEmpty {
-            let f = try features(missing.map { exchanges[$0] }, batchSize: batchSize)
-            for (j, i) in missing.enumerated() { out[i] = f[j]; memo.put(keys[i], f[j]) }
-        }
-        return out.map { $0! }
     }
 
     /// Loads the encoder found through `ModelLocator` (`modelsDir` first when given).
@@ -339,24 +302,26 @@ public final class FeatureCache: @unchecked Sendable {
     }
 }
 
-/// A small FIFO-evicting, lock-protected map from feature keys to features.
-final class FeatureMemo: @unchecked Sendable {
-    private var map: [FeatureCache.Key: [Float]] = [:]
-    private var order: [FeatureCache.Key] = []
-    private var head = 0
-    private let capacity: Int
+/// Featurizers made by one loader, all on one copy of the encoder weights: one per (encoder file,
+/// max length, views). Whoever loads inspectors owns one (the CLI's `InspectorLoader`), so heads of
+/// one directory share one featurizer and a batch is encoded once for all of them.
+public final class FeaturizerPool: @unchecked Sendable {
+    private var featurizers: [String: InspectorFeaturizer] = [:]
     private let lock = NSLock()
-    init(capacity: Int) { self.capacity = capacity }
-    func get(_ k: FeatureCache.Key) -> [Float]? { lock.withLock { map[k] } }
-    func put(_ k: FeatureCache.Key, _ v: [Float]) {
-        lock.withLock {
-            if map.updateValue(v, forKey: k) != nil { return }
-            order.append(k)
-            if order.count - head > capacity {
-                map[order[head]] = nil
-                head += 1
-                if head > capacity { order.removeFirst(head); head = 0 }
-            }
+    public init() {}
+
+    public func featurizer(modelsDir: String? = nil, maxLength: Int = 256, views: [FeatureView]? = nil) throws -> InspectorFeaturizer {
+        let weights = try ModelLocator.locate(InspectorFeaturizer.encoderRelativePath + "/model.safetensors", explicit: modelsDir)
+        let path = weights.standardizedFileURL.path
+        return try lock.withLock {
+            let any = featurizers.first(where: { $0.key.hasPrefix(path + "#") })?.value
+            let layers = any?.encoder.config.numHiddenLayers ?? 6
+            let key = path + "#" + InspectorFeaturizer.recipe(views: views ?? FeatureView.v1(layers: layers), maxLength: maxLength, layers: layers)
+            if let f = featurizers[key] { return f }
+            let f = try any.map { InspectorFeaturizer(encoder: $0.encoder, tokenizer: $0.tokenizer, maxLength: maxLength, views: views) }
+                ?? InspectorFeaturizer.load(modelsDir: modelsDir, maxLength: maxLength, views: views)
+            featurizers[key] = f
+            return f
         }
     }
 }

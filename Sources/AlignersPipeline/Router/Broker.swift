@@ -17,6 +17,8 @@ struct Broker {
         var jobTimeoutMs: Int?
         var serviceTimeoutMs = 60_000
         var heartbeat = HeartbeatSettings()
+        /// The squad's criteria (what an inspect worker must score; named in advice).
+        var criteria: [String] = []
     }
 
     /// What became of a worker's answer.
@@ -255,7 +257,8 @@ struct Broker {
             let since = queue.everServed ? queue.lastWorkerSeen : (jobs[queue.queue[0]]?.queuedAt ?? now)
             guard now - since > timeout else { continue }
             let start = "start one with `aligners worker --role \(service.role)"
-                + (service.criterion.map { " --criterion \($0)`" } ?? (service == .inspectAll ? " --criteria …`" : "`"))
+                + (service.criterion.map { " --criterion \($0)`" }
+                    ?? (service == .inspect ? " --criteria \(settings.criteria.joined(separator: ","))`" : "`"))
             let message = serving.isEmpty ? "no worker serves '\(service.name)'; \(start)"
                 : "every worker serving '\(service.name)' (\(serving.map(\.name).sorted().joined(separator: ", "))) has held a job past "
                     + "--job-timeout-ms \(settings.jobTimeoutMs ?? 0) without answering: restart it (a stuck model?), or \(start)"

@@ -4,74 +4,6 @@ import Foundation
 import Logging
 import Synchronization
 
-public struct RouterSettings: Sendable, Equatable {
-    /// Criteria the squad applies, in the order that breaks ties between equal means.
-    public var criteria: [String]
-    /// The gate: a sample goes to a criterion's aligner when its score is strictly below this.
-    public var threshold: Double = 0.5
-    /// Which rewrites stay after their re-inspection (`SquadRun.Acceptance`; the paper keeps all).
-    public var acceptance: SquadRun.Acceptance = .always
-    /// The rise of its own score that `improvement` asks of a rewrite.
-    public var acceptanceMargin = 0.05
-    /// Per-criterion margins in place of `acceptanceMargin` (`SquadRun.acceptanceMargins`).
-    public var acceptanceMargins: [String: Double] = [:]
-    /// The `noRegression` variant on or off (`--revert-regressions`).
-    public var revertRegressions: Bool {
-        get { acceptance != .always }
-        set { acceptance = newValue ? .noRegression : .always }
-    }
-    /// Samples per squad batch (the order of criteria is decided per batch).
-    public var batchSize: Int = 64
-    /// How long a partial batch waits for more samples before it starts anyway.
-    public var batchWindowMs: Int = 50
-    /// Most envelopes in one job; smaller jobs spread a batch over more workers.
-    public var jobSize: Int = 16
-    /// Envelopes a client may have in flight.
-    public var clientWindow: Int = 256
-    /// Inspection as one job per chunk of samples for all the step's criteria (service
-    /// `inspect.*`, served by an inspector set) instead of one job per criterion.
-    public var combinedInspection = false
-    /// Dispatches of one job before its samples fail.
-    public var maxAttempts: Int = 3
-    /// A job not answered this long after it was dispatched goes back to its queue for another
-    /// worker (a new attempt); the worker holding it gets no more work until it answers or is lost.
-    /// Generous: it bounds a stuck model, not a slow one (a CPU generator's job of 16 long answers
-    /// can take minutes), and stays under the workers' own 600 s watchdog bound. nil: no deadline
-    /// (in process, where no other worker could take a job over).
-    public var jobTimeoutMs: Int? = 300_000
-    /// Work for a service that no worker has served for this long fails (NO_WORKER).
-    public var serviceTimeoutMs: Int = 60_000
-    public var heartbeat = HeartbeatSettings()
-    /// Largest message accepted from a client or worker (bigger ones drop that peer's connection).
-    /// Clients send at most `FilterSettings.maxSubmitBytes` at once; a job's result holds `jobSize`
-    /// envelopes of lines up to 4 MiB.
-    public var maxMessageBytes = 128 << 20
-
-    public init(criteria: [String]) { self.criteria = criteria }
-}
-
-/// How the router's endpoints are protected.
-public struct RouterSecurity: Sendable {
-    /// CURVE on every socket (front end, back end, tap), peers admitted by allowlist; nil: none.
-    public var curve: CurveServerKeys?
-    /// Allow plain tcp on addresses other than loopback (logged as a warning).
-    public var insecure: Bool
-    public init(curve: CurveServerKeys? = nil, insecure: Bool = false) {
-        self.curve = curve
-        self.insecure = insecure
-    }
-}
-
-/// A CURVE router's key pair and the allowlists its ZAP handler checks.
-public struct CurveServerKeys: Sendable {
-    public let keyPair: CurveKeyPair
-    public let allowlists: PeerAllowlists
-    public init(keyPair: CurveKeyPair, allowlists: PeerAllowlists) {
-        self.keyPair = keyPair
-        self.allowlists = allowlists
-    }
-}
-
 /// The router: clients submit envelopes at the front end, workers serve jobs at the back end, and
 /// the squad policy decides, batch by batch, which jobs exist. One thread owns every socket.
 ///
@@ -124,7 +56,8 @@ public final class Router: @unchecked Sendable {
         gate = ClientGate(window: settings.clientWindow)
         squad = SquadExecutor(settings: settings)
         broker = Broker(settings: Broker.Settings(maxAttempts: settings.maxAttempts, jobTimeoutMs: settings.jobTimeoutMs,
-                                                  serviceTimeoutMs: settings.serviceTimeoutMs, heartbeat: settings.heartbeat),
+                                                  serviceTimeoutMs: settings.serviceTimeoutMs, heartbeat: settings.heartbeat,
+                                                  criteria: settings.criteria),
                         logger: logger)
         for endpoint in [frontend, backend] + (tap.map { [$0] } ?? []) {
             if let warning = try EndpointPolicy.check(endpoint, use: "bind", encrypted: security.curve != nil, insecure: security.insecure,
@@ -467,8 +400,18 @@ public final class Router: @unchecked Sendable {
             if !ready.service.isEmpty {
                 logger.warning("worker refused: no stage serves that service", metadata: [
                     "worker": "\(ready.worker)", "service": "\(ready.service.prefix(64))",
-                    "fix": "run `aligners worker` of this build (services: generate, inspect.<criterion>, inspect.*, align.<criterion>)"])
+                    "fix": "run `aligners worker` of this build (services: generate, inspect, align.<criterion>)"])
             }
+            return
+        }
+        // An inspection job asks for every criterion of the squad at once.
+        let missing = settings.criteria.filter { !ready.criteria.contains($0) }
+        if service == .inspect, !missing.isEmpty {
+            let reason = "this inspector scores \(ready.criteria.isEmpty ? "no criteria" : ready.criteria.joined(separator: ", ")) "
+                + "but the router's squad also needs \(missing.joined(separator: ", ")): start it with "
+                + "--criteria \(settings.criteria.joined(separator: ","))"
+            logger.error("inspector refused", metadata: ["worker": "\(ready.worker.isEmpty ? "\(id)" : ready.worker)", "reason": "\(reason)"])
+            dropWorker(id, reason: reason)
             return
         }
         let credit = Int(min(ready.credit, 1024))
@@ -483,6 +426,7 @@ public final class Router: @unchecked Sendable {
         _ = try? backend.send([id.bytes, stamped(.heartbeat(settings.heartbeat))], dontWait: true)
         var metadata: Logger.Metadata = ["worker": "\(name)", "service": "\(ready.service)",
                                          "model": "\(ready.model)", "credit": "\(credit)"]
+        if service == .inspect { metadata["criteria"] = "\(ready.criteria.joined(separator: ","))" }
         if !key.isEmpty { metadata["key"] = "\(key)" }
         logger.info("worker ready", metadata: metadata)
         if let timing, timing != settings.heartbeat {
@@ -561,31 +505,6 @@ public final class Router: @unchecked Sendable {
         }
         settle()
     }
-}
-
-/// What the router has done so far (for status lines and metrics).
-public struct RouterStats: Sendable, Equatable {
-    public var received = 0
-    public var delivered = 0
-    public var failed = 0
-    public var inFlight = 0
-    public var batches = 0
-    public var dispatched = 0
-    public var jobs = 0
-    public var requeued = 0
-    /// Jobs re-queued because their worker did not answer within `jobTimeoutMs`.
-    public var expiredDeadlines = 0
-    /// Answers to attempts that had ended (a job re-queued and run elsewhere), ignored.
-    public var lateResults = 0
-    public var rejectedFrames = 0
-    /// Workers dropped for answers that were not valid, or whose key left the allowlist.
-    public var droppedWorkers = 0
-    /// CURVE handshakes refused (keys not on the allowlist).
-    public var refusedPeers = 0
-    public var workers = 0
-    public var queued = 0
-    /// CPU time the router's thread has used (its own cost, whatever else shares the cores).
-    public var cpuNanos: UInt64 = 0
 }
 
 /// CPU time consumed by the calling thread.

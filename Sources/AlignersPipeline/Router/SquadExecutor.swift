@@ -136,25 +136,24 @@ struct SquadExecutor {
         batch.stepChanged = []
         if case .align = batch.run.step { batch.previousResponses = [:] }
         let step = batch.run.step
-        var services: [StageService] = []
-        var samples: [Int] = []
+        let service: StageService
+        let samples: [Int]
         switch step {
         case .finished:
             finish(batch)
             return
-        case .inspect(let criteria, let indices):
-            services = settings.combinedInspection ? [.inspectAll] : criteria.map(StageService.inspect)
+        case .inspect(_, let indices):
+            // One job per chunk scores every criterion (the inspect workers announce them all).
+            service = .inspect
             samples = indices
         case .align(let criterion, let indices):
             metrics.count("aligners_aligner_passes_total", [("criterion", criterion)], by: indices.count)
-            services = [.align(criterion)]
+            service = .align(criterion)
             samples = indices
         }
-        for service in services {
-            for chunk in samples.chunked(settings.jobSize) {
-                requests.append(JobRequest(service: service, owner: .batch(batchID, Array(chunk))))
-                batch.outstanding += 1
-            }
+        for chunk in samples.chunked(settings.jobSize) {
+            requests.append(JobRequest(service: service, owner: .batch(batchID, Array(chunk))))
+            batch.outstanding += 1
         }
         batches[batchID] = batch
     }
@@ -199,11 +198,8 @@ struct SquadExecutor {
         }
         let criterion = job.service.criterion ?? ""
         var required: [String] = []
-        switch job.service {
-        case .inspectAll:
-            if case .batch(let batchID, _) = job.owner, case .inspect(let criteria, _)? = batches[batchID]?.run.step { required = criteria }
-        case .inspect(let c): required = [c]
-        case .generate, .align: break
+        if job.service == .inspect, case .batch(let batchID, _) = job.owner, case .inspect(let criteria, _)? = batches[batchID]?.run.step {
+            required = criteria
         }
         for delta in result.envelopes where !delta.hasError {
             for record in delta.scores where !(record.score.isFinite && (0...1).contains(record.score)) {
@@ -269,15 +265,15 @@ struct SquadExecutor {
     /// Folds a worker's deltas into the batch's envelopes and the step's tallies.
     private func merge(_ deltas: [Envelope], indices: [Int], service: StageService, into batch: inout Batch) {
         let criterion = service.criterion ?? ""
-        var inspected: Set<String> = [criterion]
-        if service == .inspectAll, case .inspect(let criteria, _) = batch.run.step { inspected = Set(criteria) }
+        var inspected: Set<String> = []
+        if service == .inspect, case .inspect(let criteria, _) = batch.run.step { inspected = Set(criteria) }
         for (delta, index) in zip(deltas, indices) {
             if delta.hasError {
                 batch.samples[index].envelope.error = delta.error
                 batch.run.drop([index])
                 continue
             }
-            if service.isInspection {
+            if service == .inspect {
                 let pass = UInt32(batch.samples[index].envelope.steps.count)
                 for var record in delta.scores where inspected.contains(record.criterion) {
                     let criterion = record.criterion

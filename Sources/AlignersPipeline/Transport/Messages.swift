@@ -5,67 +5,47 @@ public typealias Envelope = Aligners_V1_Envelope
 public typealias WireMessage = Aligners_V1_Message
 public typealias EnvelopeError = Aligners_V1_Error
 
-/// What a worker serves, typed; `name` is how it travels (`inspect.ethical`, `align.helpful`, …).
+/// What a worker serves, typed; `name` is how it travels (`generate`, `inspect`, `align.helpful`).
 public enum StageService: Hashable, Sendable {
     case generate
-    case inspect(String)
-    /// One job scores a sample on every criterion of the step (an inspector set on one encoder pass).
-    case inspectAll
+    /// One job scores a chunk of samples on every criterion of the squad (one encoder pass where
+    /// the inspectors share a model); the worker announces its criteria when it registers.
+    case inspect
     case align(String)
 
     public var name: String {
         switch self {
-        case .generate: ServiceName.generate
-        case .inspect(let c): ServiceName.inspect(c)
-        case .inspectAll: ServiceName.inspectAll
-        case .align(let c): ServiceName.align(c)
+        case .generate: "generate"
+        case .inspect: "inspect"
+        case .align(let c): "align.\(c)"
         }
     }
 
-    /// Parses a registered name; nil for one no stage serves.
+    /// Parses a registered name; nil for one no stage serves (e.g. a per-criterion `inspect.ethical`
+    /// of builds before one inspection service).
     public init?(name: String) {
-        if name == ServiceName.generate { self = .generate; return }
-        if name == ServiceName.inspectAll { self = .inspectAll; return }
-        let parts = name.split(separator: ".", maxSplits: 1).map(String.init)
-        guard parts.count == 2, !parts[1].isEmpty else { return nil }
-        switch parts[0] {
-        case "inspect": self = .inspect(parts[1])
-        case "align": self = .align(parts[1])
-        default: return nil
+        switch name {
+        case "generate": self = .generate
+        case "inspect": self = .inspect
+        default:
+            guard name.hasPrefix("align."), name.count > 6 else { return nil }
+            self = .align(String(name.dropFirst(6)))
         }
     }
 
-    /// The criterion of a per-criterion service.
+    /// The criterion of an aligner service.
     public var criterion: String? {
-        switch self {
-        case .inspect(let c), .align(let c): c
-        case .generate, .inspectAll: nil
-        }
-    }
-
-    public var isInspection: Bool {
-        switch self {
-        case .inspect, .inspectAll: true
-        case .generate, .align: false
-        }
+        if case .align(let c) = self { c } else { nil }
     }
 
     /// The `aligners worker --role` that serves it.
     public var role: String {
         switch self {
         case .generate: "generator"
-        case .inspect, .inspectAll: "inspector"
+        case .inspect: "inspector"
         case .align: "aligner"
         }
     }
-}
-
-/// Service names workers register under (`StageService.name`).
-public enum ServiceName {
-    public static let generate = "generate"
-    public static func inspect(_ criterion: String) -> String { "inspect.\(criterion)" }
-    public static let inspectAll = "inspect.*"
-    public static func align(_ criterion: String) -> String { "align.\(criterion)" }
 }
 
 extension WireMessage {

@@ -9,46 +9,38 @@ extension Envelope {
     }
 }
 
-/// Scores every envelope with one inspector and appends the score to its history.
+/// Scores every envelope on every criterion of an inspector set (one job per sample chunk) and
+/// appends a score record per criterion.
 public struct InspectorStage: StageHandler {
-    public let inspector: any Inspector
-    public init(_ inspector: any Inspector) { self.inspector = inspector }
-    public var service: String { ServiceName.inspect(inspector.criterion) }
-    public var model: String { inspector.modelName }
+    public let inspectors: any InspectorSet
+    public init(_ inspectors: any InspectorSet) { self.inspectors = inspectors }
+    /// Inspectors that share nothing, side by side.
+    public init(_ inspectors: [any Inspector]) { self.init(InspectorGroup(inspectors)) }
+    public init(_ inspector: any Inspector) { self.init(OneInspector(inspector)) }
+    public var service: StageService { .inspect }
+    public var model: String { inspectors.modelName }
+    public var criteria: [String] { inspectors.criteria }
 
     public func process(_ envelopes: [Envelope]) throws -> [Envelope] {
-        let scores = try inspector.score(envelopes.map(\.exchange))
-        guard scores.count == envelopes.count else {
-            throw StageError("inspector \(model) returned \(scores.count) scores for \(envelopes.count) samples")
+        let criteria = inspectors.criteria
+        let rows = try inspectors.score(envelopes.map(\.exchange))
+        guard rows.count == envelopes.count, rows.allSatisfy({ $0.count == criteria.count }) else {
+            throw StageError("inspectors \(model) returned \(rows.count) rows of scores for \(envelopes.count) samples "
+                             + "(each should hold \(criteria.count))")
         }
         let now = unixNanos()
-        return zip(envelopes, scores).map { envelope, score in
+        return zip(envelopes, rows).map { envelope, scores in
             var out = envelope
-            var record = Aligners_V1_ScoreRecord()
-            record.criterion = inspector.criterion
-            record.score = score.isFinite ? min(max(score, 0), 1) : 0
-            record.model = model
-            record.scoredUnixNs = now
-            out.scores.append(record)
+            for (criterion, score) in zip(criteria, scores) {
+                var record = Aligners_V1_ScoreRecord()
+                record.criterion = criterion
+                record.score = score.isFinite ? min(max(score, 0), 1) : 0
+                record.model = model
+                record.scoredUnixNs = now
+                out.scores.append(record)
+            }
             return out
         }
-    }
-}
-
-/// Scores every envelope on several criteria in one job (service `inspect.*`): the router's
-/// `combinedInspection`. Inspectors that share a model (fine-tuned inspectors on one merged encoder,
-/// heads on one featurizer) then encode each sample once for all criteria.
-public struct InspectorSetStage: StageHandler {
-    public let stages: [InspectorStage]
-    public init(_ inspectors: [any Inspector]) { stages = inspectors.map(InspectorStage.init) }
-    public var service: String { ServiceName.inspectAll }
-    public var model: String { Array(Set(stages.map(\.model))).sorted().joined(separator: ",") }
-    public var criteria: [String] { stages.map(\.inspector.criterion) }
-
-    public func process(_ envelopes: [Envelope]) throws -> [Envelope] {
-        var out = envelopes
-        for stage in stages { out = try stage.process(out) }
-        return out
     }
 }
 
@@ -56,7 +48,7 @@ public struct InspectorSetStage: StageHandler {
 public struct AlignerStage: StageHandler {
     public let aligner: any Aligner
     public init(_ aligner: any Aligner) { self.aligner = aligner }
-    public var service: String { ServiceName.align(aligner.criterion) }
+    public var service: StageService { .align(aligner.criterion) }
     public var model: String { aligner.modelName }
 
     public func process(_ envelopes: [Envelope]) throws -> [Envelope] {
@@ -89,7 +81,7 @@ public struct AlignerStage: StageHandler {
 public struct GeneratorStage: StageHandler {
     public let generator: any Generator
     public init(_ generator: any Generator) { self.generator = generator }
-    public var service: String { ServiceName.generate }
+    public var service: StageService { .generate }
     public var model: String { generator.modelName }
 
     public func process(_ envelopes: [Envelope]) throws -> [Envelope] {
@@ -103,7 +95,7 @@ public struct GeneratorStage: StageHandler {
             out.originalResponse = answer
             out.generated = true
             if answer.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty {
-                out.error = EnvelopeError(.modelFailed, "generator \(model) produced an empty response", stage: service)
+                out.error = EnvelopeError(.modelFailed, "generator \(model) produced an empty response", stage: service.name)
             }
             return out
         }

@@ -6,10 +6,16 @@ import Synchronization
 /// The model side of a worker: turns a job's envelopes into answered envelopes. Runs on the
 /// worker's compute thread, so it may take as long as the model needs.
 public protocol StageHandler: Sendable {
-    /// The service the worker registers (`inspect.ethical`, `align.helpful`, `generate`).
-    var service: String { get }
+    /// The service the worker registers.
+    var service: StageService { get }
     var model: String { get }
+    /// The criteria an inspector stage scores (announced when it registers); empty for others.
+    var criteria: [String] { get }
     func process(_ envelopes: [Envelope]) throws -> [Envelope]
+}
+
+extension StageHandler {
+    public var criteria: [String] { [] }
 }
 
 public struct WorkerSettings: Sendable {
@@ -198,7 +204,8 @@ public final class Worker: @unchecked Sendable {
 
     private func registration() -> [UInt8] {
         var ready = Aligners_V1_Ready()
-        ready.service = handler.service
+        ready.service = handler.service.name
+        ready.criteria = handler.criteria
         ready.credit = UInt32(settings.credit)
         ready.model = handler.model
         ready.worker = settings.name
@@ -209,7 +216,7 @@ public final class Worker: @unchecked Sendable {
     private func connect() throws -> RouterConnection {
         let connection = try RouterConnection(context: context, endpoint: endpoint, curve: settings.curve)
         try connection.socket.send([registration()])
-        var metadata: Logger.Metadata = ["service": "\(handler.service)", "endpoint": "\(endpoint)", "model": "\(handler.model)"]
+        var metadata: Logger.Metadata = ["service": "\(handler.service.name)", "endpoint": "\(endpoint)", "model": "\(handler.model)"]
         if let curve = settings.curve { metadata["key"] = "\(curve.keyPair.publicKey)" }
         logger.info("worker registering", metadata: metadata)
         return connection
@@ -242,28 +249,28 @@ public final class Worker: @unchecked Sendable {
         defer {
             let metrics = PipelineMetrics.shared
             let failed = result.envelopes.filter(\.hasError).count
-            metrics.time("aligners_model_seconds", [("service", handler.service)], nanoseconds: monotonicNanos() - started)
-            metrics.count("aligners_samples_total", [("stage", handler.service), ("event", "processed")], by: job.envelopes.count)
-            metrics.count("aligners_samples_total", [("stage", handler.service), ("event", "failed")], by: failed)
+            metrics.time("aligners_model_seconds", [("service", handler.service.name)], nanoseconds: monotonicNanos() - started)
+            metrics.count("aligners_samples_total", [("stage", handler.service.name), ("event", "processed")], by: job.envelopes.count)
+            metrics.count("aligners_samples_total", [("stage", handler.service.name), ("event", "failed")], by: failed)
         }
         do {
             let processed = try handler.process(job.envelopes)
             guard processed.count == job.envelopes.count else {
-                throw StageError("\(handler.service) returned \(processed.count) envelopes for \(job.envelopes.count)")
+                throw StageError("\(handler.service.name) returned \(processed.count) envelopes for \(job.envelopes.count)")
             }
             result.envelopes = zip(job.envelopes, processed).map(Self.delta)
         } catch {
-            logger.warning("batch failed; retrying one by one", metadata: ["service": "\(handler.service)", "error": "\(error)"])
+            logger.warning("batch failed; retrying one by one", metadata: ["service": "\(handler.service.name)", "error": "\(error)"])
             result.envelopes = job.envelopes.map { envelope in
                 do {
                     let out = try handler.process([envelope])
                     if out.count == 1 { return Self.delta(envelope, out[0]) }
-                    throw StageError("\(handler.service) returned \(out.count) envelopes for 1")
+                    throw StageError("\(handler.service.name) returned \(out.count) envelopes for 1")
                 } catch {
                     var failed = Envelope()
                     failed.id = envelope.id
                     failed.seq = envelope.seq
-                    failed.error = EnvelopeError(.modelFailed, "\(error)", stage: handler.service)
+                    failed.error = EnvelopeError(.modelFailed, "\(error)", stage: handler.service.name)
                     return failed
                 }
             }

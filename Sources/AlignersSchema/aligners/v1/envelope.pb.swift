@@ -127,7 +127,7 @@ public nonisolated struct Aligners_V1_Error: Sendable {
 
   public var message: String = String()
 
-  /// where it happened, e.g. "source", "inspect.ethical"
+  /// where it happened, e.g. "source", "inspect", "align.ethical"
   public var stage: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -313,7 +313,7 @@ public nonisolated struct Aligners_V1_Ready: Sendable {
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  /// "generate", "inspect.<criterion>", "align.<criterion>"
+  /// "generate", "inspect", "align.<criterion>"
   public var service: String = String()
 
   public var credit: UInt32 = 0
@@ -331,6 +331,10 @@ public nonisolated struct Aligners_V1_Ready: Sendable {
   public var hasHeartbeat: Bool {self._heartbeat != nil}
   /// Clears the value of `heartbeat`. Subsequent reads from it will return its default value.
   public mutating func clearHeartbeat() {self._heartbeat = nil}
+
+  /// Service "inspect": the criteria this worker scores in one pass. A router takes it only when
+  /// they include every criterion of its squad (an inspection job asks for all of them at once).
+  public var criteria: [String] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1007,7 +1011,7 @@ nonisolated extension Aligners_V1_HeartbeatTiming: SwiftProtobuf.Message, SwiftP
 
 nonisolated extension Aligners_V1_Ready: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Ready"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}service\0\u{1}credit\0\u{1}model\0\u{1}worker\0\u{1}heartbeat\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}service\0\u{1}credit\0\u{1}model\0\u{1}worker\0\u{1}heartbeat\0\u{1}criteria\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1020,6 +1024,7 @@ nonisolated extension Aligners_V1_Ready: SwiftProtobuf.Message, SwiftProtobuf._M
       case 3: try { try decoder.decodeSingularStringField(value: &self.model) }()
       case 4: try { try decoder.decodeSingularStringField(value: &self.worker) }()
       case 5: try { try decoder.decodeSingularMessageField(value: &self._heartbeat) }()
+      case 6: try { try decoder.decodeRepeatedStringField(value: &self.criteria) }()
       default: break
       }
     }
@@ -1045,6 +1050,9 @@ nonisolated extension Aligners_V1_Ready: SwiftProtobuf.Message, SwiftProtobuf._M
     try { if let v = self._heartbeat {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
     } }()
+    if !self.criteria.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.criteria, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1054,6 +1062,7 @@ nonisolated extension Aligners_V1_Ready: SwiftProtobuf.Message, SwiftProtobuf._M
     if lhs.model != rhs.model {return false}
     if lhs.worker != rhs.worker {return false}
     if lhs._heartbeat != rhs._heartbeat {return false}
+    if lhs.criteria != rhs.criteria {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
