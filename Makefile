@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-APT_PACKAGES := libzmq3-dev libopenblas-dev libprotobuf-c-dev protobuf-compiler protobuf-c-compiler pkg-config
+APT_PACKAGES := libzmq3-dev libopenblas-dev zlib1g-dev libprotobuf-c-dev protobuf-compiler protobuf-c-compiler pkg-config
 MODELS_DIR   ?= models
 SWIFT_FLAGS  ?=
 PROTOC_GEN_SWIFT ?= .build-protoc/release/protoc-gen-swift

@@ -57,9 +57,10 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
     ],
     targets: [
-        // C libraries from Debian: libzmq3-dev and libopenblas-dev.
+        // C libraries from Debian: libzmq3-dev, libopenblas-dev and zlib1g-dev.
         .systemLibrary(name: "CZeroMQ", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
         .systemLibrary(name: "CBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
 
         // Code generated from Schemas/ by protoc-gen-swift (committed; `make proto` regenerates).
         .target(name: "AlignersSchema", dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")],
@@ -79,7 +80,7 @@ let package = Package(
                 swiftSettings: kernelFlags),
 
         // Judges, reference checks, reports and charts for `aligners eval`.
-        .target(name: "AlignersEvaluation", dependencies: ["AlignersModels", "AlignersKernels", "AlignersCore"]),
+        .target(name: "AlignersEvaluation", dependencies: ["AlignersModels", "AlignersKernels", "AlignersCore", "CZlib"]),
 
         // Criteria, the model protocols and the squad policy: no sockets, no models.
         .target(name: "AlignersCore"),
@@ -109,7 +110,7 @@ let package = Package(
         ], path: "Sources/AlignersBench"),
 
         .testTarget(name: "AlignersCoreTests", dependencies: ["AlignersCore"]),
-        .testTarget(name: "AlignersEvaluationTests", dependencies: ["AlignersEvaluation", "AlignersModels"]),
+        .testTarget(name: "AlignersEvaluationTests", dependencies: ["AlignersEvaluation", "AlignersModels", "CZlib"]),
         .testTarget(name: "AlignersModelsTests", dependencies: ["AlignersModels", "AlignersKernels"],
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "AlignersTrainingTests", dependencies: ["AlignersTraining", "AlignersModels", "AlignersKernels", "AlignersCore"],

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The default squad end to end (BENCHMARKS.md "## Squad end to end"): samples/s and p50/p95 latency
+# The default squad end to end (BENCHMARKS.md "The squad end to end"): samples/s and p50/p95 latency
 # in one process and as separate processes with 1, 2 and 4 aligner workers per criterion, beside
 # the cost of each stage measured alone in the same run.
 #
