@@ -70,9 +70,7 @@ public final class Filter: @unchecked Sendable {
         if settings.curve != nil { try Curve.requireAvailable() }
         let sink = OutputSink(fd: output, ordered: !settings.unordered, window: settings.window, explain: settings.explain,
                               logger: logger, onRecord: onRecord)
-        let handoff = "inproc://aligners-filter-\(UUID().uuidString)"
-        let pull = try ZMQSocket(context, .pull)
-        try pull.bind(handoff)
+        let handoff = try Mailbox<ReaderItem>()
         let client = PipelineClient(context: context, endpoint: endpoint, heartbeat: settings.heartbeat,
                                     timeoutMs: settings.routerTimeoutMs, maxSubmitBytes: settings.maxSubmitBytes,
                                     curve: settings.curve, logger: logger)
@@ -80,16 +78,9 @@ public final class Filter: @unchecked Sendable {
         let readerDone = Atomic<Bool>(false)
         let reader = Thread { [self] in
             defer { readerDone.store(true, ordering: .releasing) }
-            guard let push = try? ZMQSocket(context, .push), (try? push.connect(handoff)) != nil else {
-                logger.error("could not open the reader's socket")
-                return
-            }
-            defer {
-                _ = try? push.send([[]])  // end of input, whatever happened
-                push.close()
-            }
+            defer { handoff.put(.end) }  // whatever happened
             do {
-                try readLines(into: sink, push: push)
+                try readLines(into: sink, handoff: handoff)
             } catch {
                 logger.error("reading input failed", metadata: ["error": "\(error)"])
                 sink.finishInput(lines: sink.linesSeen)
@@ -99,8 +90,7 @@ public final class Filter: @unchecked Sendable {
         reader.start()
         let progress = FilterProgress(mode: settings.progress) { (read: sink.linesSeen, summary: sink.summary) }
         defer { progress.stop() }
-        try client.run(pull: pull, sink: sink)
-        pull.close()
+        try client.run(input: handoff, sink: sink)
         while !readerDone.load(ordering: .acquiring) { Thread.sleep(forTimeInterval: 0.001) }
         sink.waitUntilWritten()
         return sink.summary
@@ -108,7 +98,7 @@ public final class Filter: @unchecked Sendable {
 
     /// Splits the input into lines (never holding more than `maxLineBytes` of one), parses them,
     /// and passes samples on; bad lines go straight to the sink as error records.
-    private func readLines(into sink: OutputSink, push: ZMQSocket) throws {
+    private func readLines(into sink: OutputSink, handoff: Mailbox<ReaderItem>) throws {
         var buffer = [UInt8](repeating: 0, count: 1 << 16)
         var line: [UInt8] = []
         var lineBytes = 0
@@ -124,7 +114,7 @@ public final class Filter: @unchecked Sendable {
                 switch JSONLines.parse(line[...], seq: seq) {
                 case .success(let parsed):
                     sink.register(parsed)
-                    try push.send([(try? parsed.envelope.serializedBytes()) ?? []])
+                    handoff.put(.sample(parsed.envelope))
                 case .failure(let error):
                     sink.reject(seq: seq, message: error.message, input: line[...], totalBytes: lineBytes)
                 }
@@ -168,6 +158,12 @@ public final class Filter: @unchecked Sendable {
 /// and re-submits what is in flight if the router restarts: when it goes silent (a reconnection on
 /// a fresh socket), or when its messages carry a new incarnation (one restarted so fast that the
 /// socket reconnected by itself, to a router that knows nothing of what the old one held).
+/// What the reader hands the client: a parsed sample, or the end of the input.
+enum ReaderItem {
+    case sample(Envelope)
+    case end
+}
+
 final class PipelineClient {
     private let context: ZMQContext
     private let endpoint: String
@@ -194,7 +190,7 @@ final class PipelineClient {
         return connection
     }
 
-    func run(pull: ZMQSocket, sink: OutputSink) throws {
+    func run(input: Mailbox<ReaderItem>, sink: OutputSink) throws {
         var connection = try connect()
         var socket = connection.socket
         defer { connection.close() }
@@ -212,13 +208,13 @@ final class PipelineClient {
 
         while !(inputDone && inFlight.isEmpty && resubmit.isEmpty) {
             let wantInput = credit > 0 && resubmit.isEmpty && !inputDone
-            var sockets = wantInput ? [socket, pull] : [socket]
+            var sockets = [socket]
             if let watch = connection.watch { sockets.append(watch.events) }
-            var poller = ZMQPoller(sockets)
+            var poller = ZMQPoller(sockets, fds: wantInput ? [input.wakeFD] : [])
             let ready = try poller.poll(timeoutMs: min(heartbeat.intervalMs, 200))
             let now = monotonicNanos()
             // A refused key or a security mismatch will not mend by retrying: say so now.
-            if connection.watch != nil && ready[sockets.count - 1], let failure = try connection.watch?.failures().first {
+            if connection.watch != nil && ready[1], let failure = try connection.watch?.failures().first {
                 throw failure
             }
             if ready[0] {
@@ -259,13 +255,15 @@ final class PipelineClient {
                 credit -= chunk.count
                 lastSent = now
             }
-            if wantInput && ready[1] {
+            if wantInput && ready[sockets.count] {
                 var batch: [Envelope] = []
-                while batch.count < credit, let frames = try pull.receive(dontWait: true) {
-                    guard let frame = frames.first, !frame.isEmpty else { inputDone = true; break }
-                    if let envelope = try? Envelope(serializedBytes: frame) {
+                for item in input.takeAvailable(limit: credit) {
+                    switch item {
+                    case .sample(let envelope):
                         inFlight[envelope.seq] = envelope
                         batch.append(envelope)
+                    case .end:
+                        inputDone = true
                     }
                 }
                 if !batch.isEmpty {

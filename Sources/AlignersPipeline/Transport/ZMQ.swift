@@ -165,11 +165,13 @@ public final class ZMQSocket {
 public struct ZMQPoller {
     private var items: [zmq_pollitem_t]
 
-    public init(_ sockets: [ZMQSocket]) {
+    /// Polls `sockets`, then plain file descriptors `fds` (e.g. a `Mailbox`'s), for input.
+    public init(_ sockets: [ZMQSocket], fds: [Int32] = []) {
         items = sockets.map { zmq_pollitem_t(socket: $0.handle, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0) }
+            + fds.map { zmq_pollitem_t(socket: nil, fd: $0, events: Int16(ZMQ_POLLIN), revents: 0) }
     }
 
-    /// Returns which sockets are readable; `timeoutMs` -1 waits forever.
+    /// Returns which sockets, then which descriptors, are readable; `timeoutMs` -1 waits forever.
     public mutating func poll(timeoutMs: Int) throws -> [Bool] {
         let rc = zmq_poll(&items, Int32(items.count), timeoutMs)
         if rc < 0 {

@@ -47,7 +47,9 @@ public final class Worker: @unchecked Sendable {
     private let draining = Atomic<Bool>(false)
     /// Monotonic start of the running job, 0 when idle (read by the socket thread for the watchdog).
     private let busySince = Atomic<UInt64>(0)
-    private let pipeEndpoint = "inproc://aligners-worker-\(UUID().uuidString)"
+    /// Jobs to the compute thread and answers back, as values (see `ComputeItem`).
+    private let jobs: Mailbox<ComputeItem>
+    private let answers: Mailbox<ComputeAnswer>
     /// Called from the socket thread each loop turn with whether the compute thread looks healthy.
     public var onTick: (@Sendable (_ healthy: Bool) -> Void)?
 
@@ -64,6 +66,8 @@ public final class Worker: @unchecked Sendable {
         self.handler = handler
         self.settings = settings
         self.logger = logger
+        jobs = try Mailbox()
+        answers = try Mailbox()
     }
 
     /// Finish the jobs held, tell the router, and return from `run()`. Thread-safe.
@@ -71,15 +75,10 @@ public final class Worker: @unchecked Sendable {
 
     /// Serves until drained. Blocks; call on a dedicated thread.
     public func run() throws {
-        let pipe = try ZMQSocket(context, .pair)
-        try pipe.bind(pipeEndpoint)
         let compute = Thread { [self] in computeLoop() }
         compute.name = "aligners-compute"
         compute.start()
-        defer {
-            _ = try? pipe.send([[]])  // an empty frame stops the compute thread
-            pipe.close()
-        }
+        defer { jobs.put(.stop) }
 
         var connection = try connect()
         var socket = connection.socket
@@ -98,10 +97,11 @@ public final class Worker: @unchecked Sendable {
         // fresh socket, backing off.
         var handshakeFailed = false
         while true {
-            var poller = ZMQPoller([socket, pipe] + (connection.watch.map { [$0.events] } ?? []))
+            let sockets = [socket] + (connection.watch.map { [$0.events] } ?? [])
+            var poller = ZMQPoller(sockets, fds: [answers.wakeFD])
             let ready = try poller.poll(timeoutMs: min(settings.heartbeat.intervalMs, 100))
             let now = monotonicNanos()
-            if ready.count > 2 && ready[2], let failure = try connection.watch?.failures().first {
+            if sockets.count > 1 && ready[1], let failure = try connection.watch?.failures().first {
                 logger.error("router handshake failed", metadata: ["error": "\(failure)", "retry_in_ms": "\(reconnectDelayMs)"])
                 handshakeFailed = true
             }
@@ -120,7 +120,7 @@ public final class Worker: @unchecked Sendable {
                     switch message.kind {
                     case .job(let job):
                         inFlight.insert(HeldJob(incarnation: incarnation, id: job.id, attempt: job.attempt))
-                        try pipe.send([frames[0], HeldJob.encode(incarnation)])
+                        jobs.put(.job(job, incarnation: incarnation))
                     case .heartbeat(let beat) where beat.hasTiming:
                         let timing = HeartbeatSettings(beat.timing)
                         if timing != routerTiming {
@@ -145,17 +145,20 @@ public final class Worker: @unchecked Sendable {
                     }
                 }
             }
-            if ready[1] {
-                while let frames = try pipe.receive(dontWait: true) {
-                    guard frames.count == 2, let message = WireMessage.decode(frames[0]), case .result(let result) = message.kind else { continue }
-                    let from = HeldJob.decode(frames[1])
-                    inFlight.remove(HeldJob(incarnation: from, id: result.id, attempt: result.attempt))
-                    guard from == incarnation else {
+            if ready[sockets.count] {
+                for answer in answers.takeAvailable() {
+                    let result = answer.result
+                    inFlight.remove(HeldJob(incarnation: answer.incarnation, id: result.id, attempt: result.attempt))
+                    guard answer.incarnation == incarnation else {
                         logger.info("answer dropped: its job came from a router that has since restarted",
                                     metadata: ["job": "\(result.id)", "attempt": "\(result.attempt)"])
                         continue
                     }
-                    try socket.send([frames[0]])
+                    // Addressed to the router that gave the job: a restarted one ignores it, even if
+                    // the socket still held it when the restart happened.
+                    var reply = WireMessage(.result(result))
+                    reply.routerIncarnation = answer.incarnation
+                    try socket.send([reply.bytes()])
                     lastSent = now
                 }
             }
@@ -224,18 +227,11 @@ public final class Worker: @unchecked Sendable {
 
     /// The compute thread: one job at a time, as long as the model takes.
     private func computeLoop() {
-        guard let pipe = try? ZMQSocket(context, .pair), (try? pipe.connect(pipeEndpoint)) != nil else { return }
-        defer { pipe.close() }
-        while let frames = try? pipe.receive(), let frame = frames.first, !frame.isEmpty {
-            guard frames.count == 2, let message = WireMessage.decode(frame), case .job(let job) = message.kind else { continue }
+        while case .job(let job, let incarnation) = jobs.take() {
             busySince.store(monotonicNanos(), ordering: .relaxed)
             let result = answer(job)
             busySince.store(0, ordering: .relaxed)
-            // Addressed to the router that gave the job: a restarted one ignores it, even if the
-            // socket still held it when the restart happened.
-            var reply = WireMessage(.result(result))
-            reply.routerIncarnation = HeldJob.decode(frames[1])
-            _ = try? pipe.send([reply.bytes(), frames[1]])
+            answers.put(ComputeAnswer(result: result, incarnation: incarnation))
         }
     }
 
@@ -300,11 +296,18 @@ struct HeldJob: Hashable {
     let incarnation: UInt64
     let id: UInt64
     let attempt: UInt32
+}
 
-    static func encode(_ incarnation: UInt64) -> [UInt8] { withUnsafeBytes(of: incarnation.littleEndian, Array.init) }
-    static func decode(_ bytes: [UInt8]) -> UInt64 {
-        bytes.count == 8 ? UInt64(littleEndian: bytes.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }) : 0
-    }
+/// What the socket thread hands the compute thread.
+enum ComputeItem {
+    case job(Aligners_V1_Job, incarnation: UInt64)
+    case stop
+}
+
+/// A job's answer, for the router incarnation that gave the job.
+struct ComputeAnswer {
+    let result: Aligners_V1_JobResult
+    let incarnation: UInt64
 }
 
 public struct StageError: Error, CustomStringConvertible {
