@@ -1,3 +1,4 @@
+import AlignersCore
 import Foundation
 import AlignersModels
 

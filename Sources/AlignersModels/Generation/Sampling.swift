@@ -1,3 +1,4 @@
+import AlignersCore
 import Foundation
 
 /// How the next token is chosen. `temperature` 0 is greedy (argmax); otherwise repetition penalty,
@@ -32,15 +33,8 @@ public struct SamplingParameters: Sendable, Hashable, Codable {
 public struct SeededGenerator: RandomNumberGenerator, Sendable {
     private var s: (UInt64, UInt64, UInt64, UInt64)
     public init(seed: UInt64) {
-        var x = seed
-        func splitmix() -> UInt64 {
-            x &+= 0x9E37_79B9_7F4A_7C15
-            var z = x
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-        s = (splitmix(), splitmix(), splitmix(), splitmix())
+        var g = SplitMix64(seed: seed)
+        s = (g.next(), g.next(), g.next(), g.next())
     }
     public mutating func next() -> UInt64 {
         let result = ((s.1 &* 5) << 7 | (s.1 &* 5) >> 57) &* 9
