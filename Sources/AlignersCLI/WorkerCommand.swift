@@ -1,3 +1,4 @@
+import AlignersKernels
 import AlignersPipeline
 import ArgumentParser
 import Foundation
@@ -55,7 +56,7 @@ struct WorkerCommand: AsyncParsableCommand {
         let notifier = SystemdNotifier()
         let handler: any StageHandler
         do {
-            let catalog = ModelCatalog(models)
+            let catalog = ModelCatalog(models, compute: .forCommand())
             handler = criteria != nil ? InspectorSetStage(try criteriaList.map { try catalog.inspector(for: $0) })
                 : try catalog.handler(role: role, criterion: criterion)
         } catch {

@@ -76,12 +76,12 @@ struct FeatureViewEncoderTests {
     ]
 
     @Test func lastLayerViewsEqualV1AndEveryViewIsUnitLength() throws {
-        let v1 = try InspectorFeaturizer.shared()
+        let v1 = try InspectorFeaturizer.shared(pool: TestCompute.pool)
         let views = [FeatureView(.y, 0), FeatureView(.response, 6), FeatureView(.x, 6), FeatureView(.pair, 3, .max),
                      FeatureView(.y, 6), FeatureView(.pair, 6)]
-        let f = try InspectorFeaturizer.shared(views: views)
+        let f = try InspectorFeaturizer.shared(views: views, pool: TestCompute.pool)
         #expect(f !== v1 && f.encoder === v1.encoder, "one copy of the weights")
-        #expect(try InspectorFeaturizer.shared(views: views) === f)
+        #expect(try InspectorFeaturizer.shared(views: views, pool: TestCompute.pool) === f)
         let a = try v1.features(Self.exchanges), b = try f.features(Self.exchanges)
         let h = f.hidden
         for i in Self.exchanges.indices {
@@ -101,18 +101,18 @@ struct FeatureViewEncoderTests {
     }
 
     @Test func inspectorTakesItsViewsFromAWiderFeaturizer() throws {
-        let wide = try InspectorFeaturizer.shared(views: [FeatureView(.y, 0)] + FeatureView.v1())
+        let wide = try InspectorFeaturizer.shared(views: [FeatureView(.y, 0)] + FeatureView.v1(), pool: TestCompute.pool)
         var head = InspectorHead(inputDim: 6 * wide.hidden, hidden: 0, seed: 3)
         var rng = SplitMix64(seed: 9)
         head.w2 = (0..<head.inputDim).map { _ in rng.normal() }
         let onWide = try EncoderInspector(criterion: "t", featurizer: wide, head: head, views: FeatureView.v1())
-        let onV1 = try EncoderInspector(criterion: "t", featurizer: try InspectorFeaturizer.shared(), head: head)
+        let onV1 = try EncoderInspector(criterion: "t", featurizer: try InspectorFeaturizer.shared(pool: TestCompute.pool), head: head)
         let s1 = try onWide.score(Self.exchanges), s2 = try onV1.score(Self.exchanges)
         for (x, y) in zip(s1, s2) { #expect(abs(x - y) < 1e-5) }
         #expect(throws: InspectorError.self) {
             try EncoderInspector(criterion: "t", featurizer: wide, head: head, views: [FeatureView(.x, 2)])
         }
         let own = try onWide.onOwnViews()
-        #expect(own.featurizer === (try InspectorFeaturizer.shared()) && own.modelName == onWide.modelName)
+        #expect(own.featurizer === (try InspectorFeaturizer.shared(pool: TestCompute.pool)) && own.modelName == onWide.modelName)
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import AlignersCore
+import AlignersKernels
 
 /// The card written beside a head: what it judges, from what data, how well, when.
 public struct InspectorCard: Codable, Sendable {
@@ -65,7 +66,7 @@ public enum InspectorStore {
 
 /// An inspector: the frozen MiniLM encoder's features of `(x, y)` and a small trained head.
 ///
-///     let inspector = try EncoderInspector.load(criterion: "ethical")            // models/ and inspectors/ found by the locators
+///     let inspector = try EncoderInspector.load(criterion: "ethical", pool: compute.pool)   // models/ and inspectors/ found by the locators
 ///     let p = try inspector.score([Exchange(conversation: [Turn(role: "user", content: q)], response: a)])
 ///
 /// The head's card names its feature views (`feature_recipe`); the featurizer may compute more views
@@ -128,7 +129,7 @@ public final class EncoderInspector: Inspector, @unchecked Sendable {
     /// its feature memo, so scoring the same batch for several criteria runs the encoder once.
     /// A given `featurizer` is used when it computes every view the head needs.
     public static func load(criterion: String, modelsDir: String? = nil, inspectorsDir: String? = nil,
-                            featurizer: InspectorFeaturizer? = nil) throws -> EncoderInspector {
+                            featurizer: InspectorFeaturizer? = nil, pool: ComputePool) throws -> EncoderInspector {
         let url = try InspectorStore.locate(criterion: criterion, explicit: inspectorsDir)
         let (head, meta) = try InspectorStore.loadHead(url)
         let (maxLength, views) = try recipe(of: meta)
@@ -137,7 +138,7 @@ public final class EncoderInspector: Inspector, @unchecked Sendable {
             f = featurizer
         } else {
             let all = unionViews(in: url.deletingLastPathComponent(), maxLength: maxLength, extra: views)
-            f = try InspectorFeaturizer.shared(modelsDir: modelsDir, maxLength: maxLength, views: all)
+            f = try InspectorFeaturizer.shared(modelsDir: modelsDir, maxLength: maxLength, views: all, pool: pool)
         }
         let dim = InspectorHead.transformedDimension(views: views, hidden: f.hidden)
         guard head.inputDim == dim else {
@@ -160,7 +161,8 @@ public final class EncoderInspector: Inspector, @unchecked Sendable {
     /// to share a feature cache with `aligners train inspector`.
     public func onOwnViews(modelsDir: String? = nil) throws -> EncoderInspector {
         if featurizer.views == views { return self }
-        let f = try InspectorFeaturizer.shared(modelsDir: modelsDir, maxLength: featurizer.maxLength, views: views)
+        let f = try InspectorFeaturizer.shared(modelsDir: modelsDir, maxLength: featurizer.maxLength, views: views,
+                                               pool: featurizer.encoder.pool)
         return try EncoderInspector(criterion: criterion, featurizer: f, head: head, views: views, modelName: modelName)
     }
 
@@ -179,12 +181,14 @@ public final class EncoderInspectorSet: @unchecked Sendable {
     public let inspectors: [EncoderInspector]
     public let featurizer: InspectorFeaturizer
 
-    public static func load(criteria: [String], modelsDir: String? = nil, inspectorsDir: String? = nil) throws -> EncoderInspectorSet {
+    public static func load(criteria: [String], modelsDir: String? = nil, inspectorsDir: String? = nil,
+                            pool: ComputePool) throws -> EncoderInspectorSet {
         guard let first = criteria.first else { throw InspectorError("no criteria given") }
-        let a = try EncoderInspector.load(criterion: first, modelsDir: modelsDir, inspectorsDir: inspectorsDir)
+        let a = try EncoderInspector.load(criterion: first, modelsDir: modelsDir, inspectorsDir: inspectorsDir, pool: pool)
         var all = [a]
         for c in criteria.dropFirst() {
-            all.append(try EncoderInspector.load(criterion: c, modelsDir: modelsDir, inspectorsDir: inspectorsDir, featurizer: a.featurizer))
+            all.append(try EncoderInspector.load(criterion: c, modelsDir: modelsDir, inspectorsDir: inspectorsDir, featurizer: a.featurizer,
+                                                 pool: pool))
         }
         return EncoderInspectorSet(inspectors: all, featurizer: a.featurizer)
     }

@@ -109,7 +109,8 @@ public final class InspectorFeaturizer: Sendable {
 
     /// One featurizer per (encoder file, max length, views) per process, all on one copy of the
     /// encoder weights: loaded once, features memoised.
-    public static func shared(modelsDir: String? = nil, maxLength: Int = 256, views: [FeatureView]? = nil) throws -> InspectorFeaturizer {
+    public static func shared(modelsDir: String? = nil, maxLength: Int = 256, views: [FeatureView]? = nil,
+                              pool: ComputePool) throws -> InspectorFeaturizer {
         let weights = try ModelLocator.locate(encoderRelativePath + "/model.safetensors", explicit: modelsDir)
         let path = weights.standardizedFileURL.path
         sharedLock.lock(); defer { sharedLock.unlock() }
@@ -118,7 +119,7 @@ public final class InspectorFeaturizer: Sendable {
         let key = path + "#" + recipe(views: views ?? FeatureView.v1(layers: layers), maxLength: maxLength, layers: layers)
         if let f = sharedInstances[key] { return f }
         let f = try any.map { InspectorFeaturizer(encoder: $0.encoder, tokenizer: $0.tokenizer, maxLength: maxLength, views: views) }
-            ?? load(modelsDir: modelsDir, maxLength: maxLength, views: views)
+            ?? load(modelsDir: modelsDir, maxLength: maxLength, views: views, pool: pool)
         sharedInstances[key] = f
         return f
     }
@@ -137,7 +138,7 @@ public final class InspectorFeaturizer: Sendable {
 
     /// Loads the encoder found through `ModelLocator` (`modelsDir` first when given).
     public static func load(modelsDir: String? = nil, maxLength: Int = 256, views: [FeatureView]? = nil,
-                            pool: ComputePool = .shared) throws -> InspectorFeaturizer {
+                            pool: ComputePool) throws -> InspectorFeaturizer {
         let weights = try ModelLocator.locate(encoderRelativePath + "/model.safetensors", explicit: modelsDir)
         let dir = weights.deletingLastPathComponent()
         let encoder = try BERTEncoder(modelDirectory: dir, pool: pool)
