@@ -105,103 +105,53 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
     public func forward(_ segments: [DecoderSegment], logits: UnsafeMutablePointer<Float>) throws {
         lock.lock(); defer { lock.unlock() }
         let c = config
-        var total = 0
-        var seen = Set<ObjectIdentifier>()
-        for s in segments {
-            guard s.cache.kvDim == c.kvDim, s.cache.layers == c.layers else { throw DecoderError.shape("KV cache made for another model") }
-            guard seen.insert(ObjectIdentifier(s.cache)).inserted else { throw DecoderError.shape("two segments share one KV cache") }
-            guard s.cache.count + s.tokens.count <= s.cache.capacity else {
-                throw DecoderError.contextFull(capacity: s.cache.capacity, have: s.cache.count, adding: s.tokens.count)
-            }
-            guard s.cache.count + s.tokens.count <= c.contextLength else {
-                throw DecoderError.beyondModelContext(positions: s.cache.count + s.tokens.count, contextLength: c.contextLength)
-            }
-            for t in s.tokens where t < 0 || t >= c.vocabulary { throw DecoderError.tokenOutOfRange(t, vocabulary: c.vocabulary) }
-            total += s.tokens.count
-        }
-        // Each adapter once per call, not once per segment (64 segments may share one).
-        var checked = Set<ObjectIdentifier>()
-        for a in segments.compactMap(\.adapter) where checked.insert(ObjectIdentifier(a)).inserted { try a.check(against: c) }
-        if total == 0 { return }
-        let T = total, d = c.embedding, qd = c.qDim, kvd = c.kvDim, ff = c.feedForward
-
-        // Row bookkeeping.
-        var positions = [Int](repeating: 0, count: T)
-        var tokens = [Int](repeating: 0, count: T)
-        var segStart: [Int] = []
-        var r = 0
-        for s in segments {
-            segStart.append(r)
-            for (i, t) in s.tokens.enumerated() { positions[r] = s.cache.count + i; tokens[r] = t; r += 1 }
-        }
+        let batch = try DecoderBatch(segments, config: c)
+        if batch.rows == 0 { return }
+        let T = batch.rows, d = c.embedding, qd = c.qDim, kvd = c.kvDim, ff = c.feedForward
 
         // Activations live in a scratch arena kept between calls.
         let slices = scratch.slices([T * d, T * max(d, qd), T * qd, T * kvd, T * kvd, T * qd, T * ff, T * ff])
         let x = slices[0], h = slices[1], q = slices[2], k = slices[3], v = slices[4], att = slices[5], g = slices[6], u = slices[7]
         let products = LinearProducts(pool: pool, plan: plan, activations: int16)
-        func project(_ x: UnsafeMutablePointer<Float>, rows: Int, _ specs: [(Linear, UnsafeMutablePointer<Float>)],
-                     accumulate: Bool = false, swiglu: Bool = false) {
-            products.project(x, rows: rows, specs, accumulate: accumulate, swiglu: swiglu)
-        }
-
-        tokens.withUnsafeBufferPointer { tk in
-            let emb = tokenEmbedding
-            pool.parallelFor(T) { rows in for i in rows { QuantKernels.dequantizeRow(emb, tk[i], into: x + i * d) } }
-        }
-
-        // Rows served through a LoRA adapter, as runs of consecutive segments with the same one.
-        var adapted: [(adapter: LoRAAdapter, rows: Range<Int>)] = []
-        for (si, s) in segments.enumerated() {
-            guard let a = s.adapter, !s.tokens.isEmpty else { continue }
-            if let last = adapted.last, last.adapter === a, last.rows.upperBound == segStart[si] {
-                adapted[adapted.count - 1].rows = last.rows.lowerBound..<segStart[si] + s.tokens.count
-            } else {
-                adapted.append((a, segStart[si]..<segStart[si] + s.tokens.count))
-            }
-        }
         func addLoRA(_ layer: Int, _ target: LoRATarget, x: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>) {
-            let (inputs, outputs) = target.shape(c)
-            for (a, rows) in adapted {
-                a.add(layer: layer, target, x: x + rows.lowerBound * inputs, rows: rows.count, out: out + rows.lowerBound * outputs,
-                      ldOut: outputs, pool: pool)
-            }
+            batch.addLoRA(layer, target, x: x, into: out, pool: pool)
         }
+
+        batch.embed(tokenEmbedding, into: x, pool: pool)
 
         let eps = c.rmsEpsilon
         for (li, b) in blocks.enumerated() {
             Norms.rms(x, weight: b.attnNorm, eps: eps, rows: T, into: h)
-            project(h, rows: T, [(b.wq, q), (b.wk, k), (b.wv, v)])
+            products.project(h, rows: T, [(b.wq, q), (b.wk, k), (b.wv, v)])
             addLoRA(li, .q, x: h, into: q); addLoRA(li, .k, x: h, into: k); addLoRA(li, .v, x: h, into: v)
-            positions.withUnsafeBufferPointer { pos in
+            batch.positions.withUnsafeBufferPointer { pos in
                 rotary.apply(q, heads: c.heads, rows: T, positions: pos.baseAddress!)
                 rotary.apply(k, heads: c.kvHeads, rows: T, positions: pos.baseAddress!)
             }
-            attention.store(layer: li, segments: segments, segStart: segStart, k: k, v: v)
-            attention(layer: li, segments: segments, segStart: segStart, q: q, out: att, pool: pool, blasThreshold: plan.blasAttentionThreshold)
-            project(att, rows: T, [(b.wo, x)], accumulate: true)
+            attention.store(layer: li, batch, k: k, v: v)
+            attention(layer: li, batch, q: q, out: att, pool: pool, blasThreshold: plan.blasAttentionThreshold)
+            products.project(att, rows: T, [(b.wo, x)], accumulate: true)
             addLoRA(li, .o, x: att, into: x)
             Norms.rms(x, weight: b.ffnNorm, eps: eps, rows: T, into: h)
-            if adapted.isEmpty {
-                project(h, rows: T, [(b.gate, g), (b.up, u)], swiglu: true)
+            if batch.adapted.isEmpty {
+                products.project(h, rows: T, [(b.gate, g), (b.up, u)], swiglu: true)
             } else {
                 // The adapters' deltas go in before the activation, so SwiGLU is not fused here.
-                project(h, rows: T, [(b.gate, g), (b.up, u)])
+                products.project(h, rows: T, [(b.gate, g), (b.up, u)])
                 addLoRA(li, .gate, x: h, into: g); addLoRA(li, .up, x: h, into: u)
                 pool.parallelFor(T) { rs in VectorMath.swiglu(g + rs.lowerBound * ff, u + rs.lowerBound * ff, count: rs.count * ff) }
             }
-            project(g, rows: T, [(b.down, x)], accumulate: true)
+            products.project(g, rows: T, [(b.down, x)], accumulate: true)
             addLoRA(li, .down, x: g, into: x)
         }
 
         // Final norm and logits for the segments that want them.
-        var outRows: [Int] = []
-        for (si, s) in segments.enumerated() where s.wantsLogits && !s.tokens.isEmpty { outRows.append(segStart[si] + s.tokens.count - 1) }
-        if !outRows.isEmpty {
-            let R = outRows.count
-            for (j, row) in outRows.enumerated() { (h + j * d).update(from: x + row * d, count: d) }
+        let R = batch.logitRows.count
+        if R > 0 {
+            for (j, row) in batch.logitRows.enumerated() { (h + j * d).update(from: x + row * d, count: d) }
             Norms.rms(h, weight: outputNorm, eps: eps, rows: R, into: h)
-            project(h, rows: R, [(output, logits)])
+            products.project(h, rows: R, [(output, logits)])
         }
-        for s in segments { s.cache.count += s.tokens.count }
+        batch.advanceCaches()
     }
 }

@@ -17,10 +17,10 @@ final class CausalAttention: @unchecked Sendable {
     var qDim: Int { heads * headDim }
     var kvDim: Int { kvHeads * headDim }
 
-    /// Writes the new rows' keys and values (k, v: one row per new token, segments packed from
-    /// `segStart`) at their positions in each segment's cache.
-    func store(layer: Int, segments: [DecoderSegment], segStart: [Int], k: UnsafePointer<Float>, v: UnsafePointer<Float>) {
-        let kvd = kvDim
+    /// Writes the batch's keys and values (k, v: one row per new token) at their positions in each
+    /// segment's cache.
+    func store(layer: Int, _ batch: DecoderBatch, k: UnsafePointer<Float>, v: UnsafePointer<Float>) {
+        let kvd = kvDim, segments = batch.segments, segStart = batch.segStart
         for (si, s) in segments.enumerated() {
             for i in 0..<s.tokens.count {
                 let row = segStart[si] + i, p = s.cache.count + i
@@ -30,9 +30,11 @@ final class CausalAttention: @unchecked Sendable {
         }
     }
 
-    /// out = softmax(q·Kᵀ/√d, causal)·V per head, for every new row (q, out: one row per new token).
-    func callAsFunction(layer: Int, segments: [DecoderSegment], segStart: [Int], q: UnsafeMutablePointer<Float>,
-                        out: UnsafeMutablePointer<Float>, pool: ComputePool, blasThreshold: Int) {
+    /// out = softmax(q·Kᵀ/√d, causal)·V per head, for every row of the batch (q, out: one row per
+    /// new token).
+    func callAsFunction(layer: Int, _ batch: DecoderBatch, q: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>,
+                        pool: ComputePool, blasThreshold: Int) {
+        let segments = batch.segments, segStart = batch.segStart
         let hd = headDim, qd = qDim, kvd = kvDim, group = heads / kvHeads, heads = self.heads
         let scale = 1 / Float(hd).squareRoot()
         // Long segments (prompts): two sgemms per head, each split where the cache's shared
