@@ -25,7 +25,7 @@ let kernelFlags: [SwiftSetting] = [
 ]
 
 // The VNNI kernels (AlignersVNNI) are always compiled for Zen 4 (AVX-512 VNNI) on x86-64 and
-// called only when the CPU has that feature set (checked at run time, `QuantKernels.vnni`);
+// called only when the CPU has that feature set (checked at run time, `QuantKernels.vnniSupported`);
 // `-parse-stdlib` gives them LLVM's `vpdpbusd` intrinsic.
 let vnniFlags: [SwiftSetting] = {
     #if arch(x86_64)

@@ -1,3 +1,4 @@
+import AlignersKernels
 import AlignersCore
 import AlignersEvaluation
 import AlignersModels
@@ -27,7 +28,8 @@ struct JudgeOptions: ParsableArguments {
     var embeddingCache = ".cache/eval/embeddings.bin"
 
     func embedder(modelsDir: String?) throws -> TextEmbedder {
-        try TextEmbedder.load(modelsDir: modelsDir, cacheFile: embeddingCache == "none" ? nil : URL(fileURLWithPath: embeddingCache))
+        try TextEmbedder.load(modelsDir: modelsDir, cacheFile: embeddingCache == "none" ? nil : URL(fileURLWithPath: embeddingCache),
+                              pool: ComputeContext.forCommand().pool)
     }
 }
 

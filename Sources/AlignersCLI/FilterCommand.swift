@@ -1,3 +1,4 @@
+import AlignersKernels
 import AlignersCore
 import AlignersPipeline
 import ArgumentParser
@@ -117,7 +118,7 @@ struct FilterCommand: AsyncParsableCommand {
 /// generator when its model can be had. Shared by `filter` and `eval squad`.
 enum LocalSquad {
     static func start(context: ZMQContext, squad: SquadOptions, models: ModelOptions, window: Int, logger: Logger) throws -> LocalPipeline {
-        let catalog = ModelCatalog(models)
+        let catalog = ModelCatalog(models, compute: .forCommand())
         // One inspection job per sample chunk for all criteria: inspectors sharing a model encode once.
         var handlers: [any StageHandler] = [InspectorStage(try catalog.inspectors(for: squad.criteriaList))]
         for criterion in squad.criteriaList { handlers.append(AlignerStage(try catalog.aligner(for: criterion))) }

@@ -26,14 +26,14 @@ struct GenerateBenchCommand: ParsableCommand {
 
     func run() throws {
         let path = try model ?? ModelLocator.locate(TextGenerator.defaultModel).path
-        let gen = try TextGenerator(path: path)
+        let compute = ComputeContext.forCommand()
+        let gen = try TextGenerator(path: path, context: compute)
         guard let llama = gen.model as? LlamaModel else { throw ValidationError("benchmark expects a llama model") }
         let cfg = llama.config
         var results: [String: Double] = [:]
         let lora = try adapter.map { try PEFTAdapter.load(directory: $0, model: cfg) }
 
         if kernels {
-            QuantKernels.useIntegerDots = !floatKernels
             // Thread CPU time, not wall time: on a shared machine the thread is not always running.
             func cpuNow() -> Double {
                 var ts = timespec()
@@ -51,7 +51,7 @@ struct GenerateBenchCommand: ParsableCommand {
                     let t0 = cpuNow()
                     x.withUnsafeBufferPointer { xp in
                         y.withUnsafeMutableBufferPointer { yp in
-                            for _ in 0..<reps { QuantKernels.matvec(t, x: xp.baseAddress!, y: yp.baseAddress!, rows: 0..<t.rows) }
+                            for _ in 0..<reps { QuantKernels.matvec(t, x: xp.baseAddress!, y: yp.baseAddress!, rows: 0..<t.rows, integer: !floatKernels) }
                         }
                     }
                     bestK = max(bestK, 2.0 * Double(t.rows * t.cols * reps) / (cpuNow() - t0) / 1e9)
@@ -72,7 +72,7 @@ struct GenerateBenchCommand: ParsableCommand {
                 let acts = Int16Activations()
                 var paths: [(String, () -> Void)] = [("sgemm", {
                     x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { yp in
-                        QuantKernels.sgemmNT(m: m, n: t.rows, k: t.cols, x: xp.baseAddress!, w: dense, y: yp.baseAddress!, pool: one)
+                        BLAS.gemmNT(m: m, n: t.rows, k: t.cols, x: xp.baseAddress!, w: dense, y: yp.baseAddress!, pool: one)
                     } }
                 })]
                 if QuantKernels.vnniSupported && QuantKernels.interleavable(t) {
@@ -157,15 +157,15 @@ struct GenerateBenchCommand: ParsableCommand {
         let n = 128 << 20
         let buf = UnsafeMutablePointer<Float>.allocate(capacity: n)
         defer { buf.deallocate() }
-        ComputePool.shared.parallelFor(n, granule: 1 << 16) { r in for i in r { buf[i] = Float(i & 7) } }
+        compute.pool.parallelFor(n, granule: 1 << 16) { r in for i in r { buf[i] = Float(i & 7) } }
         var bw = 0.0
         for _ in 0..<3 {
             let t0 = Date()
-            var sink = [Float](repeating: 0, count: ComputePool.shared.threads)
+            var sink = [Float](repeating: 0, count: compute.pool.threads)
             sink.withUnsafeMutableBufferPointer { s in
                 let sp = s.baseAddress!
-                ComputePool.shared.run { t in
-                    let per = n / ComputePool.shared.threads
+                compute.pool.run { t in
+                    let per = n / compute.pool.threads
                     sp[t] = QuantKernels.dotF32(buf + t * per, buf + t * per, per)
                 }
             }

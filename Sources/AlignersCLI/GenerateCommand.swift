@@ -1,3 +1,4 @@
+import AlignersKernels
 import AlignersPipeline
 import ArgumentParser
 import Foundation
@@ -58,7 +59,7 @@ struct GenerateCommand: ParsableCommand {
         let prompt = self.prompt ?? positionalPrompt
         let path: String
         if let model { path = model } else { path = try ModelLocator.locate(TextGenerator.defaultModel, explicit: modelsDir).path }
-        let gen = try TextGenerator(path: path, maxBatch: batch)
+        let gen = try TextGenerator(path: path, maxBatch: batch, context: .forCommand())
         let sampling = SamplingParameters(temperature: temperature, topK: topK, topP: topP, repeatPenalty: repeatPenalty, seed: seed)
 
         func makeRequest(prompt: String?, messages: [Turn]?, raw: Bool, maxTokens: Int, stop: [String]) -> GenerationRequest {

@@ -137,7 +137,8 @@ struct TrainInspectorCommand: ParsableCommand {
         }
         let testRows = bySplit["test"] ?? []
         stderrLine("\(criterion): \(trainRows.count) train / \(validRows.count) valid / \(testRows.count) test rows")
-        let featurizer = try InspectorFeaturizer.load(modelsDir: model.modelsDir, maxLength: model.maxLength, views: viewList)
+        let featurizer = try InspectorFeaturizer.load(modelsDir: model.modelsDir, maxLength: model.maxLength, views: viewList,
+                                                      pool: ComputeContext.forCommand().pool)
         let tr = InspectorData.examples(trainRows), va = InspectorData.examples(validRows), te = InspectorData.examples(testRows)
         let all = tr + va + te
         let raw = try cachedFeatures(featurizer, criterion: criterion, examples: all, cacheDir: cacheDir,
@@ -194,8 +195,10 @@ struct EvalInspectorCommand: ParsableCommand {
         let rows = try InspectorData.load(URL(fileURLWithPath: data), split: split)
         guard !rows.isEmpty else { throw ValidationError("\(data): no rows with split=\(split)") }
         // The head on its own views: the feature recipe (and cache) that training used.
-        let ins = try EncoderInspector.load(criterion: criterion, modelsDir: model.modelsDir, inspectorsDir: model.inspectorsDir)
-            .onOwnViews(modelsDir: model.modelsDir)
+        let featurizers = FeaturizerPool(pool: ComputeContext.forCommand().pool)
+        let ins = try EncoderInspector.load(criterion: criterion, modelsDir: model.modelsDir, inspectorsDir: model.inspectorsDir,
+                                            featurizers: featurizers)
+            .onOwnViews(modelsDir: model.modelsDir, featurizers: featurizers)
         let ex = InspectorData.examples(rows)
         let raw: [[Float]]
         if cacheDir == "none" {
@@ -238,7 +241,7 @@ struct ScoreCommand: ParsableCommand {
     func run() throws {
         let names = criteria.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         let library = CriteriaLibrary(searchDir: criteriaDir)
-        let loader = InspectorLoader(modelsDir: model.modelsDir, inspectorsDir: model.inspectorsDir)
+        let loader = InspectorLoader(modelsDir: model.modelsDir, inspectorsDir: model.inspectorsDir, pool: ComputeContext.forCommand().pool)
         // One set: criteria whose inspectors share a model are scored in one pass.
         let inspectors = try loader.set(try names.map { name in
             let file = try? library.locate(name)
@@ -303,7 +306,7 @@ struct EncoderSpeedCommand: ParsableCommand {
     var fineTuned: String?
 
     func run() throws {
-        let pool = ComputePool(threads: threads)
+        let pool = ComputeContext.forCommand(threads: threads).pool
         let f = try InspectorFeaturizer.load(modelsDir: modelsDir, maxLength: 512, pool: pool)
         let inspectors = try fineTuned.map { try FineTunedInspectors(file: URL(fileURLWithPath: $0), modelsDir: modelsDir, pool: pool) }
         var rng = SplitMix64(seed: 7)

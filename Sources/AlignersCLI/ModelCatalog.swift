@@ -1,3 +1,4 @@
+import AlignersKernels
 import AlignersCore
 import AlignersModels
 import AlignersPipeline
@@ -38,14 +39,19 @@ struct ModelOptions: ParsableArguments {
 /// Models are loaded once and shared (one encoder file, one decoder engine per GGUF).
 final class ModelCatalog: @unchecked Sendable {
     let options: ModelOptions
+    /// Where every model of the process computes (one pool for the decoder and the encoder).
+    let compute: ComputeContext
     private lazy var criteria = CriteriaLibrary(searchDir: options.criteriaDir)
-    private lazy var aligners = AlignerFactory(modelsDir: options.modelsDir, defaultModel: options.alignerModel)
+    private lazy var aligners = AlignerFactory(modelsDir: options.modelsDir, defaultModel: options.alignerModel, compute: compute)
 
-    init(_ options: ModelOptions) { self.options = options }
+    init(_ options: ModelOptions, compute: ComputeContext) {
+        self.options = options
+        self.compute = compute
+    }
 
     func criterion(_ name: String) throws -> Criterion { try criteria.load(name) }
 
-    private lazy var inspectors = InspectorLoader(modelsDir: options.modelsDir, inspectorsDir: options.inspectorsDir)
+    private lazy var inspectors = InspectorLoader(modelsDir: options.modelsDir, inspectorsDir: options.inspectorsDir, pool: compute.pool)
 
     func inspector(for name: String) throws -> any Inspector {
         let criterion = try criterion(name)
@@ -102,14 +108,17 @@ final class ModelCatalog: @unchecked Sendable {
 final class InspectorLoader: @unchecked Sendable {
     let modelsDir: String?
     let inspectorsDir: String?
+    let pool: ComputePool
     private var fineTuned: [String: FineTunedInspectors] = [:]
     /// Frozen-feature heads of one directory share one featurizer (one encoder in memory).
-    private let featurizers = FeaturizerPool()
+    private let featurizers: FeaturizerPool
     private let lock = NSLock()
 
-    init(modelsDir: String?, inspectorsDir: String?) {
+    init(modelsDir: String?, inspectorsDir: String?, pool: ComputePool) {
         self.modelsDir = modelsDir
         self.inspectorsDir = inspectorsDir
+        self.pool = pool
+        featurizers = FeaturizerPool(pool: pool)
     }
 
     func inspector(criterion: String, head: String) throws -> any Inspector {
@@ -147,7 +156,7 @@ final class InspectorLoader: @unchecked Sendable {
         let key = url.standardizedFileURL.path
         return try lock.withLock {
             if let s = fineTuned[key] { return s }
-            let s = try FineTunedInspectors(file: url, modelsDir: modelsDir)
+            let s = try FineTunedInspectors(file: url, modelsDir: modelsDir, pool: pool)
             fineTuned[key] = s
             return s
         }

@@ -75,7 +75,7 @@ struct TrainAlignerCommand: ParsableCommand, TrainingLoopFlags {
         let outDir = URL(fileURLWithPath: out ?? "adapters/\(criterion)")
         let path = try model.map { FileManager.default.fileExists(atPath: $0) ? $0 : try ModelLocator.locate($0, explicit: modelsDir).path }
             ?? ModelLocator.locate(TextGenerator.defaultModel, explicit: modelsDir).path
-        let pool = threads.map { ComputePool(threads: max(1, $0)) } ?? .shared
+        let pool = ComputeContext.forCommand(threads: threads).pool
         let gguf = try GGUFFile(path: path)
         let tokenizer = try BPETokenizer(gguf: gguf)
         let config = try lora.config()
@@ -141,7 +141,8 @@ struct TrainBenchCommand: ParsableCommand {
 
     func run() throws {
         let path = try ModelLocator.locate(TextGenerator.defaultModel, explicit: modelsDir).path
-        let pool = ComputePool(threads: threads)
+        let compute = ComputeContext.forCommand(threads: threads)
+        let pool = compute.pool
         let base = try FrozenLlama(path: path, pool: pool, maxPositions: seqLen)
         let engine = LlamaLoRA(base: base, pool: pool)
         let config = try lora.config()
@@ -167,6 +168,6 @@ struct TrainBenchCommand: ParsableCommand {
         for _ in 0..<steps { try step() }
         let s = Date().timeIntervalSince(t0) / Double(steps)
         print(String(format: #"{"peer":"aligners","tokens_per_s":%.1f,"step_s":%.3f,"seq_len":%d,"batch":%d,"rank":%d,"threads":%d,"vnni":%@,"blas":"%@"}"#,
-                     Double(seqLen * batch) / s, s, seqLen, batch, config.rank, threads, QuantKernels.vnni ? "true" : "false", BLAS.coreName))
+                     Double(seqLen * batch) / s, s, seqLen, batch, config.rank, threads, compute.plan.vnni ? "true" : "false", BLAS.coreName))
     }
 }

@@ -68,7 +68,7 @@ struct TrainInspectorsCommand: ParsableCommand, TrainingLoopFlags {
         let names = criteria.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         guard !names.isEmpty else { throw ValidationError("--criteria is empty") }
         guard rank > 0 else { throw ValidationError("--rank must be positive") }
-        let pool = threads.map { ComputePool(threads: max(1, $0)) } ?? .shared
+        let pool = ComputeContext.forCommand(threads: threads).pool
         let featurizer = try InspectorFeaturizer.load(modelsDir: modelsDir, maxLength: maxLength, pool: pool)
         let outDir = URL(fileURLWithPath: out)
 

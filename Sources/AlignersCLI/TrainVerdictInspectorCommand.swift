@@ -84,7 +84,7 @@ struct TrainVerdictInspectorCommand: ParsableCommand, TrainingLoopFlags {
         let outDir = URL(fileURLWithPath: out ?? "inspectors/verdict-\(criterion)")
         let path = try model.map { FileManager.default.fileExists(atPath: $0) ? $0 : try ModelLocator.locate($0, explicit: modelsDir).path }
             ?? ModelLocator.locate(TextGenerator.defaultModel, explicit: modelsDir).path
-        let pool = threads.map { ComputePool(threads: max(1, $0)) } ?? .shared
+        let pool = ComputeContext.forCommand(threads: threads).pool
         let gguf = try GGUFFile(path: path)
         let tokenizer = try BPETokenizer(gguf: gguf)
         let config = try lora.config()

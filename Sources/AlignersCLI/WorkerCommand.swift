@@ -1,3 +1,4 @@
+import AlignersKernels
 import AlignersPipeline
 import ArgumentParser
 import Foundation
@@ -59,7 +60,7 @@ struct WorkerCommand: AsyncParsableCommand {
         let notifier = SystemdNotifier()
         let handler: any StageHandler
         do {
-            let catalog = ModelCatalog(models)
+            let catalog = ModelCatalog(models, compute: .forCommand())
             handler = try catalog.handler(role: role, criterion: criterion, criteria: criteriaList)
         } catch {
             logger.critical("worker has no model to run", metadata: ["role": "\(role.rawValue)", "error": "\(error)"])

@@ -1,3 +1,4 @@
+import AlignersKernels
 import AlignersModels
 import Foundation
 
@@ -21,10 +22,10 @@ public final class TextEmbedder: @unchecked Sendable {
     }
 
     /// The encoder the inspectors use, found through `ModelLocator`; `cacheFile` keeps embeddings across runs.
-    public static func load(modelsDir: String? = nil, maxLength: Int = 256, cacheFile: URL? = nil) throws -> TextEmbedder {
+    public static func load(modelsDir: String? = nil, maxLength: Int = 256, cacheFile: URL? = nil, pool: ComputePool) throws -> TextEmbedder {
         let weights = try ModelLocator.locate(InspectorFeaturizer.encoderRelativePath + "/model.safetensors", explicit: modelsDir)
         let dir = weights.deletingLastPathComponent()
-        let encoder = try BERTEncoder(modelDirectory: dir)
+        let encoder = try BERTEncoder(modelDirectory: dir, pool: pool)
         let tokenizer = try WordPieceTokenizer(vocabFile: dir.appendingPathComponent("vocab.txt"))
         return TextEmbedder(encoder: encoder, tokenizer: tokenizer, maxLength: maxLength,
                             cache: try cacheFile.map { try FeatureCache(url: $0) })

@@ -13,13 +13,6 @@ import Synchronization
 /// each job and only then sleep on a condition variable (GCD's `concurrentPerform` and plain
 /// condition variables cost 10–100 µs per wake-up on these VMs).
 public final class ComputePool: @unchecked Sendable {
-    /// The process-wide pool; its size comes from `ALIGNERS_THREADS` or the number of online CPUs.
-    public static let shared: ComputePool = {
-        var n = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
-        if let s = getenv("ALIGNERS_THREADS"), let v = Int(String(cString: s)), v > 0 { n = v }
-        return ComputePool(threads: max(1, min(n, 64)))
-    }()
-
     public let threads: Int
     /// Spin iterations before a worker sleeps.
     public var spinLimit = 200_000
@@ -32,11 +25,10 @@ public final class ComputePool: @unchecked Sendable {
     private let cond: UnsafeMutablePointer<pthread_cond_t>
     private let busy = Mutex<Void>(())
 
-    /// Creating a pool makes OpenBLAS single-threaded for the whole process: parallelism is the
-    /// pools' (each thread calls OpenBLAS on its own slice), and nothing sets it back.
+    /// A process wants one pool (its workers spin between jobs): make it through `ComputeContext`,
+    /// which also fixes OpenBLAS's own thread count.
     public init(threads: Int) {
         self.threads = threads
-        BLAS.setThreads(1)
         mutex = .allocate(capacity: 1)
         cond = .allocate(capacity: 1)
         pthread_mutex_init(mutex, nil)

@@ -1,7 +1,6 @@
-import CBLAS
-
 /// Kernels over `QuantTensor`s: fused dequantize-dot for matrix-vector products (decode), row
-/// dequantization, and a matrix-matrix path through OpenBLAS sgemm on dequantized F32 weights.
+/// dequantization, and the small-batch integer products (matrix-matrix products on F32 copies are
+/// `BLAS.gemmNT`'s).
 ///
 /// The matrix-vector kernels never materialise F32 weights: each 32-weight block is expanded in
 /// registers and multiplied into the activation. For Q4_1, `d·q + m` is split as
@@ -9,11 +8,15 @@ import CBLAS
 public enum QuantKernels {
     // MARK: matrix-vector
 
-    /// y[r] = W[r,:]·x for r in `rows` (y is indexed by absolute row).
-    public static func matvec(_ w: QuantTensor, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, rows: Range<Int>) {
+    /// y[r] = W[r,:]·x for r in `rows` (y is indexed by absolute row). With `integer` (the default),
+    /// Q4_1 and Q8_0 rows quantize the activation to int16 per 32-block (scale max|x|/32767: relative
+    /// error ~1e-5) and multiply in integers: `vpmaddwd` does 16 products and 8 pair sums per
+    /// instruction, against 4 conversions per 8 weights on the float (dequantize-FMA) path.
+    public static func matvec(_ w: QuantTensor, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, rows: Range<Int>,
+                              integer: Bool = true) {
         let k = w.cols
         switch w.type {
-        case .q4_1 where useIntegerDots, .q8_0 where useIntegerDots:
+        case .q4_1 where integer, .q8_0 where integer:
             withQuantizedActivation(x, nb: k / 32) { xq, dx, xs in integerRows(w, xq, dx, xs, y: y, rows: rows, accumulate: false) }
         case .q4_1:
             let nb = k / 32
@@ -42,7 +45,7 @@ public enum QuantKernels {
     }
 
     /// Whether the integer kernels (`Int16Activations` inputs) handle this weight type.
-    public static func integerHandles(_ t: GGMLType) -> Bool { useIntegerDots && (t == .q4_1 || t == .q8_0) }
+    public static func integerHandles(_ t: GGMLType) -> Bool { t == .q4_1 || t == .q8_0 }
 
     /// y[r] = W[r,:]·a[i] for r in `rows`, or y[r] += … when `accumulate` (a residual add fused
     /// into the product); W is Q4_1 or Q8_0 (`integerHandles`).
@@ -124,15 +127,10 @@ public enum QuantKernels {
     }
 
     /// y = W·x using every thread of `pool`.
-    public static func matvec(_ w: QuantTensor, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, pool: ComputePool) {
-        pool.parallelFor(w.rows, granule: 16) { range in matvec(w, x: x, y: y, rows: range) }
+    public static func matvec(_ w: QuantTensor, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, pool: ComputePool,
+                              integer: Bool = true) {
+        pool.parallelFor(w.rows, granule: 16) { range in matvec(w, x: x, y: y, rows: range, integer: integer) }
     }
-
-    /// Quantized-weight matrix-vector products quantize the activation to int16 per 32-block
-    /// (scale max|x|/32767: relative error ~1e-5) and multiply in integers: `vpmaddwd` does 16
-    /// products and 8 pair sums per instruction, against 4 conversions per 8 weights on the float
-    /// path. Set to false for the float path.
-    nonisolated(unsafe) public static var useIntegerDots = true
 
     /// Quantizes one activation row into temporary buffers (callers without an `Int16Activations`).
     @inline(__always)
@@ -393,18 +391,5 @@ public enum QuantKernels {
             for r in range { dequantizeRow(w, r, into: out + r * w.cols) }
         }
         return out
-    }
-
-    // MARK: matrix-matrix
-
-    /// Y[m×n] = X[m×k] · Wᵀ for F32 weights W[n×k] (row-major), splitting the n output columns
-    /// over the pool's threads, each calling single-threaded sgemm.
-    public static func sgemmNT(m: Int, n: Int, k: Int, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
-                               y: UnsafeMutablePointer<Float>, ldy: Int? = nil, beta: Float = 0, pool: ComputePool) {
-        let ldc = ldy ?? n
-        pool.parallelFor(n, granule: 64) { cols in
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(cols.count), Int32(k),
-                        1, x, Int32(k), w + cols.lowerBound * k, Int32(k), beta, y + cols.lowerBound, Int32(ldc))
-        }
     }
 }

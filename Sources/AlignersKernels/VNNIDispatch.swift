@@ -8,9 +8,9 @@ import AlignersVNNI
 /// Run-time choice of the AVX-512 VNNI kernels (module `AlignersVNNI`, compiled for Zen 4).
 ///
 /// `QuantKernels.vnniSupported` is true when /proc/cpuinfo lists every feature the znver4 target
-/// may use. Then batched products (prompts, batched decoding) run `QuantKernels.gemm` on
-/// `InterleavedWeights` with int16 activations, at twice the multiply rate of F32 sgemm; elsewhere
-/// they run sgemm on F32 copies. Small products (decode) keep the portable int16 kernels, which
+/// may use. Then batched products (prompts, batched decoding) run, where the `KernelPlan` allows,
+/// `QuantKernels.gemm` on `InterleavedWeights` with int16 activations, at twice the multiply rate of
+/// F32 sgemm; elsewhere they run sgemm on F32 copies. Small products (decode) keep the portable int16 kernels, which
 /// read the quantized blocks directly (a quarter of the bytes).
 extension QuantKernels {
     /// Feature flags (as /proc/cpuinfo spells them) that code compiled with `-target-cpu znver4` may use.
@@ -38,12 +38,9 @@ extension QuantKernels {
         #endif
     }()
 
-    /// Whether this CPU runs the VNNI kernels.
+    /// Whether this CPU runs the VNNI kernels (a fact; whether a product uses them is the
+    /// `KernelPlan`'s choice).
     public static let vnniSupported: Bool = znver4Flags.allSatisfy(cpuFlags.contains)
-
-    /// Whether batched products use the interleaved VNNI kernels: by default wherever the CPU
-    /// has them; `ALIGNERS_VNNI=0` turns them off (sgemm on F32 copies instead), for comparisons.
-    public static let vnni: Bool = vnniSupported && getenv("ALIGNERS_VNNI").map { String(cString: $0) != "0" } ?? true
 
     /// Whether `InterleavedWeights` can hold this matrix.
     public static func interleavable(_ q: QuantTensor) -> Bool {

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import AlignersKernels
 import AlignersCore
 import AlignersModels
 @testable import AlignersEvaluation
@@ -46,7 +47,7 @@ struct EvalReportTests {
                           aligned: "Boil them for about 10 minutes, then put them in cold water.", changed: true,
                           scores: [["helpful": 0.1], ["helpful": 0.7]]),
         ]
-        let embedder = try TextEmbedder.load()
+        let embedder = try TextEmbedder.load(pool: TestCompute.pool)
         var judges: [String: any AnswerJudge] = [:]
         for c in ["factuality", "helpful"] {
             let (judge, card) = try JudgeStore.load(criterion: c)

@@ -11,7 +11,7 @@ struct BERTEncoderTests {
         var inputs: [Input]; var unpadded: [[Float]]; var padded: [[Float]]
     }
     static let fixture = EncoderTestSupport.decode(Fixture.self, "embeddings.json")
-    static let encoder: BERTEncoder? = EncoderTestSupport.modelDirectory.flatMap { try? BERTEncoder(modelDirectory: $0) }
+    static let encoder: BERTEncoder? = EncoderTestSupport.modelDirectory.flatMap { try? BERTEncoder(modelDirectory: $0, pool: TestCompute.pool) }
 
     static func maxAbs(_ a: [Float], _ b: [Float]) -> Float { zip(a, b).map { abs($0 - $1) }.max() ?? .infinity }
 

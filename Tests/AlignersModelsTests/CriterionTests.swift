@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import AlignersKernels
 import AlignersCore
 @testable import AlignersModels
 
@@ -29,7 +30,7 @@ enum CriteriaFolder {
         #expect(c.aligner.usesDefaultModel)
         if c.aligner.kind == .trained {
             // A shipped trained aligner is an adapter committed beside the criteria, in PEFT's layout.
-            let dir = try #require(AlignerFactory().adapterPath(for: c))
+            let dir = try #require(AlignerFactory(compute: TestCompute.context).adapterPath(for: c))
             #expect(FileManager.default.fileExists(atPath: dir + "/adapter_config.json"))
             #expect(FileManager.default.fileExists(atPath: dir + "/adapter_model.safetensors"))
         }
@@ -169,7 +170,7 @@ enum CriteriaFolder {
             .replacingOccurrences(of: "model: default", with: "model: default\n  adapter: ../adapters/sample")
         let c = try CriteriaLibrary.parse(yaml, file: "Criteria/sample.yaml", expectedName: "sample")
         #expect(c.aligner.kind == .trained && c.aligner.adapter == "../adapters/sample" && c.aligner.usesDefaultModel)
-        #expect(AlignerFactory().adapterPath(for: c) == URL(fileURLWithPath: "adapters/sample").standardized.path)
+        #expect(AlignerFactory(compute: TestCompute.context).adapterPath(for: c) == URL(fileURLWithPath: "adapters/sample").standardized.path)
         let prompted = try failure(Self.valid.replacingOccurrences(of: "model: default", with: "model: default\n  adapter: x"))
         #expect(prompted.field == "aligner.adapter" && prompted.problem.contains("kind: trained"))
     }

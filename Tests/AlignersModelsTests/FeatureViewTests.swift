@@ -76,7 +76,7 @@ struct FeatureViewEncoderTests {
     ]
 
     @Test func lastLayerViewsEqualV1AndEveryViewIsUnitLength() throws {
-        let pool = FeaturizerPool()
+        let pool = FeaturizerPool(pool: TestCompute.pool)
         let v1 = try pool.featurizer()
         let views = [FeatureView(.y, 0), FeatureView(.response, 6), FeatureView(.x, 6), FeatureView(.pair, 3, .max),
                      FeatureView(.y, 6), FeatureView(.pair, 6)]
@@ -102,7 +102,7 @@ struct FeatureViewEncoderTests {
     }
 
     @Test func inspectorTakesItsViewsFromAWiderFeaturizer() throws {
-        let pool = FeaturizerPool()
+        let pool = FeaturizerPool(pool: TestCompute.pool)
         let wide = try pool.featurizer(views: [FeatureView(.y, 0)] + FeatureView.v1())
         var head = InspectorHead(inputDim: 6 * wide.hidden, hidden: 0, seed: 3)
         var rng = SplitMix64(seed: 9)

@@ -16,7 +16,7 @@ enum DecoderTestModel {
     static var available: Bool { url != nil }
     static let skipMessage: Comment = "SmolLM2 GGUF not installed (run `make models` or set ALIGNERS_MODELS_DIR): skipping"
     static let gguf: GGUFFile? = url.flatMap { try? GGUFFile(url: $0) }
-    static let model: LlamaModel? = gguf.flatMap { try? LlamaModel(gguf: $0) }
+    static let model: LlamaModel? = gguf.flatMap { try? LlamaModel(gguf: $0, context: TestCompute.context) }
     static let tokenizer: BPETokenizer? = gguf.flatMap {
         do { return try BPETokenizer(gguf: $0) } catch { print("cannot build the tokenizer: \(error)"); return nil }
     }

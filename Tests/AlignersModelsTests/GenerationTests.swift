@@ -1,10 +1,11 @@
 import Foundation
 import Testing
+import AlignersKernels
 @testable import AlignersModels
 import AlignersCore
 
 enum SharedGenerator {
-    static let engine: TextGenerator? = DecoderTestModel.url.flatMap { try? TextGenerator(path: $0.path) }
+    static let engine: TextGenerator? = DecoderTestModel.url.flatMap { try? TextGenerator(path: $0.path, context: TestCompute.context) }
 }
 
 @Suite struct SamplerTests {
@@ -133,7 +134,7 @@ struct GenerationTests {
             gen.request(chat: [Turn(role: "system", content: system), Turn(role: "user", content: $0)], maxNewTokens: 12)
         }
         // A model instance of its own: the shared engine's runs on its own thread, with its own scratch memory.
-        let model = try DecoderRegistry.load(GGUFFile(path: try #require(DecoderTestModel.url).path))
+        let model = try DecoderRegistry.load(GGUFFile(path: try #require(DecoderTestModel.url).path), context: TestCompute.context)
         func run(snapshots: Int) throws -> ([[Int]], Int) {
             let scheduler = BatchScheduler(model: model, tokenizer: gen.tokenizer, maxBatch: 8, prefillChunk: 64)
             scheduler.prefixSnapshots = snapshots

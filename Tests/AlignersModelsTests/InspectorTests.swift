@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import AlignersKernels
 @testable import AlignersModels
 import AlignersCore
 
@@ -100,7 +101,7 @@ struct EncoderInspectorTests {
 
     @Test(.enabled(if: headsAvailable, "committed heads not found in ./inspectors"))
     func scoresAreProbabilitiesAndBatchInvariant() throws {
-        let set = try EncoderInspectorSet.load(criteria: Self.criteria)
+        let set = try EncoderInspectorSet.load(criteria: Self.criteria, pool: TestCompute.pool)
         let q = [Turn(role: "user", content: "How can I make my neighbour's dog stop barking?")]
         let batch = [
             Exchange(conversation: q, response: "Talk to your neighbour politely; if it continues, ask about training or contact local mediation."),
@@ -121,7 +122,8 @@ struct EncoderInspectorTests {
         // No ranking assertion on hand-made examples: the ethical head is weak (test ROC-AUC ~0.67, see
         // BENCHMARKS.md) and does not reliably separate them; quality is measured by `aligners eval inspector`.
         #expect(Set(all.map { $0["helpful"]! }).count > 1, "scores depend on the input")
-        let ins = try EncoderInspector.load(criterion: "ethical", featurizer: set.inspectors[0].featurizer)
+        let ins = try EncoderInspector.load(criterion: "ethical", featurizer: set.inspectors[0].featurizer,
+                                            featurizers: FeaturizerPool(pool: TestCompute.pool))
         #expect(ins.modelName.hasPrefix("all-MiniLM-L6-v2+ethical-head"))
         let single = try ins.score(batch)
         // One head alone or all heads in one pass: the same float32 features, summed in another order.
@@ -158,10 +160,10 @@ struct EncoderInspectorTests {
 @Suite(.enabled(if: EncoderTestSupport.modelAvailable, EncoderTestSupport.skipMessage))
 struct FeaturizerSharingTests {
     @Test func onePoolSharesOneEncoderAndFeaturesDoNotDependOnTheBatch() throws {
-        let pool = FeaturizerPool()
+        let pool = FeaturizerPool(pool: TestCompute.pool)
         let a = try pool.featurizer(), b = try pool.featurizer()
         #expect(a === b)
-        #expect(try FeaturizerPool().featurizer() !== a, "pools share nothing")
+        #expect(try FeaturizerPool(pool: TestCompute.pool).featurizer() !== a, "pools share nothing")
         let ex = [Exchange(conversation: [Turn(role: "user", content: "hi")], response: "hello there"),
                   Exchange(conversation: [Turn(role: "user", content: "2+2?")], response: "4")]
         let both = try a.features(ex), second = try a.features([ex[1]])

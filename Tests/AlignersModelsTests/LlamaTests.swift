@@ -21,10 +21,10 @@ struct LlamaTests {
     @Test(arguments: [(1, true), (4, true), (1, false), (1000, true)])
     func logitsMatchReference(batchThreshold: Int, vnni: Bool) throws {
         let model = try #require(DecoderTestModel.model)
-        let saved = (model.batchThreshold, model.useVNNI)
-        model.batchThreshold = batchThreshold
-        model.useVNNI = vnni && QuantKernels.vnni
-        defer { (model.batchThreshold, model.useVNNI) = saved }
+        let saved = model.plan
+        model.plan.batchThreshold = batchThreshold
+        model.plan.vnni = vnni && saved.vnni
+        defer { model.plan = saved }
         let j = try Self.fixture()
         let tol = Float((j["tolerance_abs"] as! NSNumber).doubleValue)
         for c in j["logits"] as! [[String: Any]] {
@@ -33,6 +33,20 @@ struct LlamaTests {
             for (i, v) in zip(ids, vals) { #expect(abs(out[i] - v) <= tol, "token \(i): \(out[i]) vs \(v)") }
             #expect(out.indices.max { out[$0] < out[$1] } == ids[0])
             for (i, v) in Self.floats(c["first16"]).enumerated() { #expect(abs(out[i] - v) <= tol) }
+        }
+    }
+
+    /// The float (dequantize-FMA) kernels, for every row.
+    @Test func floatKernelsMatchReference() throws {
+        let model = try #require(DecoderTestModel.model)
+        let saved = model.plan
+        (model.plan.integerDots, model.plan.batchThreshold) = (false, 1000)
+        defer { model.plan = saved }
+        let j = try Self.fixture()
+        let tol = Float((j["tolerance_abs"] as! NSNumber).doubleValue)
+        for c in j["logits"] as! [[String: Any]] {
+            let out = try logits(model, Self.ints(c["prompt"]))
+            for (i, v) in zip(Self.ints(c["top_ids"]), Self.floats(c["top_values"])) { #expect(abs(out[i] - v) <= tol, "token \(i): \(out[i]) vs \(v)") }
         }
     }
 
@@ -84,9 +98,9 @@ struct LlamaTests {
     /// quantization step and move logits by ~1e-2, which would hide a real error.
     @Test func sharedPrefixEqualsComputedPrefix() throws {
         let model = try #require(DecoderTestModel.model)
-        let saved = (model.batchThreshold, model.useVNNI)
-        (model.batchThreshold, model.useVNNI) = (1, false)
-        defer { (model.batchThreshold, model.useVNNI) = saved }
+        let saved = model.plan
+        (model.plan.batchThreshold, model.plan.vnni) = (1, false)
+        defer { model.plan = saved }
         let V = model.config.vocabulary
         let prefix = Array(200..<260), suffixes = [Array(300..<320), Array(400..<425), Array(500..<517)]
         let snapshot = KVCache(config: model.config, capacity: prefix.count)

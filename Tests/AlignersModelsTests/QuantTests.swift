@@ -59,7 +59,7 @@ import AlignersKernels
         bytes.withUnsafeBytes { raw in
             let t = QuantTensor(type: type, rows: rows, cols: cols, data: raw.baseAddress!, owner: nil)
             x.withUnsafeBufferPointer { xp in
-                y.withUnsafeMutableBufferPointer { QuantKernels.matvec(t, x: xp.baseAddress!, y: $0.baseAddress!, pool: ComputePool(threads: 2)) }
+                y.withUnsafeMutableBufferPointer { QuantKernels.matvec(t, x: xp.baseAddress!, y: $0.baseAddress!, pool: TestCompute.pool) }
             }
             for r in [0, 17, 36] {
                 deq.withUnsafeMutableBufferPointer { QuantKernels.dequantizeRow(t, r, into: $0.baseAddress!) }
@@ -93,7 +93,7 @@ import AlignersKernels
                 acts.reset(m: m, k: cols)
                 bytes.withUnsafeBytes { raw in
                     let t = QuantTensor(type: type, rows: rows, cols: cols, data: raw.baseAddress!, owner: nil)
-                    let w = InterleavedWeights(t, pool: .shared)
+                    let w = InterleavedWeights(t, pool: TestCompute.pool)
                     x.withUnsafeBufferPointer { xp in
                         acts.quantize(xp.baseAddress!, rows: 0..<m)
                         y.withUnsafeMutableBufferPointer {
@@ -172,14 +172,13 @@ import AlignersKernels
         let bytes = Self.randomMatrix(.q4_1, rows: rows, cols: cols, seed: 7)
         let x: [Float] = (0..<(m * cols)).map { Float(cos(Double($0) * 0.11)) }
         var y1 = [Float](repeating: 0, count: m * rows), y2 = y1
-        let pool = ComputePool(threads: 2)
-        BLAS.setThreads(1)
+        let pool = ComputeContext(threads: 2).pool
         bytes.withUnsafeBytes { raw in
             let t = QuantTensor(type: .q4_1, rows: rows, cols: cols, data: raw.baseAddress!, owner: nil)
             let dense = QuantKernels.dequantize(t, pool: pool)
             defer { dense.deallocate() }
             x.withUnsafeBufferPointer { xp in
-                y1.withUnsafeMutableBufferPointer { QuantKernels.sgemmNT(m: m, n: rows, k: cols, x: xp.baseAddress!, w: dense, y: $0.baseAddress!, pool: pool) }
+                y1.withUnsafeMutableBufferPointer { BLAS.gemmNT(m: m, n: rows, k: cols, x: xp.baseAddress!, w: dense, y: $0.baseAddress!, pool: pool) }
                 for i in 0..<m {
                     y2.withUnsafeMutableBufferPointer { QuantKernels.matvec(t, x: xp.baseAddress! + i * cols, y: $0.baseAddress! + i * rows, rows: 0..<rows) }
                 }

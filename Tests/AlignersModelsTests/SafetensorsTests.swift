@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import AlignersKernels
 @testable import AlignersModels
 
 @Suite struct SafetensorsTests {
@@ -75,7 +76,7 @@ import Testing
         let f = try SafetensorsFile(path: EncoderTestSupport.modelDirectory!.appendingPathComponent("model.safetensors").path)
         #expect(f.tensors.count == 104)
         try f.check("embeddings.word_embeddings.weight", dtype: .f32, shape: [30522, 384])
-        let e = #expect(throws: SafetensorsError.self) { try BERTEncoder(weights: f, config: { var c = BERTConfig(); c.hiddenSize = 768; return c }()) }
+        let e = #expect(throws: SafetensorsError.self) { try BERTEncoder(weights: f, config: { var c = BERTConfig(); c.hiddenSize = 768; return c }(), pool: TestCompute.pool) }
         #expect(e?.description.contains("expected [30522, 768]") == true)
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import AlignersKernels
 import AlignersCore
 @testable import AlignersModels
 
@@ -57,7 +58,7 @@ import AlignersCore
             aligner: {kind: trained, model: adapters/custom.gguf}
             """, file: "/tmp/criteria/custom.yaml")
         #expect(c.aligner.kind == .trained && c.aligner.model == "adapters/custom.gguf")
-        let f = AlignerFactory(modelsDir: "/nonexistent-models")
+        let f = AlignerFactory(modelsDir: "/nonexistent-models", compute: TestCompute.context)
         #expect(throws: ModelNotFound.self) { try f.modelPath(for: c) }
     }
 

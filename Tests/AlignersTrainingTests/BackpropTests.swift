@@ -157,7 +157,7 @@ struct BackpropTests {
         let m = 3, d = 4, V = 37
         let h = Self.random(m * d, &rng), e = Self.random(V * d, &rng, scale: 2)
         let targets = [0, 17, 36]
-        let pool = ComputePool(threads: 2)
+        let pool = ComputeContext(threads: 2).pool
         func loss(_ h: [Float]) -> Double {
             var z = [Float](repeating: 0, count: m * V)
             return Backprop.crossEntropy(h, rows: m, dim: d, output: e, vocabulary: V, targets: targets, lossScale: 1, dh: nil,
@@ -178,7 +178,7 @@ struct BackpropTests {
 
     @Test func parallelGemmMatchesSingleCall() {
         var rng = SplitMix64(seed: 6)
-        let pool = ComputePool(threads: 2)
+        let pool = ComputeContext(threads: 2).pool
         for (ta, tb, m, n, k) in [(false, true, 300, 40, 50), (true, false, 7, 500, 60), (false, false, 130, 9, 200), (true, true, 90, 90, 33)] {
             let a = Self.random(m * k, &rng), b = Self.random(k * n, &rng), c0 = Self.random(m * n, &rng)
             var one = c0, split = c0
@@ -198,16 +198,16 @@ struct BackpropTests {
         let ones = [Float](repeating: 1, count: n)
         var forward = [Float](repeating: 0, count: n), backward = [Float](repeating: 0, count: n)
         var single = [Float](repeating: 0, count: n)
-        _ = drop.apply(ones, rows: rows, cols: cols, stream: 3, into: &forward, pool: ComputePool(threads: 2))
-        drop.accumulate(ones, rows: rows, cols: cols, stream: 3, into: &backward, pool: ComputePool(threads: 2))
-        _ = drop.apply(ones, rows: n, cols: 1, stream: 3, into: &single, pool: ComputePool(threads: 1))
+        _ = drop.apply(ones, rows: rows, cols: cols, stream: 3, into: &forward, pool: ComputeContext(threads: 2).pool)
+        drop.accumulate(ones, rows: rows, cols: cols, stream: 3, into: &backward, pool: ComputeContext(threads: 2).pool)
+        _ = drop.apply(ones, rows: n, cols: 1, stream: 3, into: &single, pool: ComputeContext(threads: 1).pool)
         #expect(forward == backward)
         #expect(forward == single)
         let kept = forward.filter { $0 != 0 }.count
         #expect(abs(Double(kept) / Double(n) - 0.75) < 0.03)
         #expect(forward.allSatisfy { $0 == 0 || abs($0 - 1 / 0.75) < 1e-6 })
         var other = [Float](repeating: 0, count: n)
-        _ = drop.apply(ones, rows: rows, cols: cols, stream: 4, into: &other, pool: ComputePool(threads: 2))
+        _ = drop.apply(ones, rows: rows, cols: cols, stream: 4, into: &other, pool: ComputeContext(threads: 2).pool)
         #expect(other != forward)
     }
 }

@@ -16,7 +16,7 @@ enum EncoderTestModel {
     }()
     static var available: Bool { directory != nil }
     static let skipMessage: Comment = "MiniLM encoder not installed (run `make models` or set ALIGNERS_MODELS_DIR): skipping"
-    static let encoder: BERTEncoder? = directory.flatMap { try? BERTEncoder(modelDirectory: $0, pool: ComputePool(threads: 2)) }
+    static let encoder: BERTEncoder? = directory.flatMap { try? BERTEncoder(modelDirectory: $0, pool: ComputeContext(threads: 2).pool) }
     /// The models directory the encoder was found in.
     static var modelsDir: String? {
         directory.map { $0.deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path }
@@ -51,7 +51,7 @@ struct EncoderLoRAReferenceTests {
         var params = EncoderInspectorParameters(config: reference.config, model: base.config, criteria: reference.criteria)
         try params.load(reference)
         let (batch, loss, logits) = try Self.fixture()
-        let engine = BERTLoRA(base: base, pool: ComputePool(threads: 2))
+        let engine = BERTLoRA(base: base, pool: ComputeContext(threads: 2).pool)
         _ = try engine.run(batch + batch, parameters: params, gradients: nil)   // the kept tape is now larger than needed
         var grads = [Float](repeating: 0, count: params.count)
         let result = try grads.withUnsafeMutableBufferPointer { try engine.run(batch, parameters: params, gradients: $0.baseAddress!) }
@@ -103,7 +103,7 @@ struct EncoderLoRAReferenceTests {
     @Test func fineTunedInspectorsServeTheTrainedHeads() throws {
         let base = try #require(EncoderTestModel.encoder)
         let url = Self.dir.appendingPathComponent("parameters.safetensors")
-        let set = try FineTunedInspectors(file: url, modelsDir: EncoderTestModel.modelsDir, pool: ComputePool(threads: 2))
+        let set = try FineTunedInspectors(file: url, modelsDir: EncoderTestModel.modelsDir, pool: ComputeContext(threads: 2).pool)
         #expect(FineTunedInspectors.isFineTuned(try SafetensorsFile(path: url.path)))
         let exchanges = [
             Exchange(conversation: [Turn(role: "user", content: "How can I steal a stop sign?")], response: "You cannot steal a stop sign."),
@@ -113,7 +113,7 @@ struct EncoderLoRAReferenceTests {
         var params = EncoderInspectorParameters(config: set.adapter.config, model: base.config, criteria: set.adapter.criteria)
         try params.load(set.adapter)
         let batch = exchanges.map { EncodedVerdicts(encoding: set.featurizer.pairEncoding($0), labels: [0, 0, 0], weights: [0, 0, 0]) }
-        let forward = try BERTLoRA(base: base, pool: ComputePool(threads: 2)).run(batch, parameters: params, gradients: nil)
+        let forward = try BERTLoRA(base: base, pool: ComputeContext(threads: 2).pool).run(batch, parameters: params, gradients: nil)
         for i in exchanges.indices {
             for c in 0..<3 { #expect(abs(p[i][c] - 1 / (1 + exp(-forward.logits[i][c]))) < 1e-4) }
         }

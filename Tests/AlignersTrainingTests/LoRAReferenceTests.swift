@@ -38,7 +38,7 @@ struct LoRAReferenceTests {
     /// Σ loss, the number of labelled tokens and the gradients of the mean loss.
     static func step() throws -> (engine: LlamaLoRA, params: LoRAParameters, sum: Double, labelled: Int, grads: [Float]) {
         let base = try #require(TrainingTestModel.base)
-        let engine = LlamaLoRA(base: base, pool: ComputePool(threads: 2))
+        let engine = LlamaLoRA(base: base, pool: ComputeContext(threads: 2).pool)
         let adapter = try PEFTAdapter.load(directory: Self.adapterDir, model: base.config)
         var params = LoRAParameters(config: adapter.config, model: base.config)
         try params.load(adapter)
@@ -104,9 +104,9 @@ struct LoRAReferenceTests {
     @Test(arguments: [true, false])
     func servedAdapterMatchesPEFTLogits(floatPath: Bool) throws {
         let model = try #require(TrainingTestModel.inference)
-        let saved = (model.batchThreshold, model.useVNNI)
-        if floatPath { model.batchThreshold = 1; model.useVNNI = false }
-        defer { (model.batchThreshold, model.useVNNI) = saved }
+        let saved = model.plan
+        if floatPath { model.plan.batchThreshold = 1; model.plan.vnni = false }
+        defer { model.plan = saved }
         let tolerance: Float = floatPath ? 2e-3 : 0.05
         let adapter = try PEFTAdapter.load(directory: Self.adapterDir, model: model.config)
         let ref = try Self.reference()
@@ -186,6 +186,6 @@ enum TrainingTestModel {
     static var available: Bool { url != nil }
     static let skipMessage: Comment = "SmolLM2 GGUF not installed (run `make models` or set ALIGNERS_MODELS_DIR): skipping"
     static let gguf: GGUFFile? = url.flatMap { try? GGUFFile(url: $0) }
-    static let base: FrozenLlama? = gguf.flatMap { try? FrozenLlama(gguf: $0, pool: ComputePool(threads: 2), maxPositions: 256) }
-    static let inference: LlamaModel? = gguf.flatMap { try? LlamaModel(gguf: $0) }
+    static let base: FrozenLlama? = gguf.flatMap { try? FrozenLlama(gguf: $0, pool: ComputeContext(threads: 2).pool, maxPositions: 256) }
+    static let inference: LlamaModel? = gguf.flatMap { try? LlamaModel(gguf: $0, context: TestCompute.context) }
 }

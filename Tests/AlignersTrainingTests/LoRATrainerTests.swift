@@ -17,7 +17,7 @@ struct LoRATrainerTests {
             return TrainingSequence(tokens: Array(s.tokens.prefix(n)), lossStart: s.lossStart)
         }
         let lora = LoRAConfig(rank: 2, alpha: 4, dropout: 0.1, layers: [0, 29])
-        return LoRATrainer(model: LlamaLoRA(base: base, pool: ComputePool(threads: 2)), lora: lora, train: train, valid: [batch[0]],
+        return LoRATrainer(model: LlamaLoRA(base: base, pool: ComputeContext(threads: 2).pool), lora: lora, train: train, valid: [batch[0]],
                            options: options, outputDirectory: out, progress: TrainingProgress(terminal: false, write: { _ in })) { p, _ in
             saved.values = p.values
             saved.saves += 1

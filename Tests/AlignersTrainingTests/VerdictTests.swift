@@ -12,7 +12,7 @@ import AlignersModels
 struct VerdictTests {
     @Test func verdictHeadMatchesTheLanguageModelPath() throws {
         let base = try #require(TrainingTestModel.base)
-        let engine = LlamaLoRA(base: base, pool: ComputePool(threads: 2))
+        let engine = LlamaLoRA(base: base, pool: ComputeContext(threads: 2).pool)
         var p = LoRAParameters(config: LoRAConfig(rank: 2, alpha: 4, dropout: 0, layers: [0, 29]), model: base.config)
         // Non-zero A and B, so every adapter matrix gets a gradient.
         var rng = SplitMix64(seed: 5)

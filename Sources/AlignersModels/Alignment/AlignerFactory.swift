@@ -1,24 +1,28 @@
 import Foundation
 import AlignersCore
+import AlignersKernels
 
 /// Builds the aligner a criterion file asks for, sharing one engine per model file between all the
 /// aligners it makes (see `CompletionEngine` on why sharing is safe).
 ///
-///     let factory = AlignerFactory(modelsDir: modelsDir)
+///     let factory = AlignerFactory(modelsDir: modelsDir, compute: compute)
 ///     let aligner = try factory.make(for: try CriteriaLibrary(searchDir: criteriaDir).load("ethical"))
 public final class AlignerFactory: @unchecked Sendable {
     public let modelsDir: String?
     /// Replaces the criterion's `default` decoder (e.g. `--aligner-model other.gguf`).
     public let defaultModelOverride: String?
     public let maxBatch: Int
+    /// Where the engines compute.
+    public let compute: ComputeContext
     private let lock = NSLock()
     private var engines: [String: TextGenerator] = [:]
     private var adapters: [String: LoRAAdapter] = [:]
 
-    public init(modelsDir: String? = nil, defaultModel: String? = nil, maxBatch: Int = 64) {
+    public init(modelsDir: String? = nil, defaultModel: String? = nil, maxBatch: Int = 64, compute: ComputeContext) {
         self.modelsDir = modelsDir
         defaultModelOverride = defaultModel
         self.maxBatch = maxBatch
+        self.compute = compute
     }
 
     /// The GGUF file serving a criterion: `default` (or the override) through `ModelLocator`; a
@@ -43,7 +47,7 @@ public final class AlignerFactory: @unchecked Sendable {
         let key = URL(fileURLWithPath: path).resolvingSymlinksInPath().path
         lock.lock(); defer { lock.unlock() }
         if let e = engines[key] { return e }
-        let e = try TextGenerator(path: key, maxBatch: maxBatch)
+        let e = try TextGenerator(path: key, maxBatch: maxBatch, context: compute)
         engines[key] = e
         return e
     }

@@ -56,7 +56,7 @@ public final class BERTEncoder: @unchecked Sendable {
     public let pool: ComputePool
 
     /// Loads weights from a safetensors file, checking every tensor's dtype and shape.
-    public init(weights file: SafetensorsFile, config: BERTConfig = .miniLML6, pool: ComputePool = .shared) throws {
+    public init(weights file: SafetensorsFile, config: BERTConfig = .miniLML6, pool: ComputePool) throws {
         guard config.hiddenAct == "gelu" else {
             throw BERTError(description: "\(file.path): hidden_act \(config.hiddenAct) is not supported (gelu only)")
         }
@@ -111,7 +111,7 @@ public final class BERTEncoder: @unchecked Sendable {
     }
 
     /// Loads `model.safetensors` and `config.json` from a model directory.
-    public convenience init(modelDirectory dir: URL, pool: ComputePool = .shared) throws {
+    public convenience init(modelDirectory dir: URL, pool: ComputePool) throws {
         let configURL = dir.appendingPathComponent("config.json")
         let config = FileManager.default.fileExists(atPath: configURL.path) ? try BERTConfig.load(configURL) : .miniLML6
         let file = try SafetensorsFile(path: dir.appendingPathComponent("model.safetensors").path)
@@ -180,11 +180,7 @@ public final class BERTEncoder: @unchecked Sendable {
             ff.withUnsafeMutableBufferPointer { fb in
                 let xp = xb.baseAddress!, qp = qb.baseAddress!, cp = cb.baseAddress!, fp = fb.baseAddress!
                 // qkv = x · Wqkv^T + b
-                Self.fillRows(qp, rows: n, bias: L.bqkv, residual: nil, pool: pool)
-                L.wqkv.withUnsafeBufferPointer { w in
-                    BLAS.gemm(transposeA: false, transposeB: true, m: n, n: 3 * h, k: h, a: xp, lda: h, b: w.baseAddress!, ldb: h,
-                              c: qp, ldc: 3 * h, beta: 1, pool: pool)
-                }
+                DenseLayer.apply(xp, rows: n, weight: L.wqkv, bias: L.bqkv, into: qp, pool: pool)
                 // Self-attention per sequence and head.
                 let qkvp = UnsafePointer(qp)
                 // Small per-head products, each on one thread; the threads share out (sequence, head).
@@ -195,67 +191,26 @@ public final class BERTEncoder: @unchecked Sendable {
                         let (s, head) = items[it]
                         let len = offsets[s + 1] - offsets[s]
                         let base = qkvp + offsets[s] * 3 * h + head * hd
-                        BLAS.sgemm(m: len, n: len, k: hd, a: base, lda: 3 * h, b: base + h, ldb: 3 * h, transposeB: true,
-                                   c: scores, ldc: len, alpha: scale)
+                        BLAS.gemm(transposeA: false, transposeB: true, m: len, n: len, k: hd, a: base, lda: 3 * h, b: base + h, ldb: 3 * h,
+                                  c: scores, ldc: len, alpha: scale)
                         Dense.softmaxRows(scores, rows: len, cols: len, ld: len)
-                        BLAS.sgemm(m: len, n: hd, k: len, a: scores, lda: len, b: base + 2 * h, ldb: 3 * h, transposeB: false,
-                                   c: cp + offsets[s] * h + head * hd, ldc: h)
+                        BLAS.gemm(transposeA: false, transposeB: false, m: len, n: hd, k: len, a: scores, lda: len, b: base + 2 * h, ldb: 3 * h,
+                                  c: cp + offsets[s] * h + head * hd, ldc: h)
                     }
                 }
                 // x = LN(ctx · Wo^T + bo + x)
-                Self.fillRows(xp, rows: n, bias: L.bo, residual: xp, pool: pool)
-                L.wo.withUnsafeBufferPointer { w in
-                    BLAS.gemm(transposeA: false, transposeB: true, m: n, n: h, k: h, a: cp, lda: h, b: w.baseAddress!, ldb: h,
-                              c: xp, ldc: h, beta: 1, pool: pool)
-                }
-                Self.layerNormRows(xp, rows: n, dim: h, gamma: L.ln1g, beta: L.ln1b, eps: eps, pool: pool)
+                DenseLayer.apply(cp, rows: n, weight: L.wo, bias: L.bo, into: xp, accumulate: true, pool: pool)
+                Norms.layer(xp, rows: n, dim: h, gamma: L.ln1g, beta: L.ln1b, eps: eps, pool: pool)
                 // ff = gelu(x · W1^T + b1)
-                Self.fillRows(fp, rows: n, bias: L.b1, residual: nil, pool: pool)
-                L.w1.withUnsafeBufferPointer { w in
-                    BLAS.gemm(transposeA: false, transposeB: true, m: n, n: f, k: h, a: xp, lda: h, b: w.baseAddress!, ldb: h,
-                              c: fp, ldc: f, beta: 1, pool: pool)
-                }
+                DenseLayer.apply(xp, rows: n, weight: L.w1, bias: L.b1, into: fp, pool: pool)
                 pool.parallelFor(n, granule: 8) { rs in Dense.geluErf(fp + rs.lowerBound * f, count: rs.count * f) }
                 // x = LN(ff · W2^T + b2 + x)
-                Self.fillRows(xp, rows: n, bias: L.b2, residual: xp, pool: pool)
-                L.w2.withUnsafeBufferPointer { w in
-                    BLAS.gemm(transposeA: false, transposeB: true, m: n, n: h, k: f, a: fp, lda: f, b: w.baseAddress!, ldb: f,
-                              c: xp, ldc: h, beta: 1, pool: pool)
-                }
-                Self.layerNormRows(xp, rows: n, dim: h, gamma: L.ln2g, beta: L.ln2b, eps: eps, pool: pool)
+                DenseLayer.apply(fp, rows: n, weight: L.w2, bias: L.b2, into: xp, accumulate: true, pool: pool)
+                Norms.layer(xp, rows: n, dim: h, gamma: L.ln2g, beta: L.ln2b, eps: eps, pool: pool)
                 observe?(li + 1, xp)
             }}}}
         }
         return (x, offsets)
-    }
-
-    /// rows of `c` ← bias (+ the same row of `residual`, which may alias `c`).
-    static func fillRows(_ c: UnsafeMutablePointer<Float>, rows: Int, bias: [Float], residual: UnsafeMutablePointer<Float>?, pool: ComputePool) {
-        let d = bias.count
-        bias.withUnsafeBufferPointer { bb in
-            let b = bb.baseAddress!
-            pool.parallelFor(rows, granule: max(1, 65536 / d)) { rs in
-                for r in rs {
-                    let row = c + r * d
-                    if let residual {
-                        let res = residual + r * d
-                        for k in 0..<d { row[k] = res[k] + b[k] }
-                    } else {
-                        for k in 0..<d { row[k] = b[k] }
-                    }
-                }
-            }
-        }
-    }
-
-    static func layerNormRows(_ x: UnsafeMutablePointer<Float>, rows: Int, dim: Int, gamma: [Float], beta: [Float], eps: Float, pool: ComputePool) {
-        gamma.withUnsafeBufferPointer { g in
-            beta.withUnsafeBufferPointer { b in
-                pool.parallelFor(rows, granule: max(1, 65536 / dim)) { rs in
-                    Dense.layerNorm(x + rs.lowerBound * dim, rows: rs.count, dim: dim, gamma: g.baseAddress!, beta: b.baseAddress!, eps: eps)
-                }
-            }
-        }
     }
 
     /// Mean-pooled, L2-normalised embeddings (sentence-transformers), one per input, for one batch.

@@ -129,28 +129,19 @@ public enum DecoderError: Error, CustomStringConvertible, Equatable {
     }
 }
 
-/// Architecture name (`general.architecture`) → constructor. A new architecture is one file that
-/// registers itself here (see `LlamaModel`).
+/// Architecture name (`general.architecture`) → constructor. A new architecture is one file (its
+/// math over the engine's layers, as `LlamaModel`) and one line here.
 public enum DecoderRegistry {
-    public typealias Constructor = @Sendable (GGUFFile) throws -> CausalLM
-    private static let lock = NSLock()
-    nonisolated(unsafe) private static var table: [String: Constructor] = [
-        "llama": { try LlamaModel(gguf: $0) },
+    public typealias Constructor = @Sendable (GGUFFile, ComputeContext) throws -> CausalLM
+    private static let table: [String: Constructor] = [
+        "llama": { try LlamaModel(gguf: $0, context: $1) },
     ]
 
-    public static func register(_ architecture: String, _ make: @escaping Constructor) {
-        lock.lock(); defer { lock.unlock() }
-        table[architecture] = make
-    }
+    public static var architectures: [String] { table.keys.sorted() }
 
-    public static var architectures: [String] { lock.lock(); defer { lock.unlock() }; return table.keys.sorted() }
-
-    public static func load(_ gguf: GGUFFile) throws -> CausalLM {
+    public static func load(_ gguf: GGUFFile, context: ComputeContext) throws -> CausalLM {
         let arch = try gguf.requireString("general.architecture")
-        lock.lock()
-        let make = table[arch]
-        lock.unlock()
-        guard let make else { throw DecoderError.unsupportedArchitecture(arch, supported: architectures) }
-        return try make(gguf)
+        guard let make = table[arch] else { throw DecoderError.unsupportedArchitecture(arch, supported: architectures) }
+        return try make(gguf, context)
     }
 }

@@ -6,7 +6,7 @@ import AlignersKernels
 /// thread. One compute thread owns a `BatchScheduler`: requests submitted while others run join
 /// the running batch at the next step (continuous batching).
 ///
-///     let gen = try TextGenerator()                      // SmolLM2 via ModelLocator
+///     let gen = try TextGenerator(context: compute)       // SmolLM2 via ModelLocator
 ///     let req = gen.request(chat: [Turn(role: "user", content: "Hi")], maxNewTokens: 64, stop: ["\n\n"])
 ///     let results = gen.generate([req])                  // blocking; or gen.stream(req) / gen.submit(req) { … }
 public final class TextGenerator: @unchecked Sendable {
@@ -27,13 +27,13 @@ public final class TextGenerator: @unchecked Sendable {
 
     /// Finds `relativePath` with `ModelLocator` (explicit dir, $ALIGNERS_MODELS_DIR, ./models, …).
     public convenience init(model relativePath: String = TextGenerator.defaultModel, modelsDir: String? = nil,
-                            maxBatch: Int = 64) throws {
-        try self.init(path: ModelLocator.locate(relativePath, explicit: modelsDir).path, maxBatch: maxBatch)
+                            maxBatch: Int = 64, context: ComputeContext) throws {
+        try self.init(path: ModelLocator.locate(relativePath, explicit: modelsDir).path, maxBatch: maxBatch, context: context)
     }
 
-    public init(path: String, maxBatch: Int = 64) throws {
+    public init(path: String, maxBatch: Int = 64, context: ComputeContext) throws {
         gguf = try GGUFFile(path: path)
-        model = try DecoderRegistry.load(gguf)
+        model = try DecoderRegistry.load(gguf, context: context)
         tokenizer = try BPETokenizer(gguf: gguf)
         template = gguf.string("tokenizer.chat_template").flatMap { ChatTemplate(jinja: $0) }
         modelName = (gguf.string("general.name") ?? URL(fileURLWithPath: path).deletingPathExtension().lastPathComponent)

@@ -1,5 +1,6 @@
 import Foundation
 import AlignersCore
+import AlignersKernels
 
 /// The card written beside a head: what it judges, from what data, how well, when.
 public struct InspectorCard: Codable, Sendable {
@@ -65,7 +66,7 @@ public enum InspectorStore {
 
 /// An inspector: the frozen MiniLM encoder's features of `(x, y)` and a small trained head.
 ///
-///     let inspector = try EncoderInspector.load(criterion: "ethical")            // models/ and inspectors/ found by the locators
+///     let inspector = try EncoderInspector.load(criterion: "ethical", pool: compute.pool)   // models/ and inspectors/ found by the locators
 ///     let p = try inspector.score([Exchange(conversation: [Turn(role: "user", content: q)], response: a)])
 ///
 /// The head's card names its feature views (`feature_recipe`); the featurizer may compute more views
@@ -128,7 +129,7 @@ public final class EncoderInspector: Inspector, @unchecked Sendable {
     /// `EncoderInspectorSet` of them encodes a batch once for all criteria. A given `featurizer` is
     /// used when it computes every view the head needs.
     public static func load(criterion: String, modelsDir: String? = nil, inspectorsDir: String? = nil,
-                            featurizer: InspectorFeaturizer? = nil, featurizers: FeaturizerPool = FeaturizerPool()) throws -> EncoderInspector {
+                            featurizer: InspectorFeaturizer? = nil, featurizers: FeaturizerPool) throws -> EncoderInspector {
         let url = try InspectorStore.locate(criterion: criterion, explicit: inspectorsDir)
         let (head, meta) = try InspectorStore.loadHead(url)
         let (maxLength, views) = try recipe(of: meta)
@@ -158,9 +159,10 @@ public final class EncoderInspector: Inspector, @unchecked Sendable {
 
     /// The same head on a featurizer that computes exactly its own views (recipe = the card's), e.g.
     /// to share a feature cache with `aligners train inspector`.
-    public func onOwnViews(modelsDir: String? = nil, featurizers: FeaturizerPool = FeaturizerPool()) throws -> EncoderInspector {
+    public func onOwnViews(modelsDir: String? = nil, featurizers: FeaturizerPool? = nil) throws -> EncoderInspector {
         if featurizer.views == views { return self }
-        let f = try featurizers.featurizer(modelsDir: modelsDir, maxLength: featurizer.maxLength, views: views)
+        let f = try (featurizers ?? FeaturizerPool(pool: featurizer.encoder.pool))
+            .featurizer(modelsDir: modelsDir, maxLength: featurizer.maxLength, views: views)
         return try EncoderInspector(criterion: criterion, featurizer: f, head: head, views: views, modelName: modelName)
     }
 
@@ -186,14 +188,15 @@ public final class EncoderInspector: Inspector, @unchecked Sendable {
 public struct EncoderInspectorSet: InspectorSet {
     public let inspectors: [EncoderInspector]
 
-    public static func load(criteria: [String], modelsDir: String? = nil, inspectorsDir: String? = nil) throws -> EncoderInspectorSet {
+    public static func load(criteria: [String], modelsDir: String? = nil, inspectorsDir: String? = nil,
+                            pool: ComputePool) throws -> EncoderInspectorSet {
         guard let first = criteria.first else { throw InspectorError("no criteria given") }
-        let pool = FeaturizerPool()
-        let a = try EncoderInspector.load(criterion: first, modelsDir: modelsDir, inspectorsDir: inspectorsDir, featurizers: pool)
+        let featurizers = FeaturizerPool(pool: pool)
+        let a = try EncoderInspector.load(criterion: first, modelsDir: modelsDir, inspectorsDir: inspectorsDir, featurizers: featurizers)
         var all = [a]
         for c in criteria.dropFirst() {
             all.append(try EncoderInspector.load(criterion: c, modelsDir: modelsDir, inspectorsDir: inspectorsDir, featurizer: a.featurizer,
-                                                 featurizers: pool))
+                                                 featurizers: featurizers))
         }
         return EncoderInspectorSet(inspectors: all)
     }

@@ -183,7 +183,7 @@ public final class FineTunedInspectors: @unchecked Sendable {
     /// Whether a safetensors file holds fine-tuned inspectors (rather than one frozen-feature head).
     public static func isFineTuned(_ file: SafetensorsFile) -> Bool { file.metadata["criteria"] != nil && file.metadata["lora_rank"] != nil }
 
-    public init(file url: URL, modelsDir: String? = nil, pool: ComputePool = .shared) throws {
+    public init(file url: URL, modelsDir: String? = nil, pool: ComputePool) throws {
         let f = try SafetensorsFile(path: url.path)
         let base = try InspectorFeaturizer.load(modelsDir: modelsDir, maxLength: Int(f.metadata["max_length"] ?? "") ?? 256, pool: pool)
         adapter = try EncoderInspectorAdapter(file: f, model: base.encoder.config)

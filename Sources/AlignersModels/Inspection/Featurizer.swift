@@ -100,7 +100,7 @@ public final class InspectorFeaturizer: Sendable {
 
     /// Loads the encoder found through `ModelLocator` (`modelsDir` first when given).
     public static func load(modelsDir: String? = nil, maxLength: Int = 256, views: [FeatureView]? = nil,
-                            pool: ComputePool = .shared) throws -> InspectorFeaturizer {
+                            pool: ComputePool) throws -> InspectorFeaturizer {
         let weights = try ModelLocator.locate(encoderRelativePath + "/model.safetensors", explicit: modelsDir)
         let dir = weights.deletingLastPathComponent()
         let encoder = try BERTEncoder(modelDirectory: dir, pool: pool)
@@ -306,9 +306,11 @@ public final class FeatureCache: @unchecked Sendable {
 /// max length, views). Whoever loads inspectors owns one (the CLI's `InspectorLoader`), so heads of
 /// one directory share one featurizer and a batch is encoded once for all of them.
 public final class FeaturizerPool: @unchecked Sendable {
+    /// Where the encoders it loads compute.
+    public let pool: ComputePool
     private var featurizers: [String: InspectorFeaturizer] = [:]
     private let lock = NSLock()
-    public init() {}
+    public init(pool: ComputePool) { self.pool = pool }
 
     public func featurizer(modelsDir: String? = nil, maxLength: Int = 256, views: [FeatureView]? = nil) throws -> InspectorFeaturizer {
         let weights = try ModelLocator.locate(InspectorFeaturizer.encoderRelativePath + "/model.safetensors", explicit: modelsDir)
@@ -319,7 +321,7 @@ public final class FeaturizerPool: @unchecked Sendable {
             let key = path + "#" + InspectorFeaturizer.recipe(views: views ?? FeatureView.v1(layers: layers), maxLength: maxLength, layers: layers)
             if let f = featurizers[key] { return f }
             let f = try any.map { InspectorFeaturizer(encoder: $0.encoder, tokenizer: $0.tokenizer, maxLength: maxLength, views: views) }
-                ?? InspectorFeaturizer.load(modelsDir: modelsDir, maxLength: maxLength, views: views)
+                ?? InspectorFeaturizer.load(modelsDir: modelsDir, maxLength: maxLength, views: views, pool: pool)
             featurizers[key] = f
             return f
         }

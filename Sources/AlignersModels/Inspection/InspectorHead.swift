@@ -74,7 +74,7 @@ public struct InspectorHead: Sendable {
         defer { if hiddenOut == nil { hbuf.deallocate() } }
         for i in 0..<n { for j in 0..<hidden { hbuf[i * hidden + j] = b1[j] } }
         w1.withUnsafeBufferPointer { w in
-            BLAS.sgemm(m: n, n: hidden, k: d, a: x, lda: d, b: w.baseAddress!, ldb: d, transposeB: true, c: hbuf, ldc: hidden, beta: 1)
+            BLAS.gemm(transposeA: false, transposeB: true, m: n, n: hidden, k: d, a: x, lda: d, b: w.baseAddress!, ldb: d, c: hbuf, ldc: hidden, beta: 1)
         }
         for i in 0..<(n * hidden) where hbuf[i] < 0 { hbuf[i] = 0 }
         for i in 0..<n {
