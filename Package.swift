@@ -70,17 +70,26 @@ let package = Package(
         .target(name: "AlignersKernels", dependencies: ["CBLAS", "AlignersVNNI"], swiftSettings: kernelFlags),
         .target(name: "AlignersVNNI", swiftSettings: vnniFlags),
 
-        // File formats, tokenizers, architectures, generation.
-        .target(name: "AlignersModels", dependencies: ["AlignersKernels", "AlignersCore", .product(name: "Yams", package: "Yams")],
+        // The inference engine: file formats, tokenizers, the engine layer, architectures, generation.
+        .target(name: "AlignersEngine", dependencies: ["AlignersKernels", "AlignersCore"], swiftSettings: kernelFlags),
+
+        // The squad's models on the engine: inspectors (heads, fine-tuned sets) and aligners
+        // (trained, prompted), and the criteria files that name them.
+        .target(name: "AlignersSquadModels", dependencies: ["AlignersEngine", "AlignersKernels", "AlignersCore",
+                                                            .product(name: "Yams", package: "Yams")],
                 swiftSettings: kernelFlags),
 
-        // LoRA training of the decoder: backward passes, optimiser, data, checkpoints (beside the
-        // inference engine in AlignersModels, which serves what it trains).
-        .target(name: "AlignersTraining", dependencies: ["AlignersModels", "AlignersKernels", "AlignersCore"],
+        // Generators behind other servers: an OpenAI-compatible chat completions client.
+        .target(name: "AlignersBackends", dependencies: ["AlignersCore"]),
+
+        // LoRA training of the decoder and the encoder: backward passes, optimiser, data,
+        // checkpoints (beside the inference engine, which serves what it trains).
+        .target(name: "AlignersTraining", dependencies: ["AlignersEngine", "AlignersSquadModels", "AlignersKernels", "AlignersCore"],
                 swiftSettings: kernelFlags),
 
         // Judges, reference checks, reports and charts for `aligners eval`.
-        .target(name: "AlignersEvaluation", dependencies: ["AlignersModels", "AlignersKernels", "AlignersCore", "CZlib"]),
+        .target(name: "AlignersEvaluation", dependencies: ["AlignersEngine", "AlignersSquadModels", "AlignersKernels", "AlignersCore",
+                                                           "CZlib"]),
 
         // Criteria, the model protocols and the squad policy: no sockets, no models.
         .target(name: "AlignersCore"),
@@ -98,7 +107,8 @@ let package = Package(
 
         // The `aligners` executable: parses arguments and wires modules.
         .executableTarget(name: "AlignersCLI", dependencies: [
-            "AlignersCore", "AlignersPipeline", "AlignersModels", "AlignersEvaluation", "AlignersTraining",
+            "AlignersCore", "AlignersPipeline", "AlignersEngine", "AlignersSquadModels", "AlignersBackends", "AlignersEvaluation",
+            "AlignersTraining", "AlignersKernels",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Yams", package: "Yams"),
             .product(name: "Logging", package: "swift-log"),
@@ -110,10 +120,12 @@ let package = Package(
         ], path: "Sources/AlignersBench"),
 
         .testTarget(name: "AlignersCoreTests", dependencies: ["AlignersCore"]),
-        .testTarget(name: "AlignersEvaluationTests", dependencies: ["AlignersEvaluation", "AlignersModels", "CZlib"]),
-        .testTarget(name: "AlignersModelsTests", dependencies: ["AlignersModels", "AlignersKernels"],
+        .testTarget(name: "AlignersEvaluationTests", dependencies: ["AlignersEvaluation", "AlignersEngine", "AlignersSquadModels", "CZlib"]),
+        // The model modules' tests: engine, squad models, backends.
+        .testTarget(name: "AlignersModelsTests", dependencies: ["AlignersEngine", "AlignersSquadModels", "AlignersBackends", "AlignersKernels"],
                     resources: [.copy("Fixtures")]),
-        .testTarget(name: "AlignersTrainingTests", dependencies: ["AlignersTraining", "AlignersModels", "AlignersKernels", "AlignersCore"],
+        .testTarget(name: "AlignersTrainingTests", dependencies: ["AlignersTraining", "AlignersEngine", "AlignersSquadModels", "AlignersKernels",
+                                                          "AlignersCore"],
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "AlignersPipelineTests",
                     dependencies: ["AlignersPipeline", "AlignersCore", "AlignersSchema", "CZeroMQ", "PipelineTestDoubles"]),

@@ -1,7 +1,9 @@
 import AlignersKernels
 import AlignersCore
 import AlignersEvaluation
-import AlignersModels
+import AlignersBackends
+import AlignersEngine
+import AlignersSquadModels
 import AlignersPipeline
 import ArgumentParser
 import Foundation

@@ -1,7 +1,8 @@
 import ArgumentParser
 import Foundation
 import AlignersKernels
-import AlignersModels
+import AlignersEngine
+import AlignersSquadModels
 
 /// `aligners generate-bench`: decoder throughput (prompt processing, single-stream decode,
 /// aggregate batched decode) and the memory-bandwidth bound for single-stream decode.

@@ -3,7 +3,8 @@ import AlignersPipeline
 import ArgumentParser
 import Foundation
 import AlignersCore
-import AlignersModels
+import AlignersEngine
+import AlignersSquadModels
 
 /// `aligners generate`: run the embedded causal LM on one prompt (streamed) or on JSONL prompts.
 struct GenerateCommand: ParsableCommand {

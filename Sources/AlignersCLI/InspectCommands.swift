@@ -1,7 +1,8 @@
 import ArgumentParser
 import Foundation
 import AlignersCore
-import AlignersModels
+import AlignersEngine
+import AlignersSquadModels
 import AlignersKernels
 import AlignersPipeline
 

@@ -1,6 +1,8 @@
 import AlignersKernels
 import AlignersCore
-import AlignersModels
+import AlignersBackends
+import AlignersEngine
+import AlignersSquadModels
 import AlignersPipeline
 import ArgumentParser
 import Foundation

@@ -1,6 +1,7 @@
 import AlignersCore
 import AlignersKernels
-import AlignersModels
+import AlignersEngine
+import AlignersSquadModels
 import AlignersTraining
 import ArgumentParser
 import Foundation

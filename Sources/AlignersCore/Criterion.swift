@@ -2,7 +2,7 @@
 /// (demonstrations), and which inspector head and which aligner serve it.
 ///
 /// Criteria live in YAML files (`Criteria/<name>.yaml`, see `Criteria/README.md`); the loader in
-/// AlignersModels (`CriteriaLibrary`) parses the YAML into a `CriterionDocument` and this file
+/// AlignersSquadModels (`CriteriaLibrary`) parses the YAML into a `CriterionDocument` and this file
 /// validates it. Validation is strict and every error names the file, the field and the problem:
 ///
 ///     ethical.yaml:31: demonstrations[1].violated[0]: principle 4 does not exist (the file has 3 principles)

@@ -1,5 +1,6 @@
 import AlignersCore
-import AlignersModels
+import AlignersEngine
+import AlignersSquadModels
 import Foundation
 
 /// Two answers to one conversation, to be compared.

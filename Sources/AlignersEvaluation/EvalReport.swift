@@ -1,5 +1,6 @@
 import AlignersCore
-import AlignersModels
+import AlignersEngine
+import AlignersSquadModels
 import Foundation
 
 /// The numbers of one evaluation: per set (ethical, factuality, helpful, alpaca-eval) and overall.

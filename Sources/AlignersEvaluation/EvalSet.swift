@@ -1,5 +1,6 @@
 import AlignersCore
-import AlignersModels
+import AlignersEngine
+import AlignersSquadModels
 import Foundation
 
 /// What an evaluation line carries beside the chat: where it came from, which answer went in, and

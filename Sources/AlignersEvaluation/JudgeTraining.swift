@@ -1,5 +1,6 @@
 import AlignersCore
-import AlignersModels
+import AlignersEngine
+import AlignersSquadModels
 import Foundation
 
 /// Trains one criterion's judge on one split of its preference data and measures it on another.

@@ -1,6 +1,7 @@
 import AlignersCore
 import AlignersKernels
-import AlignersModels
+import AlignersEngine
+import AlignersSquadModels
 import Foundation
 
 /// A pairwise judge: which of two answers to the same conversation is better for one criterion.

@@ -1,5 +1,6 @@
 import AlignersKernels
-import AlignersModels
+import AlignersEngine
+import AlignersSquadModels
 import Foundation
 
 /// Sentence embeddings of plain texts (mean-pooled, L2-normalised MiniLM, as sentence-transformers

@@ -1,5 +1,6 @@
 import Foundation
-import AlignersModels
+import AlignersEngine
+import AlignersSquadModels
 
 /// How an adapter was made: written beside it as `training.json` and as a readable `README.md`
 /// (the card), so that anyone can tell what data and settings produced it and rerun the command.

@@ -1,6 +1,7 @@
 import Foundation
 import AlignersCore
-import AlignersModels
+import AlignersEngine
+import AlignersSquadModels
 
 /// Training examples for an aligner in the paper's format, `x [INIT] y [ALIGNED] y' [DONE]` with the
 /// loss on `y' [DONE]`, built from preference rows (`../shared/data/<criterion>.jsonl`):

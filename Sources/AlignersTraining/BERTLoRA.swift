@@ -1,6 +1,7 @@
 import Foundation
 import AlignersKernels
-import AlignersModels
+import AlignersEngine
+import AlignersSquadModels
 
 /// One training example for the inspectors: an encoded (conversation, answer) pair and, per
 /// criterion, a label (1 = meets it, 0 = violates it) and a weight (0 = no label for that criterion).

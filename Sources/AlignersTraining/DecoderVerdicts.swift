@@ -1,6 +1,7 @@
 import Foundation
 import AlignersCore
-import AlignersModels
+import AlignersEngine
+import AlignersSquadModels
 
 /// The decoder as an inspector of one criterion: LoRA on SmolLM2 trained on `VerdictPrompt`s with a
 /// weighted logistic loss on the "Yes"/"No" logit (`LlamaLoRA.runVerdicts`), through the same

@@ -1,6 +1,7 @@
 import AlignersCore
 import Foundation
-import AlignersModels
+import AlignersEngine
+import AlignersSquadModels
 
 /// Trainable parameters of the fine-tuned inspectors: LoRA matrices on the encoder's projections and
 /// one logistic head per criterion on the mean-pooled last layer, in one flat buffer (the optimiser,

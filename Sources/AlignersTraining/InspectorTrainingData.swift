@@ -1,6 +1,7 @@
 import Foundation
 import AlignersCore
-import AlignersModels
+import AlignersEngine
+import AlignersSquadModels
 
 /// Where an inspector example came from, for weighting and for the per-source report.
 public struct VerdictOrigin: Sendable, Hashable {

@@ -1,7 +1,8 @@
 import AlignersCore
 import Foundation
 import AlignersKernels
-import AlignersModels
+import AlignersEngine
+import AlignersSquadModels
 
 /// One training sequence: its tokens, and from which position on they are targets.
 public struct TrainingSequence: Sendable, Hashable, Codable {

@@ -1,6 +1,7 @@
 import AlignersCore
 import Foundation
-import AlignersModels
+import AlignersEngine
+import AlignersSquadModels
 
 /// Every trainable LoRA matrix in one flat buffer (values, and gradients of the same layout), so
 /// the optimiser, clipping and checkpoints see one vector. Module order: by layer, then target;

@@ -1,5 +1,6 @@
 import Foundation
-import AlignersModels
+import AlignersEngine
+import AlignersSquadModels
 
 /// A model the training loop can train: a frozen base with a flat vector of trainable parameters.
 public protocol TrainableModel: AnyObject {

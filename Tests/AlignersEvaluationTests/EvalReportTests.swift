@@ -2,7 +2,8 @@ import Foundation
 import Testing
 import AlignersKernels
 import AlignersCore
-import AlignersModels
+import AlignersEngine
+import AlignersSquadModels
 @testable import AlignersEvaluation
 
 private let encoderInstalled = (try? ModelLocator.locate(InspectorFeaturizer.encoderRelativePath + "/model.safetensors")) != nil

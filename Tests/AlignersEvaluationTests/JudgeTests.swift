@@ -1,6 +1,7 @@
 import Foundation
 import Testing
-import AlignersModels
+import AlignersEngine
+import AlignersSquadModels
 import AlignersCore
 @testable import AlignersEvaluation
 

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
-@testable import AlignersModels
+@testable import AlignersEngine
+@testable import AlignersSquadModels
 import AlignersKernels
 
 /// Embeddings must match the numpy reference (scripts/reference/encoder_reference.py) within 1e-4.

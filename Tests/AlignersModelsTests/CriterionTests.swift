@@ -2,7 +2,8 @@ import Foundation
 import Testing
 import AlignersKernels
 import AlignersCore
-@testable import AlignersModels
+@testable import AlignersEngine
+@testable import AlignersSquadModels
 
 /// The repository's Criteria/ folder, found from this file.
 enum CriteriaFolder {

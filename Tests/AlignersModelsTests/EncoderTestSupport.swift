@@ -1,5 +1,6 @@
 import Foundation
-import AlignersModels
+import AlignersEngine
+import AlignersSquadModels
 import Testing
 
 /// Shared by the encoder tests: where the model and the fixtures are.

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
-@testable import AlignersModels
+@testable import AlignersEngine
+@testable import AlignersSquadModels
 import AlignersCore
 
 @Suite struct FeatureViewTests {

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
-@testable import AlignersModels
+@testable import AlignersEngine
+@testable import AlignersSquadModels
 import AlignersKernels
 
 /// The SmolLM2 model file, when installed (`make models`); tests that need it skip otherwise.

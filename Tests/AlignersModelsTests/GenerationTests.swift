@@ -1,7 +1,8 @@
 import Foundation
 import Testing
 import AlignersKernels
-@testable import AlignersModels
+@testable import AlignersEngine
+@testable import AlignersSquadModels
 import AlignersCore
 
 enum SharedGenerator {

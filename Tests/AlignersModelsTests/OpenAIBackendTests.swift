@@ -1,7 +1,9 @@
 import AlignersCore
 import Foundation
 import Testing
-@testable import AlignersModels
+@testable import AlignersEngine
+@testable import AlignersSquadModels
+@testable import AlignersBackends
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)

@@ -1,7 +1,8 @@
 import Foundation
 import Testing
 import AlignersCore
-@testable import AlignersModels
+@testable import AlignersEngine
+@testable import AlignersSquadModels
 
 @Suite struct OutputGuardTests {
     let g = OutputGuard()

@@ -1,7 +1,8 @@
 import Foundation
 import Testing
 import AlignersCore
-@testable import AlignersModels
+@testable import AlignersEngine
+@testable import AlignersSquadModels
 
 /// A decoder double: renders ChatML like SmolLM2, counts words as tokens, answers from a script.
 final class ScriptedEngine: CompletionEngine, @unchecked Sendable {

@@ -1,7 +1,8 @@
 import Foundation
 import Testing
 import AlignersKernels
-@testable import AlignersModels
+@testable import AlignersEngine
+@testable import AlignersSquadModels
 
 @Suite struct SafetensorsTests {
     func tempFile(_ data: Data, _ name: String = UUID().uuidString) throws -> String {

@@ -2,7 +2,8 @@ import Foundation
 import Testing
 import AlignersKernels
 import AlignersCore
-@testable import AlignersModels
+@testable import AlignersEngine
+@testable import AlignersSquadModels
 
 @Suite struct TrainedAlignerTests {
     let ex = Exchange(conversation: [Turn(role: "user", content: "Is the Great Wall visible from space?")],

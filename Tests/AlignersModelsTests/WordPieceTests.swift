@@ -1,6 +1,7 @@
 import Foundation
 import Testing
-@testable import AlignersModels
+@testable import AlignersEngine
+@testable import AlignersSquadModels
 
 /// Token ids must equal HF `tokenizers` (the model's tokenizer.json) on the fixture strings,
 /// produced by scripts/reference/encoder_reference.py.

@@ -1,7 +1,8 @@
 import Foundation
 import Testing
 import AlignersKernels
-@testable import AlignersModels
+@testable import AlignersEngine
+@testable import AlignersSquadModels
 @testable import AlignersTraining
 
 /// Several adapters and the base model in one continuous batch over one copy of the weights: each

@@ -2,7 +2,8 @@ import AlignersCore
 import Foundation
 import Testing
 import AlignersKernels
-import AlignersModels
+import AlignersEngine
+import AlignersSquadModels
 @testable import AlignersTraining
 
 /// Each backward op against central finite differences of L = Σ G ⊙ f(x) for a fixed random G.

@@ -2,7 +2,8 @@ import Foundation
 import Testing
 import AlignersCore
 import AlignersKernels
-@testable import AlignersModels
+@testable import AlignersEngine
+@testable import AlignersSquadModels
 @testable import AlignersTraining
 
 enum EncoderTestModel {

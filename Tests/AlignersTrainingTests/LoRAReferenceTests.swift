@@ -1,7 +1,8 @@
 import Foundation
 import Testing
 import AlignersKernels
-@testable import AlignersModels
+@testable import AlignersEngine
+@testable import AlignersSquadModels
 @testable import AlignersTraining
 
 /// The training step and adapter serving against PyTorch + PEFT (scripts/reference/lora_reference.py,

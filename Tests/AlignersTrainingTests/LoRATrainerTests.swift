@@ -1,7 +1,8 @@
 import Foundation
 import Testing
 import AlignersKernels
-import AlignersModels
+import AlignersEngine
+import AlignersSquadModels
 @testable import AlignersTraining
 
 @Suite(.enabled(if: TrainingTestModel.available, TrainingTestModel.skipMessage), .serialized)

@@ -2,7 +2,8 @@ import Foundation
 import Testing
 import AlignersCore
 import AlignersKernels
-import AlignersModels
+import AlignersEngine
+import AlignersSquadModels
 @testable import AlignersTraining
 
 /// The verdict head against the language-model path (itself checked against PEFT): the verdict

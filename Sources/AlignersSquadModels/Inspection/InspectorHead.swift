@@ -1,3 +1,4 @@
+import AlignersEngine
 import AlignersCore
 import Foundation
 import AlignersKernels

@@ -34,6 +34,7 @@ public struct BERTConfig: Sendable, Equatable, Codable {
 
 public struct BERTError: Error, CustomStringConvertible {
     public let description: String
+    public init(description: String) { self.description = description }
 }
 
 /// A BERT encoder (post-LayerNorm, absolute positions, erf GELU) running on OpenBLAS, with

@@ -1,3 +1,4 @@
+import AlignersEngine
 import Foundation
 import AlignersCore
 import AlignersKernels
