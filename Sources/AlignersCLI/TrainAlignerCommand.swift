@@ -76,52 +76,17 @@ struct TrainAlignerCommand: ParsableCommand, TrainingLoopFlags {
         let outDir = URL(fileURLWithPath: out ?? "adapters/\(criterion)")
         let path = try model.map { FileManager.default.fileExists(atPath: $0) ? $0 : try ModelLocator.locate($0, explicit: modelsDir).path }
             ?? ModelLocator.locate(TextGenerator.defaultModel, explicit: modelsDir).path
-        let pool = ComputeContext.forCommand(threads: threads).pool
-        let gguf = try GGUFFile(path: path)
-        let tokenizer = try BPETokenizer(gguf: gguf)
-        let config = try lora.config()
-
-        var dataOptions = AlignerDataOptions()
-        dataOptions.noopFraction = noopFraction
-        dataOptions.maxPerSource = maxPerSource
-        dataOptions.sources = sources.map { Set($0.split(separator: ",").map { String($0) }) }
-        dataOptions.maxTokens = maxTokens
-        dataOptions.seed = seed
-        let url = URL(fileURLWithPath: data)
-        let trainRows = try InspectorData.load(url, split: "train")
-        guard !trainRows.isEmpty else { throw ValidationError("\(data): no rows with split=train") }
-        let otherRows = try noopData.flatMap { try InspectorData.load(URL(fileURLWithPath: $0), split: "train") }
-        let trainSet = AlignerDataset.build(rows: trainRows, otherRows: otherRows, tokenizer: tokenizer, options: dataOptions)
-        var validOptions = dataOptions
-        validOptions.maxPerSource = nil
-        let validRows = try InspectorData.load(url, split: "valid")
-        let validSet = AlignerDataset.build(rows: validRows, tokenizer: tokenizer, options: validOptions)
-        let valid = Array(validSet.examples.prefix(validExamples).map(\.sequence))
-        stderrLine("\(criterion): \(trainSet.examples.count) training examples (\(trainSet.tokenCount) tokens; \(trainSet.summary); "
-                   + "\(trainSet.droppedForLength) over \(maxTokens) tokens left out), \(valid.count) validation examples")
-
-        let opts = loopOptions
-
-        let t0 = Date()
-        let longest = max(trainSet.examples.map(\.sequence.tokens.count).max() ?? 0, valid.map(\.tokens.count).max() ?? 0)
-        let base = try FrozenLlama(gguf: gguf, pool: pool, maxPositions: max(longest, 16))
-        let engine = LlamaLoRA(base: base, pool: pool)
-        stderrLine(String(format: "loaded %@ as F32 for training in %.1fs; LoRA rank %d on %@ (%d parameters); OpenBLAS kernels: %@",
-                          URL(fileURLWithPath: path).lastPathComponent, Date().timeIntervalSince(t0), config.rank,
-                          config.targets.map(\.rawValue).joined(separator: ","), LoRAParameters(config: config, model: base.config).count,
-                          BLAS.coreName))
-        // The command that reproduces the adapter: this one, without the flags that only pause or resume it.
-        let command = reproducingCommand
-        let trainer = LoRATrainer(model: engine, lora: config, train: trainSet.examples.map(\.sequence), valid: valid, options: opts,
-                                  outputDirectory: outDir) { params, report in
-            let adapter = params.adapter(name: criterion)
-            try PEFTAdapter.save(adapter, model: base.config, to: outDir.path, half: true)
-            try AdapterCard(criterion: criterion, command: command, baseModel: config.baseModel, data: url.lastPathComponent,
-                            dataSummary: trainSet.summary, trainExamples: trainSet.examples.count, trainTokens: trainSet.tokenCount,
-                            validExamples: valid.count, droppedForLength: trainSet.droppedForLength, lora: config, options: opts,
-                            report: report).write(to: outDir)
-        }
-        let report = try trainer.run(resume: resume, stopAfter: stopAfter)
+        var job = AlignerTrainingJob(criterion: criterion, data: URL(fileURLWithPath: data), lora: try lora.config(), loop: loopOptions,
+                                     model: path, outputDirectory: outDir, command: reproducingCommand)
+        job.noopData = noopData.map { URL(fileURLWithPath: $0) }
+        job.dataOptions.noopFraction = noopFraction
+        job.dataOptions.maxPerSource = maxPerSource
+        job.dataOptions.sources = sources.map { Set($0.split(separator: ",").map { String($0) }) }
+        job.dataOptions.maxTokens = maxTokens
+        job.dataOptions.seed = seed
+        job.validExamples = validExamples
+        let report = try job.run(pool: ComputeContext.forCommand(threads: threads).pool, resume: resume, stopAfter: stopAfter,
+                                 log: stderrLine)
         print(String(format: "%@ aligner: %d steps (%.2f epochs%@), %d tokens at %.0f tokens/s, best valid loss %@; adapter in %@",
                      criterion, report.steps, report.epochsDone, report.stoppedEarly ? ", stopped early" : "", report.tokensSeen,
                      report.tokensPerSecond, report.bestValidLoss.map { String(format: "%.4f (step %d)", $0, report.bestStep ?? 0) } ?? "–",
