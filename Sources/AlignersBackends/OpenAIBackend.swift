@@ -1,5 +1,6 @@
 import AlignersCore
 import Foundation
+import Synchronization
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
@@ -297,45 +298,39 @@ private final class SameOriginRedirects: NSObject, URLSessionTaskDelegate, @unch
 // MARK: Thread-safe helpers
 
 private final class ReplyBox: @unchecked Sendable {
-    private let lock = NSLock()
-    private var data: Data?
-    private var response: URLResponse?
-    private var error: Error?
-    func store(data: Data?, response: URLResponse?, error: Error?) {
-        lock.lock(); defer { lock.unlock() }
-        (self.data, self.response, self.error) = (data, response, error)
-    }
-    func load() -> (Data?, URLResponse?, Error?) {
-        lock.lock(); defer { lock.unlock() }
-        return (data, response, error)
-    }
+    private let reply = Mutex<(Data?, URLResponse?, Error?)>((nil, nil, nil))
+    func store(data: Data?, response: URLResponse?, error: Error?) { reply.withLock { $0 = (data, response, error) } }
+    func load() -> (Data?, URLResponse?, Error?) { reply.withLock { $0 } }
 }
 
-private final class Counter: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value = 0
+private final class Counter: Sendable {
+    private let value = Mutex(0)
     func take(below limit: Int) -> Int? {
-        lock.lock(); defer { lock.unlock() }
-        guard value < limit else { return nil }
-        value += 1
-        return value - 1
+        value.withLock { value in
+            guard value < limit else { return nil }
+            value += 1
+            return value - 1
+        }
     }
 }
 
 private final class ResultSlots: @unchecked Sendable {
-    private let lock = NSLock()
-    private var slots: [Result<String, Error>?]
-    private var firstFailure: Int?
-    init(count: Int) { slots = Array(repeating: nil, count: count) }
-    var failed: Bool { lock.lock(); defer { lock.unlock() }; return firstFailure != nil }
+    private struct State {
+        var slots: [Result<String, Error>?]
+        var firstFailure: Int?
+    }
+    private let state: Mutex<State>
+    init(count: Int) { state = Mutex(State(slots: Array(repeating: nil, count: count))) }
+    var failed: Bool { state.withLock { $0.firstFailure != nil } }
     func set(_ index: Int, _ result: Result<String, Error>) {
-        lock.lock(); defer { lock.unlock() }
-        slots[index] = result
-        if case .failure = result, firstFailure == nil || index < firstFailure! { firstFailure = index }
+        state.withLock { s in
+            s.slots[index] = result
+            if case .failure = result, s.firstFailure == nil || index < s.firstFailure! { s.firstFailure = index }
+        }
     }
     /// The answers in order, or the error of the first conversation that failed.
     func values() throws -> [String] {
-        lock.lock(); defer { lock.unlock() }
+        let (slots, firstFailure) = state.withLock { ($0.slots, $0.firstFailure) }
         if let firstFailure, case let .failure(error)? = slots[firstFailure] { throw error }
         return try slots.map { slot in
             guard let slot else { throw OpenAIBackendError.transport(url: "", message: "request not run", attempts: 0) }

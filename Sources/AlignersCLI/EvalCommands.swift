@@ -7,6 +7,7 @@ import AlignersSquadModels
 import AlignersPipeline
 import ArgumentParser
 import Foundation
+import Synchronization
 import Logging
 
 // `aligners train judge`, `aligners eval prepare | report | squad`.
@@ -300,8 +301,7 @@ func shellQuoted(_ arguments: ArraySlice<String>) -> String {
     }.joined(separator: " ")
 }
 
-final class Counter: @unchecked Sendable {
-    private let lock = NSLock()
-    private var n = 0
-    func increment() -> Int { lock.withLock { n += 1; return n } }
+final class Counter: Sendable {
+    private let n = Atomic<Int>(0)
+    func increment() -> Int { n.add(1, ordering: .relaxed).newValue }
 }

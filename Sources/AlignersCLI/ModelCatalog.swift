@@ -6,6 +6,7 @@ import AlignersSquadModels
 import AlignersPipeline
 import ArgumentParser
 import Foundation
+import Synchronization
 
 /// Where models and criteria come from; shared by `filter` and `worker`.
 struct ModelOptions: ParsableArguments {
@@ -107,14 +108,13 @@ final class ModelCatalog: @unchecked Sendable {
 /// Loads inspectors by the head their criterion names: a frozen-feature head (`inspectors/ethical`),
 /// or fine-tuned inspectors (`inspectors/fine-tuned`, one file for several criteria) whose criteria
 /// share one merged encoder and one pass per exchange.
-final class InspectorLoader: @unchecked Sendable {
+final class InspectorLoader: Sendable {
     let modelsDir: String?
     let inspectorsDir: String?
     let pool: ComputePool
-    private var fineTuned: [String: FineTunedInspectors] = [:]
+    private let fineTuned = Mutex<[String: FineTunedInspectors]>([:])
     /// Frozen-feature heads of one directory share one featurizer (one encoder in memory).
     private let featurizers: FeaturizerPool
-    private let lock = NSLock()
 
     init(modelsDir: String?, inspectorsDir: String?, pool: ComputePool) {
         self.modelsDir = modelsDir
@@ -156,7 +156,7 @@ final class InspectorLoader: @unchecked Sendable {
 
     private func fineTunedInspectors(_ url: URL) throws -> FineTunedInspectors {
         let key = url.standardizedFileURL.path
-        return try lock.withLock {
+        return try fineTuned.withLock { fineTuned in
             if let s = fineTuned[key] { return s }
             let s = try FineTunedInspectors(file: url, modelsDir: modelsDir, pool: pool)
             fineTuned[key] = s

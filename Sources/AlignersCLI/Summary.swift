@@ -1,21 +1,24 @@
 import AlignersPipeline
 import Foundation
+import Synchronization
 
 /// The readable before/after report `filter --summary` prints on stderr, one block per sample.
-final class SummaryPrinter: @unchecked Sendable {
-    private let lock = NSLock()
-    private var rows: [(seq: UInt64, text: String)] = []
-    private var lineErrors = 0
+final class SummaryPrinter: Sendable {
+    /// Each sample's block, by input line.
+    private let rows = Mutex<[(seq: UInt64, text: String)]>([])
 
     func record(_ line: InputLine?, _ envelope: Envelope?) {
-        lock.lock()
-        defer { lock.unlock() }
-        guard let envelope else { lineErrors += 1; return }
+        guard let envelope else { return }
+        let row = (envelope.seq, Self.block(envelope))
+        rows.withLock { $0.append(row) }
+    }
+
+    /// The lines about one sample.
+    private static func block(_ envelope: Envelope) -> String {
         var text = "─ \(envelope.id)"
         if envelope.hasError {
             text += "  ERROR \(envelope.error.stage): \(envelope.error.message)\n"
-            rows.append((envelope.seq, text))
-            return
+            return text
         }
         var criteria: [String] = []
         for record in envelope.scores where !criteria.contains(record.criterion) { criteria.append(record.criterion) }
@@ -60,14 +63,12 @@ final class SummaryPrinter: @unchecked Sendable {
                 text += "  \(c) fails, but its aligner is off (--acceptance-margins)\n"
             }
         }
-        rows.append((envelope.seq, text))
+        return text
     }
 
     func print(_ summary: FilterSummary) {
-        lock.lock()
-        defer { lock.unlock() }
         var out = "\n"
-        for row in rows.sorted(by: { $0.seq < $1.seq }) { out += row.text }
+        for row in rows.withLock({ $0 }).sorted(by: { $0.seq < $1.seq }) { out += row.text }
         out += "\n\(summary.lines) lines: \(summary.aligned) aligned, \(summary.untouched) untouched, "
             + "\(summary.failed) failed, \(summary.invalid) invalid input\n"
         StandardStreams.error(out)

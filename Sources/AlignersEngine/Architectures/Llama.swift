@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import AlignersKernels
 
 /// Llama-architecture decoder (SmolLM2, Llama 2/3, …) over GGUF weights read in place: the
@@ -27,7 +28,8 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
     let outputNorm: [Float]
     let rotary: Rotary
     let attention: CausalAttention
-    private let lock = NSLock()
+    /// One forward at a time: the scratch arena and int16 activations are shared between calls.
+    private let busy = Mutex(())
     private let scratch = Scratch()
     private let int16 = Int16Activations()
 
@@ -103,7 +105,10 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
     // MARK: forward
 
     public func forward(_ segments: [DecoderSegment], logits: UnsafeMutablePointer<Float>) throws {
-        lock.lock(); defer { lock.unlock() }
+        try busy.withLock { _ in try forwardAlone(segments, logits: logits) }
+    }
+
+    private func forwardAlone(_ segments: [DecoderSegment], logits: UnsafeMutablePointer<Float>) throws {
         let c = config
         let batch = try DecoderBatch(segments, config: c)
         if batch.rows == 0 { return }

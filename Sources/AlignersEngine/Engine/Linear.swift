@@ -1,30 +1,35 @@
 import Foundation
+import Synchronization
 import AlignersKernels
 
 /// A weight matrix: quantized in place, plus a copy for the batched path made on first use
 /// (interleaved for the VNNI kernels, or F32 for sgemm).
 final class Linear: @unchecked Sendable {
     let q: QuantTensor
-    private var denseWeights: UnsafeMutablePointer<Float>?
-    private var interleavedWeights: InterleavedWeights?
-    private let lock = NSLock()
+    private struct Copies {
+        var dense: UnsafeMutablePointer<Float>?
+        var interleaved: InterleavedWeights?
+    }
+    private let copies = Mutex(Copies())
     init(_ q: QuantTensor) { self.q = q }
-    deinit { denseWeights?.deallocate() }
+    deinit { copies.withLock { $0.dense?.deallocate() } }
 
     func dense(_ pool: ComputePool) -> UnsafeMutablePointer<Float> {
-        lock.lock(); defer { lock.unlock() }
-        if let d = denseWeights { return d }
-        let d = QuantKernels.dequantize(q, pool: pool)
-        denseWeights = d
-        return d
+        copies.withLock { c in
+            if let d = c.dense { return d }
+            let d = QuantKernels.dequantize(q, pool: pool)
+            c.dense = d
+            return d
+        }
     }
 
     func interleaved(_ pool: ComputePool) -> InterleavedWeights {
-        lock.lock(); defer { lock.unlock() }
-        if let w = interleavedWeights { return w }
-        let w = InterleavedWeights(q, pool: pool)
-        interleavedWeights = w
-        return w
+        copies.withLock { c in
+            if let w = c.interleaved { return w }
+            let w = InterleavedWeights(q, pool: pool)
+            c.interleaved = w
+            return w
+        }
     }
 }
 

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Logging
 
 /// One line per event on stderr, `key=value` (logfmt), so journald and grep both read it:
@@ -7,7 +8,8 @@ public struct LogfmtHandler: LogHandler {
     public var metadata: Logger.Metadata = [:]
     public var logLevel: Logger.Level = .info
     private let label: String
-    private static let lock = NSLock()
+    /// One line at a time on stderr, whichever thread logs.
+    private static let writing = Mutex(())
 
     public init(label: String) { self.label = label }
 
@@ -23,9 +25,7 @@ public struct LogfmtHandler: LogHandler {
             line += " \(key)=\(Self.quote("\(merged[key]!)"))"
         }
         line += "\n"
-        Self.lock.lock()
-        StandardStreams.error(line)
-        Self.lock.unlock()
+        Self.writing.withLock { _ in StandardStreams.error(line) }
     }
 
     static func quote(_ s: String) -> String {

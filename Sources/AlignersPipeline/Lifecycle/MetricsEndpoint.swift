@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Hummingbird
 import Metrics
 import NIOCore
@@ -42,23 +43,21 @@ public enum MetricsEndpoint {
 
     /// The first outcome of the server's start, handed to a thread that waits for it.
     private final class Started: @unchecked Sendable {
-        private let lock = NSLock()
         private let done = DispatchSemaphore(value: 0)
-        private var outcome: Result<String, any Error>?
+        private let outcome = Mutex<Result<String, any Error>?>(nil)
 
         func finish(_ result: Result<String, any Error>) {
-            lock.lock()
-            defer { lock.unlock() }
-            guard outcome == nil else { return }
-            outcome = result
-            done.signal()
+            let first = outcome.withLock { o in
+                guard o == nil else { return false }
+                o = result
+                return true
+            }
+            if first { done.signal() }
         }
 
         func wait() -> Result<String, any Error> {
             done.wait()
-            lock.lock()
-            defer { lock.unlock() }
-            return outcome!
+            return outcome.withLock { $0! }
         }
     }
 }

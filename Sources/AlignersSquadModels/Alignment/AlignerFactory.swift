@@ -1,5 +1,6 @@
 import AlignersEngine
 import Foundation
+import Synchronization
 import AlignersCore
 import AlignersKernels
 
@@ -15,9 +16,11 @@ public final class AlignerFactory: @unchecked Sendable {
     public let maxBatch: Int
     /// Where the engines compute.
     public let compute: ComputeContext
-    private let lock = NSLock()
-    private var engines: [String: TextGenerator] = [:]
-    private var adapters: [String: LoRAAdapter] = [:]
+    private struct Loaded {
+        var engines: [String: TextGenerator] = [:]
+        var adapters: [String: LoRAAdapter] = [:]
+    }
+    private let loaded = Mutex(Loaded())
 
     public init(modelsDir: String? = nil, defaultModel: String? = nil, maxBatch: Int = 64, compute: ComputeContext) {
         self.modelsDir = modelsDir
@@ -46,11 +49,12 @@ public final class AlignerFactory: @unchecked Sendable {
     /// One engine per model file, loaded on first use.
     public func engine(path: String) throws -> TextGenerator {
         let key = URL(fileURLWithPath: path).resolvingSymlinksInPath().path
-        lock.lock(); defer { lock.unlock() }
-        if let e = engines[key] { return e }
-        let e = try TextGenerator(path: key, maxBatch: maxBatch, context: compute)
-        engines[key] = e
-        return e
+        return try loaded.withLock { loaded in
+            if let e = loaded.engines[key] { return e }
+            let e = try TextGenerator(path: key, maxBatch: maxBatch, context: compute)
+            loaded.engines[key] = e
+            return e
+        }
     }
 
     /// A criterion's adapter directory: absolute, or relative to the criterion file's directory.
@@ -64,11 +68,12 @@ public final class AlignerFactory: @unchecked Sendable {
     /// One adapter per directory, loaded on first use and shared by every aligner that names it.
     public func adapter(path: String, for engine: TextGenerator) throws -> LoRAAdapter {
         let key = URL(fileURLWithPath: path).resolvingSymlinksInPath().path + "|" + engine.modelName
-        lock.lock(); defer { lock.unlock() }
-        if let a = adapters[key] { return a }
-        let a = try PEFTAdapter.load(directory: path, model: engine.model.config)
-        adapters[key] = a
-        return a
+        return try loaded.withLock { loaded in
+            if let a = loaded.adapters[key] { return a }
+            let a = try PEFTAdapter.load(directory: path, model: engine.model.config)
+            loaded.adapters[key] = a
+            return a
+        }
     }
 
     public func make(for criterion: Criterion) throws -> any Aligner {

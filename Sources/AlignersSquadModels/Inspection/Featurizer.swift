@@ -1,5 +1,6 @@
 import AlignersEngine
 import Foundation
+import Synchronization
 import AlignersCore
 import AlignersKernels
 
@@ -230,7 +231,7 @@ public final class InspectorFeaturizer: Sendable {
 
 /// Raw encoder features on disk (append-only binary records), so retraining a head takes seconds.
 /// Git-ignored under `.cache/`.
-public final class FeatureCache: @unchecked Sendable {
+public final class FeatureCache: Sendable {
     public struct Key: Hashable, Sendable {
         var a: UInt64, b: UInt64
         public init(_ s: String) {
@@ -245,14 +246,23 @@ public final class FeatureCache: @unchecked Sendable {
     }
 
     public let url: URL
-    private var entries: [Key: [Float]] = [:]
-    private var pending: [(Key, [Float])] = []
-    private let lock = NSLock()
+    private struct State {
+        var entries: [Key: [Float]] = [:]
+        /// Added since the last `flush`.
+        var pending: [(Key, [Float])] = []
+    }
+    private let state: Mutex<State>
 
     public init(url: URL) throws {
         self.url = url
         try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
-        guard let data = try? Data(contentsOf: url) else { return }
+        state = Mutex(State(entries: Self.read(url)))
+    }
+
+    /// The entries a cache file holds (none when it is missing; a torn tail is ignored).
+    private static func read(_ url: URL) -> [Key: [Float]] {
+        var entries: [Key: [Float]] = [:]
+        guard let data = try? Data(contentsOf: url) else { return entries }
         data.withUnsafeBytes { raw in
             var off = 0
             while off + 20 <= raw.count {
@@ -267,23 +277,24 @@ public final class FeatureCache: @unchecked Sendable {
                 off += 20 + 4 * n
             }
         }
+        return entries
     }
 
-    public var count: Int { lock.withLock { entries.count } }
+    public var count: Int { state.withLock { $0.entries.count } }
 
     public subscript(key: Key) -> [Float]? {
-        get { lock.withLock { entries[key] } }
+        get { state.withLock { $0.entries[key] } }
         set {
-            lock.withLock {
+            state.withLock {
                 guard let v = newValue else { return }
-                entries[key] = v
-                pending.append((key, v))
+                $0.entries[key] = v
+                $0.pending.append((key, v))
             }
         }
     }
 
     public func flush() throws {
-        let items: [(Key, [Float])] = lock.withLock { let p = pending; pending = []; return p }
+        let items: [(Key, [Float])] = state.withLock { let p = $0.pending; $0.pending = []; return p }
         if items.isEmpty { return }
         var out = Data()
         for (k, v) in items {
@@ -306,17 +317,16 @@ public final class FeatureCache: @unchecked Sendable {
 /// Featurizers made by one loader, all on one copy of the encoder weights: one per (encoder file,
 /// max length, views). Whoever loads inspectors owns one (the CLI's `InspectorLoader`), so heads of
 /// one directory share one featurizer and a batch is encoded once for all of them.
-public final class FeaturizerPool: @unchecked Sendable {
+public final class FeaturizerPool: Sendable {
     /// Where the encoders it loads compute.
     public let pool: ComputePool
-    private var featurizers: [String: InspectorFeaturizer] = [:]
-    private let lock = NSLock()
+    private let featurizers = Mutex<[String: InspectorFeaturizer]>([:])
     public init(pool: ComputePool) { self.pool = pool }
 
     public func featurizer(modelsDir: String? = nil, maxLength: Int = 256, views: [FeatureView]? = nil) throws -> InspectorFeaturizer {
         let weights = try ModelLocator.locate(InspectorFeaturizer.encoderRelativePath + "/model.safetensors", explicit: modelsDir)
         let path = weights.standardizedFileURL.path
-        return try lock.withLock {
+        return try featurizers.withLock { featurizers in
             let any = featurizers.first(where: { $0.key.hasPrefix(path + "#") })?.value
             let layers = any?.encoder.config.numHiddenLayers ?? 6
             let key = path + "#" + InspectorFeaturizer.recipe(views: views ?? FeatureView.v1(layers: layers), maxLength: maxLength, layers: layers)
