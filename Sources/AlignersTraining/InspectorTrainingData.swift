@@ -169,3 +169,37 @@ extension EncoderInspectorParameters: TrainableParameters {
         "encoder-lora \(config.rank) \(config.alpha) \(config.targets.map(\.rawValue)) \(config.layers ?? []) \(criteria)"
     }
 }
+
+/// Each criterion's rows by split, read from `<directory>/<criterion>.jsonl`.
+struct CriterionRows {
+    /// Per split ("train", "valid", "test"), one array of rows per criterion, in `criteria` order.
+    var splits: [String: [[PreferenceRow]]] = ["train": [], "valid": [], "test": []]
+    /// Rows kept per criterion and split.
+    var counts: [String: [String: Int]] = [:]
+    /// The files read, by name.
+    var files: [String] = []
+
+    /// `trainCap(k)`: most train rows of the k-th criterion (a seeded shuffle, `seed(k)`, picks them).
+    static func load(_ criteria: [String], from directory: URL, trainCap: (Int) -> Int?, seed: (Int) -> UInt64) throws -> CriterionRows {
+        var out = CriterionRows()
+        for (k, name) in criteria.enumerated() {
+            let url = directory.appendingPathComponent("\(name).jsonl")
+            guard FileManager.default.fileExists(atPath: url.path) else {
+                throw TrainingError.data("no data for criterion '\(name)': \(url.path) does not exist (--data-dir)")
+            }
+            out.files.append(url.lastPathComponent)
+            let rows = try InspectorData.load(url, split: nil)
+            for split in ["train", "valid", "test"] {
+                var r = rows.filter { $0.split == split }
+                if split == "train", let cap = trainCap(k), r.count > cap {
+                    var rng = SplitMix64(seed: seed(k))
+                    r.shuffle(using: &rng)
+                    r = Array(r.prefix(cap))
+                }
+                out.splits[split]!.append(r)
+                out.counts[name, default: [:]][split] = r.count
+            }
+        }
+        return out
+    }
+}

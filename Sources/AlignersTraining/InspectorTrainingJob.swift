@@ -46,29 +46,10 @@ public struct InspectorTrainingJob: Sendable {
     public func run(pool: ComputePool, resume: Bool, stopAfter: Int? = nil, log: (String) -> Void) throws -> Outcome {
         guard !criteria.isEmpty else { throw TrainingError.data("no criteria to train") }
         let featurizer = try InspectorFeaturizer.load(modelsDir: modelsDirectory, maxLength: dataOptions.maxLength, pool: pool)
-        var splits: [String: [[PreferenceRow]]] = ["train": [], "valid": [], "test": []]
-        var counts: [String: [String: Int]] = [:]
-        var files: [String] = []
-        for name in criteria {
-            let url = dataDirectory.appendingPathComponent("\(name).jsonl")
-            guard FileManager.default.fileExists(atPath: url.path) else {
-                throw TrainingError.data("no data for criterion '\(name)': \(url.path) does not exist (--data-dir)")
-            }
-            files.append(url.lastPathComponent)
-            let rows = try InspectorData.load(url, split: nil)
-            for split in ["train", "valid", "test"] {
-                var r = rows.filter { $0.split == split }
-                if split == "train", let maxRows, r.count > maxRows {
-                    var rng = SplitMix64(seed: loop.seed)
-                    r.shuffle(using: &rng)
-                    r = Array(r.prefix(maxRows))
-                }
-                splits[split]!.append(r)
-                counts[name, default: [:]][split] = r.count
-            }
-            guard counts[name]!["train"]! > 0, counts[name]!["valid"]! > 0 else {
-                throw TrainingError.data("\(url.path): needs rows with split=train and split=valid")
-            }
+        let rows = try CriterionRows.load(criteria, from: dataDirectory, trainCap: { _ in maxRows }, seed: { _ in loop.seed })
+        let splits = rows.splits, counts = rows.counts, files = rows.files
+        for name in criteria where counts[name]!["train"]! == 0 || counts[name]!["valid"]! == 0 {
+            throw TrainingError.data("\(dataDirectory.appendingPathComponent("\(name).jsonl").path): needs rows with split=train and split=valid")
         }
         let encode = { (e: Exchange) in featurizer.pairEncoding(e) }
         let train = InspectorTrainingSet.build(criteria: criteria, rows: splits["train"]!, options: dataOptions, encode: encode)

@@ -56,25 +56,9 @@ public struct VerdictInspectorTrainingJob: Sendable {
         let gguf = try GGUFFile(path: model)
         let tokenizer = try BPETokenizer(gguf: gguf)
         // Rows per split; the other criteria's train rows cut to `otherRows` (their good answers only count).
-        var splits: [String: [[PreferenceRow]]] = ["train": [], "valid": [], "test": []]
-        var files: [String] = []
-        for (k, name) in criteria.enumerated() {
-            let url = dataDirectory.appendingPathComponent("\(name).jsonl")
-            guard FileManager.default.fileExists(atPath: url.path) else {
-                throw TrainingError.data("no data for criterion '\(name)': \(url.path) does not exist (--data-dir)")
-            }
-            files.append(url.lastPathComponent)
-            let rows = try InspectorData.load(url, split: nil)
-            for split in ["train", "valid", "test"] {
-                var r = rows.filter { $0.split == split }
-                if k != c, split == "train", r.count > otherRows {
-                    var rng = SplitMix64(seed: loop.seed &+ UInt64(k))
-                    r.shuffle(using: &rng)
-                    r = Array(r.prefix(otherRows))
-                }
-                splits[split]!.append(r)
-            }
-        }
+        let rows = try CriterionRows.load(criteria, from: dataDirectory, trainCap: { $0 == c ? nil : otherRows },
+                                          seed: { loop.seed &+ UInt64($0) })
+        let splits = rows.splits, files = rows.files
         func set(_ split: String) -> VerdictSet {
             VerdictSet.build(LabelledExchange.build(criteria: criteria, rows: splits[split]!, options: dataOptions), criterion: c,
                              description: description, tokenizer: tokenizer, maxTokens: maxTokens)
