@@ -16,7 +16,7 @@ trap cleanup EXIT
 front=ipc://$work/front back=ipc://$work/back tap=ipc://$work/tap
 "$build/aligners" router --frontend "$front" --backend "$back" --tap "$tap" --criteria ethical,helpful \
   --batch-size 8 --window-ms 10 --log-level warning 2>"$work/router.log" & pids+=($!)
-for s in inspect.ethical inspect.helpful align.ethical align.helpful; do
+for s in inspect align.ethical align.helpful; do
   "$build/aligners-testworker" --service "$s" --connect "$back" 2>>"$work/workers.log" & pids+=($!)
 done
 n=40
@@ -51,7 +51,7 @@ cat "$keys/client.pub" >"$work/clients.allow"
 "$build/aligners" router --frontend "$front" --backend "$back" --tap "$tap" --criteria ethical,helpful \
   --batch-size 8 --window-ms 10 --log-level warning --curve-secret-key "$keys/router.key" \
   --allow-clients "$work/clients.allow" --allow-workers "$work/workers.allow" 2>"$work/router-curve.log" & pids+=($!)
-for s in inspect.ethical inspect.helpful align.ethical align.helpful; do
+for s in inspect align.ethical align.helpful; do
   "$build/aligners-testworker" --service "$s" --connect "$back" --curve-server-key "$keys/router.pub" \
     --curve-key "$keys/worker.key" 2>>"$work/workers-curve.log" & pids+=($!)
 done

@@ -4,7 +4,7 @@
 // Used by the daemons (`aligners router`, `aligners worker`) run as `Type=notify` units:
 //
 //     let notifier = SystemdNotifier()              // from the environment; a no-op outside systemd
-//     notifier.ready(status: "serving inspect.ethical")
+//     notifier.ready(status: "serving inspect")
 //     var lastPing: ContinuousClock.Instant? = nil
 //     while running {                               // the poll loop itself, so a stuck loop
 //         poll(timeout: ...)                        // stops the heartbeat and systemd restarts us

@@ -3,7 +3,7 @@ import Synchronization
 import Logging
 
 /// One line per event on stderr, `key=value` (logfmt), so journald and grep both read it:
-/// `ts=2026-11-23T19:02:11.123Z level=info logger=router msg="worker ready" service=inspect.ethical`
+/// `ts=2026-11-23T19:02:11.123Z level=info logger=router msg="worker ready" service=inspect`
 public struct LogfmtHandler: LogHandler {
     public var metadata: Logger.Metadata = [:]
     public var logLevel: Logger.Level = .info
