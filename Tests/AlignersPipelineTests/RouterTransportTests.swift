@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import Testing
 @testable import AlignersPipeline
+import PipelineTestDoubles
 
 @Suite("Router transport: values in process, protobuf over ZeroMQ", .serialized)
 struct RouterTransportTests {
@@ -49,6 +50,32 @@ struct RouterTransportTests {
         second.close()
         #expect(!hub.send(.heartbeat(HeartbeatSettings()), to: second.identity))
         #expect(hub.send(.heartbeat(HeartbeatSettings()), to: first.identity))
+    }
+
+    @Test("a worker whose in-process router is silent reconnects on a new link and registers again", .timeLimit(.minutes(10)))
+    func workerReconnectsInProcess() throws {
+        let hub = try LocalHub(name: "backend")
+        var settings = WorkerSettings()
+        settings.heartbeat = HeartbeatSettings(intervalMs: 20, liveness: 2)
+        settings.name = "lonely"
+        let worker = try Worker(context: ZMQContext(), router: .inProcess(hub), handler: InspectorStage(MarkerInspector(criterion: "ethical")),
+                                settings: settings, logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() })
+        let stopped = DispatchSemaphore(value: 0)
+        Thread {
+            try? worker.run()
+            stopped.signal()
+        }.start()
+        // Nobody answers: each registration comes from a fresh identity.
+        var registrations: [Identity] = []
+        #expect(wait {
+            while case .message(let message, let peer, _)? = try? hub.receive() {
+                if case .ready(let ready) = message.kind, ready.worker == "lonely" { registrations.append(peer) }
+            }
+            return registrations.count >= 2
+        })
+        #expect(Set(registrations).count == registrations.count)
+        worker.drain()
+        stopped.wait()
     }
 
     @Test("frames that are not a message arrive as junk on a ZeroMQ port and link")

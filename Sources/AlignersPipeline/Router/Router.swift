@@ -325,9 +325,11 @@ public final class Router: @unchecked Sendable {
             stats.failed += failed
             stats.inFlight -= envelopes.count
         }
-        if let tap { _ = try? tap.send([message.bytes()], dontWait: true) }
+        // Encoded once, for the tap and (over ZeroMQ) the client.
+        let encoded = tap.map { _ in message.bytes() }
+        if let tap, let encoded { _ = try? tap.send([encoded], dontWait: true) }
         guard gate.clients[client] != nil else { return }
-        let sent = frontend.send(message, to: client)
+        let sent = frontend.send(message, to: client, encoded: encoded)
         if !sent { logger.warning("client gone; results dropped", metadata: ["client": "\(client)", "envelopes": "\(envelopes.count)"]) }
         if countsAgainstCredit {
             let credit = gate.returned(envelopes.count, to: client, sent: sent)

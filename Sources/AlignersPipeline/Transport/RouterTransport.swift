@@ -21,9 +21,14 @@ protocol RouterPort: AnyObject {
     var endpoint: String { get }
     /// The next arrival; nil when nothing waits. Never blocks.
     func receive() throws -> RouterArrival?
-    /// False when the peer is gone. Never blocks.
-    func send(_ message: WireMessage, to peer: Identity) -> Bool
+    /// False when the peer is gone. Never blocks. `encoded`: the message's protobuf bytes if the
+    /// caller made them already (for the tap), so a socket need not encode it again.
+    func send(_ message: WireMessage, to peer: Identity, encoded: [UInt8]?) -> Bool
     func close()
+}
+
+extension RouterPort {
+    func send(_ message: WireMessage, to peer: Identity) -> Bool { send(message, to: peer, encoded: nil) }
 }
 
 /// A ROUTER socket: messages are protobuf frames after the peer's routing id.
@@ -53,8 +58,8 @@ final class ZMQRouterPort: RouterPort {
         return .message(message, from: Identity(frames[0]), key: key)
     }
 
-    func send(_ message: WireMessage, to peer: Identity) -> Bool {
-        (try? socket.send([peer.bytes, message.bytes()], dontWait: true)) ?? false
+    func send(_ message: WireMessage, to peer: Identity, encoded: [UInt8]?) -> Bool {
+        (try? socket.send([peer.bytes, encoded ?? message.bytes()], dontWait: true)) ?? false
     }
 
     func close() { socket.close() }
@@ -122,7 +127,7 @@ public final class LocalHub: RouterPort, @unchecked Sendable {
         return .message(message, from: peer, key: "")
     }
 
-    func send(_ message: WireMessage, to peer: Identity) -> Bool {
+    func send(_ message: WireMessage, to peer: Identity, encoded: [UInt8]?) -> Bool {
         guard let mailbox = peers.withLock({ $0[peer] }) else { return false }
         mailbox.put(message)
         return true
