@@ -273,7 +273,7 @@ struct EvalSquadCommand: AsyncParsableCommand {
         guard inFD >= 0, outFD >= 0 else { throw ValidationError("cannot open \(inputURL.path) or \(outputURL.path)") }
         var settings = FilterSettings()
         settings.explain = true
-        let filter = Filter(context: context, endpoint: pipeline.frontend, settings: settings, logger: logger, input: inFD, output: outFD)
+        let filter = Filter(context: context, router: pipeline.frontend, settings: settings, logger: logger, input: inFD, output: outFD)
         let bar = ProgressBar("aligning")
         let done = Counter()
         let t0 = Date()

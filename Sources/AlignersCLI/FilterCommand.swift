@@ -72,9 +72,9 @@ struct FilterCommand: AsyncParsableCommand {
         }
         let context = ZMQContext()
         var local: LocalPipeline?
-        let endpoint: String
+        let router: RouterAddress
         if let connect {
-            endpoint = connect
+            router = .endpoint(connect)
             // The router runs the squad: its own settings apply, whatever this command was given.
             let ignored = squad.changedFromDefaults()
             if !ignored.isEmpty {
@@ -90,9 +90,9 @@ struct FilterCommand: AsyncParsableCommand {
                 throw ExitCode(2)
             }
             local = pipeline
-            endpoint = pipeline.frontend
+            router = pipeline.frontend
         }
-        let filter = Filter(context: context, endpoint: endpoint, settings: settings, logger: logger)
+        let filter = Filter(context: context, router: router, settings: settings, logger: logger)
         let printer = summary ? SummaryPrinter() : nil
         let result: FilterSummary
         do {

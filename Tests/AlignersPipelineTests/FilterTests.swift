@@ -11,7 +11,8 @@ func runFilter(_ input: [UInt8], criteria: [String] = ["ethical", "helpful"], wi
                settings: FilterSettings = FilterSettings(), batchSize: Int = 8, windowMs: Int = 5,
                extraHandlers: [any StageHandler] = [], revertRegressions: Bool = false,
                inspectorCriteria: [String]? = nil, maxMessageBytes: Int? = nil,
-               serviceTimeoutMs: Int = 20_000, acceptanceMargins: [String: Double]? = nil) throws -> (lines: [[String: Any]], raw: [String], summary: FilterSummary) {
+               serviceTimeoutMs: Int = 20_000, acceptanceMargins: [String: Double]? = nil,
+               transport: LocalPipeline.Transport = .values) throws -> (lines: [[String: Any]], raw: [String], summary: FilterSummary) {
     var logger = Logger(label: "test")
     logger.logLevel = .error
     let context = ZMQContext()
@@ -36,7 +37,7 @@ func runFilter(_ input: [UInt8], criteria: [String] = ["ethical", "helpful"], wi
     var workerSettings = WorkerSettings()
     workerSettings.heartbeat = routerSettings.heartbeat
     let pipeline = try LocalPipeline(context: context, settings: routerSettings, handlers: handlers,
-                                     workerSettings: workerSettings, logger: logger)
+                                     workerSettings: workerSettings, transport: transport, logger: logger)
     pipeline.start()
     defer { pipeline.stop() }
 
@@ -59,7 +60,7 @@ func runFilter(_ input: [UInt8], criteria: [String] = ["ethical", "helpful"], wi
     let collected = OutputCollector(fd: outPipe[0])
     var filterSettings = settings
     filterSettings.heartbeat = routerSettings.heartbeat
-    let filter = Filter(context: context, endpoint: pipeline.frontend, settings: filterSettings, logger: logger,
+    let filter = Filter(context: context, router: pipeline.frontend, settings: filterSettings, logger: logger,
                         input: inPipe[0], output: outPipe[1])
     let summary = try filter.run()
     close(outPipe[1])
@@ -140,6 +141,7 @@ struct FilterTests {
     }
 
     /// The router refuses messages over its limit; the client splits what it submits to stay under it.
+    /// (The limit is ZeroMQ's: in-process values have none.)
     @Test("submissions are split under the router's message-size limit", .timeLimit(.minutes(10)))
     func submissionsFitTheMessageLimit() throws {
         let big = String(repeating: "x", count: 20_000)
@@ -147,7 +149,8 @@ struct FilterTests {
         var settings = FilterSettings()
         settings.maxSubmitBytes = 64 << 10
         settings.routerTimeoutMs = 120_000
-        let run = try runFilter(input, criteria: ["ethical"], settings: settings, batchSize: 40, maxMessageBytes: 256 << 10)
+        let run = try runFilter(input, criteria: ["ethical"], settings: settings, batchSize: 40, maxMessageBytes: 256 << 10,
+                                transport: .inprocSockets)
         #expect(run.summary.lines == 40 && run.summary.aligned == 40 && run.summary.failed == 0)
     }
 
@@ -303,7 +306,7 @@ struct BackPressureTests {
         var filterSettings = FilterSettings()
         filterSettings.window = 100
         filterSettings.heartbeat = settings.heartbeat
-        let filter = Filter(context: context, endpoint: pipeline.frontend, settings: filterSettings, logger: logger,
+        let filter = Filter(context: context, router: pipeline.frontend, settings: filterSettings, logger: logger,
                             input: inPipe[0], output: open("/dev/null", O_WRONLY))
         let result = ResultBox()
         let done = DispatchSemaphore(value: 0)
@@ -322,7 +325,7 @@ struct BackPressureTests {
                        AlignerStage(MarkerAligner(criterion: "ethical"))].map { (handler: any StageHandler) throws -> Worker in
             var ws = WorkerSettings()
             ws.heartbeat = settings.heartbeat
-            return try Worker(context: context, endpoint: pipeline.router.backendEndpoint, handler: handler, settings: ws, logger: logger)
+            return try Worker(context: context, router: pipeline.backend, handler: handler, settings: ws, logger: logger)
         }
         for w in workers { Thread { try? w.run() }.start() }
         defer { workers.forEach { $0.drain() } }

@@ -77,7 +77,8 @@ struct FuzzTests {
         #expect(decoded > 0)
     }
 
-    /// A started in-process pipeline for the ethical criterion on the marker doubles.
+    /// A started in-process pipeline for the ethical criterion on the marker doubles, on inproc://
+    /// sockets (the tests speak raw ZeroMQ to its router).
     static func ethicalPipeline(heartbeat: HeartbeatSettings) throws -> (ZMQContext, LocalPipeline, Logger) {
         var logger = Logger(label: "fuzz")
         logger.logLevel = .critical
@@ -88,7 +89,7 @@ struct FuzzTests {
         let pipeline = try LocalPipeline(context: context, settings: settings,
                                          handlers: [InspectorStage(MarkerInspector(criterion: "ethical")),
                                                     AlignerStage(MarkerAligner(criterion: "ethical"))],
-                                         logger: logger)
+                                         transport: .inprocSockets, logger: logger)
         pipeline.start()
         return (context, pipeline, logger)
     }
@@ -109,7 +110,7 @@ struct FuzzTests {
             sockets.append(s)
         }
         // A stream through the pipeline afterwards (the registrations are handled by then).
-        let filter = Filter(context: context, endpoint: pipeline.frontend, settings: FilterSettings(), logger: logger,
+        let filter = Filter(context: context, router: pipeline.frontend, settings: FilterSettings(), logger: logger,
                             input: try fileDescriptor(for: (0..<5).map { #"{"prompt":"q","response":"r\#($0)"}"# }),
                             output: open("/dev/null", O_WRONLY))
         #expect(try filter.run().lines == 5)
@@ -125,7 +126,7 @@ struct FuzzTests {
         defer { pipeline.stop() }
         var rng = SplitMix64(state: 99)
         let backendEndpoint = pipeline.router.backendEndpoint
-        for endpoint in [pipeline.frontend, backendEndpoint] {
+        for endpoint in [pipeline.router.frontendEndpoint, backendEndpoint] {
             let junk = try ZMQSocket(context, .dealer)
             try junk.connect(endpoint)
             for i in 0..<2000 {
@@ -146,7 +147,7 @@ struct FuzzTests {
             junk.close()
         }
         // A real client afterwards gets every sample back.
-        let filter = Filter(context: context, endpoint: pipeline.frontend, settings: FilterSettings(), logger: logger,
+        let filter = Filter(context: context, router: pipeline.frontend, settings: FilterSettings(), logger: logger,
                             input: try fileDescriptor(for: (0..<20).map { #"{"prompt":"q","response":"r\#($0) [bad:ethical]"}"# }),
                             output: open("/dev/null", O_WRONLY))
         let summary = try filter.run()

@@ -44,17 +44,23 @@ public struct FilterSummary: Sendable, Equatable {
 /// read only while the output window has room and the router has credit, so memory stays bounded.
 public final class Filter: @unchecked Sendable {
     private let context: ZMQContext
-    private let endpoint: String
+    private let router: RouterAddress
     private let settings: FilterSettings
     private let logger: Logger
     private let input: Int32
     private let output: Int32
 
-    /// `endpoint` is a router's front end (inproc:// for the in-process pipeline).
-    public init(context: ZMQContext, endpoint: String, settings: FilterSettings, logger: Logger,
+    /// `endpoint` is a router's front end (ZeroMQ's tcp://, ipc://, inproc://).
+    public convenience init(context: ZMQContext, endpoint: String, settings: FilterSettings, logger: Logger,
+                            input: Int32 = STDIN_FILENO, output: Int32 = STDOUT_FILENO) {
+        self.init(context: context, router: .endpoint(endpoint), settings: settings, logger: logger, input: input, output: output)
+    }
+
+    /// `router` is a router's front end: an endpoint, or an in-process pipeline's (`LocalPipeline.frontend`).
+    public init(context: ZMQContext, router: RouterAddress, settings: FilterSettings, logger: Logger,
                 input: Int32 = STDIN_FILENO, output: Int32 = STDOUT_FILENO) {
         self.context = context
-        self.endpoint = endpoint
+        self.router = router
         self.settings = settings
         self.logger = logger
         self.input = input
@@ -63,7 +69,8 @@ public final class Filter: @unchecked Sendable {
 
     /// Runs until the input ends and every line has its output record. Blocks.
     public func run(onRecord: (@Sendable (InputLine?, Envelope?) -> Void)? = nil) throws -> FilterSummary {
-        if let warning = try EndpointPolicy.check(endpoint, use: "connect to", encrypted: settings.curve != nil,
+        if case .endpoint(let endpoint) = router,
+           let warning = try EndpointPolicy.check(endpoint, use: "connect to", encrypted: settings.curve != nil,
                                                   insecure: settings.insecure, remedy: CurveClientKeys.remedy) {
             logger.warning("\(warning)")
         }
@@ -71,7 +78,7 @@ public final class Filter: @unchecked Sendable {
         let sink = OutputSink(fd: output, ordered: !settings.unordered, window: settings.window, explain: settings.explain,
                               logger: logger, onRecord: onRecord)
         let handoff = try Mailbox<ReaderItem>()
-        let client = PipelineClient(context: context, endpoint: endpoint, heartbeat: settings.heartbeat,
+        let client = PipelineClient(context: context, router: router, heartbeat: settings.heartbeat,
                                     timeoutMs: settings.routerTimeoutMs, maxSubmitBytes: settings.maxSubmitBytes,
                                     curve: settings.curve, logger: logger)
 
@@ -154,29 +161,29 @@ public final class Filter: @unchecked Sendable {
     }
 }
 
-/// Talks to the router's front end for the filter: submits within credit, collects deliveries,
-/// and re-submits what is in flight if the router restarts: when it goes silent (a reconnection on
-/// a fresh socket), or when its messages carry a new incarnation (one restarted so fast that the
-/// socket reconnected by itself, to a router that knows nothing of what the old one held).
 /// What the reader hands the client: a parsed sample, or the end of the input.
 enum ReaderItem {
     case sample(Envelope)
     case end
 }
 
+/// Talks to the router's front end for the filter: submits within credit, collects deliveries,
+/// and re-submits what is in flight if the router restarts: when it goes silent (a reconnection on
+/// a fresh link), or when its messages carry a new incarnation (one restarted so fast that the
+/// socket reconnected by itself, to a router that knows nothing of what the old one held).
 final class PipelineClient {
     private let context: ZMQContext
-    private let endpoint: String
+    private let router: RouterAddress
     private let heartbeat: HeartbeatSettings
     private let timeoutNs: UInt64
     private let maxSubmitBytes: Int
     private let curve: CurveClientKeys?
     private let logger: Logger
 
-    init(context: ZMQContext, endpoint: String, heartbeat: HeartbeatSettings, timeoutMs: Int, maxSubmitBytes: Int = 16 << 20,
+    init(context: ZMQContext, router: RouterAddress, heartbeat: HeartbeatSettings, timeoutMs: Int, maxSubmitBytes: Int = 16 << 20,
          curve: CurveClientKeys? = nil, logger: Logger) {
         self.context = context
-        self.endpoint = endpoint
+        self.router = router
         self.heartbeat = heartbeat
         self.timeoutNs = UInt64(timeoutMs) * 1_000_000
         self.maxSubmitBytes = maxSubmitBytes
@@ -184,16 +191,15 @@ final class PipelineClient {
         self.logger = logger
     }
 
-    private func connect() throws -> RouterConnection {
-        let connection = try RouterConnection(context: context, endpoint: endpoint, curve: curve)
-        try connection.socket.send([WireMessage.heartbeat(heartbeat).bytes()])  // hello: the router answers with credit
-        return connection
+    private func connect() throws -> any PeerLink {
+        let link = try router.connect(context: context, curve: curve)
+        try link.send(.heartbeat(heartbeat))  // hello: the router answers with credit
+        return link
     }
 
     func run(input: Mailbox<ReaderItem>, sink: OutputSink) throws {
-        var connection = try connect()
-        var socket = connection.socket
-        defer { connection.close() }
+        var link = try connect()
+        defer { link.close() }
         var credit = 0
         var inFlight: [UInt64: Envelope] = [:]
         var resubmit: [Envelope] = []
@@ -208,27 +214,26 @@ final class PipelineClient {
 
         while !(inputDone && inFlight.isEmpty && resubmit.isEmpty) {
             let wantInput = credit > 0 && resubmit.isEmpty && !inputDone
-            var sockets = [socket]
-            if let watch = connection.watch { sockets.append(watch.events) }
-            var poller = ZMQPoller(sockets, fds: wantInput ? [input.wakeFD] : [])
+            let targets = link.pollTargets
+            var poller = ZMQPoller(targets + (wantInput ? [.fd(input.wakeFD)] : []))
             let ready = try poller.poll(timeoutMs: min(heartbeat.intervalMs, 200))
             let now = monotonicNanos()
             // A refused key or a security mismatch will not mend by retrying: say so now.
-            if connection.watch != nil && ready[1], let failure = try connection.watch?.failures().first {
+            if targets.count > 1 && ready[1], let failure = try link.handshakeFailures().first {
                 throw failure
             }
             if ready[0] {
-                while let frames = try socket.receive(dontWait: true) {
+                while let arrival = try link.receive() {
                     lastHeard = now
                     silentSince = now
                     warnedSilent = false
-                    guard frames.count == 1, let message = WireMessage.decode(frames[0]) else { continue }
+                    guard case .message(let message) = arrival else { continue }
                     if message.routerIncarnation != 0 && message.routerIncarnation != incarnation {
                         if incarnation != 0 {
                             // A new router: the old one's credit is void, and everything unanswered
                             // was sent to it (nothing goes to this one before its first grant).
                             logger.warning("router restarted; sending again what it held", metadata: [
-                                "endpoint": "\(endpoint)", "in_flight": "\(inFlight.count)"])
+                                "endpoint": "\(router)", "in_flight": "\(inFlight.count)"])
                             resubmit = inFlight.values.sorted { $0.seq < $1.seq }
                             credit = 0
                         }
@@ -251,11 +256,11 @@ final class PipelineClient {
             if !resubmit.isEmpty && credit > 0 {
                 let chunk = Array(resubmit.prefix(credit))
                 resubmit.removeFirst(chunk.count)
-                try submit(chunk, on: socket, incarnation: incarnation)
+                try submit(chunk, on: link, incarnation: incarnation)
                 credit -= chunk.count
                 lastSent = now
             }
-            if wantInput && ready[sockets.count] {
+            if wantInput && ready[targets.count] {
                 var batch: [Envelope] = []
                 for item in input.takeAvailable(limit: credit) {
                     switch item {
@@ -267,38 +272,37 @@ final class PipelineClient {
                     }
                 }
                 if !batch.isEmpty {
-                    try submit(batch, on: socket, incarnation: incarnation)
+                    try submit(batch, on: link, incarnation: incarnation)
                     credit -= batch.count
                     lastSent = now
                 }
             }
             if now - silentSince > timeoutNs {
-                throw RouterUnreachable(endpoint: endpoint, seconds: Int(timeoutNs / 1_000_000_000), curve: curve != nil)
+                throw RouterUnreachable(endpoint: "\(router)", seconds: Int(timeoutNs / 1_000_000_000), curve: curve != nil)
             }
             if now - lastHeard > expiryNs {
                 // The router went away: reconnect and send again whatever it had not answered.
                 if !warnedSilent {
-                    logger.warning("router silent; reconnecting", metadata: ["endpoint": "\(endpoint)", "in_flight": "\(inFlight.count)"])
+                    logger.warning("router silent; reconnecting", metadata: ["endpoint": "\(router)", "in_flight": "\(inFlight.count)"])
                     warnedSilent = true
                 }
-                connection.close()
-                connection = try connect()
-                socket = connection.socket
+                link.close()
+                link = try connect()
                 credit = 0
                 resubmit = inFlight.values.sorted { $0.seq < $1.seq }
                 lastHeard = now
                 lastSent = now
             } else if now - lastSent >= heartbeat.intervalNs {
-                try socket.send([WireMessage.heartbeat(heartbeat).bytes()])
+                try link.send(.heartbeat(heartbeat))
                 lastSent = now
             }
         }
-        _ = try? socket.send([WireMessage.disconnect("done").bytes()])   // best effort: the router times us out anyway
+        _ = try? link.send(.disconnect("done"))   // best effort: the router times us out anyway
     }
 
     /// Sends envelopes in messages of at most `maxSubmitBytes` (one envelope per message at least),
     /// addressed to the router incarnation that granted the credit.
-    private func submit(_ envelopes: [Envelope], on socket: ZMQSocket, incarnation: UInt64) throws {
+    private func submit(_ envelopes: [Envelope], on link: any PeerLink, incarnation: UInt64) throws {
         var part: [Envelope] = [], bytes = 0
         func flush() throws {
             guard !part.isEmpty else { return }
@@ -306,7 +310,7 @@ final class PipelineClient {
             submit.envelopes = part
             var message = WireMessage(.submit(submit))
             message.routerIncarnation = incarnation
-            try socket.send([message.bytes()])
+            try link.send(message)
             part.removeAll(keepingCapacity: true)
             bytes = 0
         }

@@ -22,8 +22,9 @@ public final class Router: @unchecked Sendable {
     /// restarted router (which knows nothing of what they had sent) from a reconnection.
     public let incarnation = UInt64.random(in: 1...UInt64.max)
     private let logger: Logger
-    private let frontend: ZMQSocket
-    private let backend: ZMQSocket
+    /// Clients' and workers' sides: ROUTER sockets, or in process the hubs of `LocalPipeline`.
+    private let frontend: any RouterPort
+    private let backend: any RouterPort
     private let tap: ZMQSocket?
     private let curve: CurveServerKeys?
     /// Answers CURVE handshakes; served by the router's thread like every other socket.
@@ -49,8 +50,46 @@ public final class Router: @unchecked Sendable {
 
     /// Binds the front end, back end and optional tap. Endpoints are ZeroMQ's (tcp://, ipc://, inproc://).
     /// Plain tcp on an address other than loopback needs `security.insecure` (else this throws).
-    public init(context: ZMQContext, frontend: String, backend: String, tap: String? = nil,
-                settings: RouterSettings, security: RouterSecurity = RouterSecurity(), logger: Logger) throws {
+    public convenience init(context: ZMQContext, frontend: String, backend: String, tap: String? = nil,
+                            settings: RouterSettings, security: RouterSecurity = RouterSecurity(), logger: Logger) throws {
+        for endpoint in [frontend, backend] + (tap.map { [$0] } ?? []) {
+            if let warning = try EndpointPolicy.check(endpoint, use: "bind", encrypted: security.curve != nil, insecure: security.insecure,
+                                                      remedy: Self.curveRemedy) {
+                logger.warning("\(warning)")
+            }
+        }
+        // The handler is bound before any CURVE socket, so no handshake can find it missing.
+        var zap: ZAPHandler?
+        if let curve = security.curve {
+            try Curve.requireAvailable()
+            zap = try ZAPHandler(context: context, allowlists: curve.allowlists, logger: logger)
+        }
+        func port(_ endpoint: String, _ kind: PeerKind) throws -> ZMQRouterPort {
+            let socket = try ZMQSocket(context, .router)
+            try socket.setRouterMandatory()
+            try socket.setMaxMessageSize(settings.maxMessageBytes)
+            if let curve = security.curve { try socket.makeCurveServer(curve.keyPair, zapDomain: kind.zapDomain) }
+            try socket.bind(endpoint)
+            return ZMQRouterPort(socket, readsKeys: security.curve != nil)
+        }
+        self.init(frontend: try port(frontend, .client), backend: try port(backend, .worker),
+                  tap: try tap.map { try Self.bindTap(context: context, $0, curve: security.curve) },
+                  curve: security.curve, zap: zap, settings: settings, logger: logger)
+    }
+
+    /// A router for this process: clients and workers reach it through the two hubs (see
+    /// `LocalPipeline`), by passing messages, not bytes. The tap, if any, is a ZeroMQ endpoint.
+    convenience init(context: ZMQContext, frontend: LocalHub, backend: LocalHub, tap: String? = nil,
+                     settings: RouterSettings, logger: Logger) throws {
+        if let tap, let warning = try EndpointPolicy.check(tap, use: "bind", encrypted: false, insecure: false, remedy: Self.curveRemedy) {
+            logger.warning("\(warning)")
+        }
+        self.init(frontend: frontend, backend: backend, tap: try tap.map { try Self.bindTap(context: context, $0, curve: nil) },
+                  curve: nil, zap: nil, settings: settings, logger: logger)
+    }
+
+    private init(frontend: any RouterPort, backend: any RouterPort, tap: ZMQSocket?, curve: CurveServerKeys?, zap: ZAPHandler?,
+                 settings: RouterSettings, logger: Logger) {
         self.settings = settings
         self.logger = logger
         gate = ClientGate(window: settings.clientWindow)
@@ -59,41 +98,20 @@ public final class Router: @unchecked Sendable {
                                                   serviceTimeoutMs: settings.serviceTimeoutMs, heartbeat: settings.heartbeat,
                                                   criteria: settings.criteria),
                         logger: logger)
-        for endpoint in [frontend, backend] + (tap.map { [$0] } ?? []) {
-            if let warning = try EndpointPolicy.check(endpoint, use: "bind", encrypted: security.curve != nil, insecure: security.insecure,
-                                                      remedy: Self.curveRemedy) {
-                logger.warning("\(warning)")
-            }
-        }
-        curve = security.curve
-        // The handler is bound before any CURVE socket, so no handshake can find it missing.
-        if let curve = security.curve {
-            try Curve.requireAvailable()
-            zap = try ZAPHandler(context: context, allowlists: curve.allowlists, logger: logger)
-            allowlistGeneration = curve.allowlists.generation
-        } else {
-            zap = nil
-        }
-        self.frontend = try ZMQSocket(context, .router)
-        self.backend = try ZMQSocket(context, .router)
-        try self.frontend.setRouterMandatory()
-        try self.backend.setRouterMandatory()
-        try self.frontend.setMaxMessageSize(settings.maxMessageBytes)
-        try self.backend.setMaxMessageSize(settings.maxMessageBytes)
-        if let curve = security.curve {
-            try self.frontend.makeCurveServer(curve.keyPair, zapDomain: PeerKind.client.zapDomain)
-            try self.backend.makeCurveServer(curve.keyPair, zapDomain: PeerKind.worker.zapDomain)
-        }
-        try self.frontend.bind(frontend)
-        try self.backend.bind(backend)
-        if let tap {
-            let pub = try ZMQSocket(context, .pub)
-            if let curve = security.curve { try pub.makeCurveServer(curve.keyPair, zapDomain: PeerKind.tap.zapDomain) }
-            try pub.bind(tap)
-            self.tap = pub
-        } else {
-            self.tap = nil
-        }
+        self.frontend = frontend
+        self.backend = backend
+        self.tap = tap
+        self.curve = curve
+        self.zap = zap
+        allowlistGeneration = curve?.allowlists.generation ?? 0
+    }
+
+    /// The PUB socket the delivered envelopes are published on.
+    private static func bindTap(context: ZMQContext, _ endpoint: String, curve: CurveServerKeys?) throws -> ZMQSocket {
+        let pub = try ZMQSocket(context, .pub)
+        if let curve { try pub.makeCurveServer(curve.keyPair, zapDomain: PeerKind.tap.zapDomain) }
+        try pub.bind(endpoint)
+        return pub
     }
 
     static let curveRemedy = "Protect it with CURVE (--curve-secret-key with --allow-clients and --allow-workers; "
@@ -117,8 +135,8 @@ public final class Router: @unchecked Sendable {
         return try curve.allowlists.reload()
     }
 
-    public var frontendEndpoint: String { frontend.lastEndpoint }
-    public var backendEndpoint: String { backend.lastEndpoint }
+    public var frontendEndpoint: String { frontend.endpoint }
+    public var backendEndpoint: String { backend.endpoint }
     public var tapEndpoint: String? { tap?.lastEndpoint }
 
     /// Stop taking new samples, finish those in flight, then return from `run()`. Thread-safe.
@@ -127,9 +145,9 @@ public final class Router: @unchecked Sendable {
 
     /// Serves until drained and idle. Call on a dedicated thread (it blocks).
     public func run() throws {
-        var poller = ZMQPoller([frontend, backend] + (zap.map { [$0.socket] } ?? []))
+        var poller = ZMQPoller([frontend.pollTarget, backend.pollTarget] + (zap.map { [.socket($0.socket)] } ?? []))
         var announcedDrain = false
-        var metadata: Logger.Metadata = ["frontend": "\(frontend.lastEndpoint)", "backend": "\(backend.lastEndpoint)",
+        var metadata: Logger.Metadata = ["frontend": "\(frontend.endpoint)", "backend": "\(backend.endpoint)",
                                          "criteria": "\(settings.criteria.joined(separator: ","))"]
         if let curve {
             metadata["curve_public_key"] = "\(curve.keyPair.publicKey)"
@@ -145,8 +163,8 @@ public final class Router: @unchecked Sendable {
                 allowlistGeneration = curve.allowlists.generation
                 enforceAllowlists(curve.allowlists)
             }
-            if ready[1] { try drainSocket(backend) { try handleBackend($0, key: $1) } }
-            if ready[0] { try drainSocket(frontend) { try handleFrontend($0, key: $1) } }
+            if ready[1] { try drain(backend) { try handleBackend($0, from: $1, key: $2) } }
+            if ready[0] { try drain(frontend) { try handleFrontend($0, from: $1, key: $2) } }
             let now = monotonicNanos()
             if isDraining && !announcedDrain {
                 announcedDrain = true
@@ -192,16 +210,15 @@ public final class Router: @unchecked Sendable {
         return ms
     }
 
-    /// Handles what a socket holds, with each message's sender key ("" without CURVE).
-    private func drainSocket(_ socket: ZMQSocket, _ handle: ([[UInt8]], String) throws -> Void) throws {
-        // Bounded so one busy socket cannot starve the other or the timers.
+    /// Handles what a side holds: each message with its sender and the sender's key ("" without
+    /// CURVE); junk is counted.
+    private func drain(_ port: any RouterPort, _ handle: (WireMessage, Identity, String) throws -> Void) throws {
+        // Bounded so one busy side cannot starve the other or the timers.
         for _ in 0..<1000 {
-            if curve == nil {
-                guard let frames = try socket.receive(dontWait: true) else { return }
-                try handle(frames, "")
-            } else {
-                guard let (frames, key) = try socket.receiveWithUserID(dontWait: true) else { return }
-                try handle(frames, key)
+            switch try port.receive() {
+            case nil: return
+            case .junk: stats.rejectedFrames += 1
+            case .message(let message, let id, let key): try handle(message, id, key)
             }
         }
     }
@@ -230,12 +247,7 @@ public final class Router: @unchecked Sendable {
 
     // MARK: Front end (clients)
 
-    private func handleFrontend(_ frames: [[UInt8]], key: String) throws {
-        guard frames.count == 2, let message = WireMessage.decode(frames[1]) else {
-            stats.rejectedFrames += 1
-            return
-        }
-        let id = Identity(frames[0])
+    private func handleFrontend(_ message: WireMessage, from id: Identity, key: String) throws {
         guard !ignored.contains(id) else {
             stats.rejectedFrames += 1
             return
@@ -270,14 +282,14 @@ public final class Router: @unchecked Sendable {
     private func grantCredit(_ client: Identity, _ n: Int) {
         var credit = Aligners_V1_Credit()
         credit.envelopes = UInt32(n)
-        _ = try? frontend.send([client.bytes, stamped(WireMessage(.credit(credit)))], dontWait: true)
+        _ = frontend.send(stamped(WireMessage(.credit(credit))), to: client)
     }
 
-    /// A message's bytes as this router sends them: with its incarnation.
-    private func stamped(_ message: WireMessage) -> [UInt8] {
+    /// A message as this router sends it: with its incarnation.
+    private func stamped(_ message: WireMessage) -> WireMessage {
         var message = message
         message.routerIncarnation = incarnation
-        return message.bytes()
+        return message
     }
 
     private func accept(_ envelopes: [Envelope], from client: Identity, now: UInt64) {
@@ -304,7 +316,7 @@ public final class Router: @unchecked Sendable {
     private func send(_ envelopes: [Envelope], to client: Identity, countsAgainstCredit: Bool) {
         var deliver = Aligners_V1_Deliver()
         deliver.envelopes = envelopes
-        let bytes = stamped(WireMessage(.deliver(deliver)))
+        let message = stamped(WireMessage(.deliver(deliver)))
         if countsAgainstCredit {
             let failed = envelopes.filter { $0.hasError }.count
             metrics.count("aligners_samples_total", [("stage", "router"), ("event", "delivered")], by: envelopes.count)
@@ -313,9 +325,11 @@ public final class Router: @unchecked Sendable {
             stats.failed += failed
             stats.inFlight -= envelopes.count
         }
-        if let tap { _ = try? tap.send([bytes], dontWait: true) }
+        // Encoded once, for the tap and (over ZeroMQ) the client.
+        let encoded = tap.map { _ in message.bytes() }
+        if let tap, let encoded { _ = try? tap.send([encoded], dontWait: true) }
         guard gate.clients[client] != nil else { return }
-        let sent = (try? frontend.send([client.bytes, bytes], dontWait: true)) ?? false
+        let sent = frontend.send(message, to: client, encoded: encoded)
         if !sent { logger.warning("client gone; results dropped", metadata: ["client": "\(client)", "envelopes": "\(envelopes.count)"]) }
         if countsAgainstCredit {
             let credit = gate.returned(envelopes.count, to: client, sent: sent)
@@ -334,7 +348,7 @@ public final class Router: @unchecked Sendable {
             wire.service = job.service.name
             // Each envelope of a job says which dispatch of that job it came in.
             wire.envelopes = squad.envelopes(of: job.owner).map { var e = $0; e.attempt = UInt32(job.attempt); return e }
-            let sent = (try? backend.send([workerID.bytes, stamped(WireMessage(.job(wire)))], dontWait: true)) ?? false
+            let sent = backend.send(stamped(WireMessage(.job(wire))), to: workerID)
             if sent {
                 broker.dispatched(job.id, to: workerID, now: monotonicNanos())
             } else {
@@ -345,12 +359,7 @@ public final class Router: @unchecked Sendable {
         }
     }
 
-    private func handleBackend(_ frames: [[UInt8]], key: String) throws {
-        guard frames.count == 2, let message = WireMessage.decode(frames[1]) else {
-            stats.rejectedFrames += 1
-            return
-        }
-        let id = Identity(frames[0])
+    private func handleBackend(_ message: WireMessage, from id: Identity, key: String) throws {
         guard !ignored.contains(id) else {
             stats.rejectedFrames += 1
             return
@@ -367,7 +376,7 @@ public final class Router: @unchecked Sendable {
         }
         guard broker.heard(from: id, now: now), let worker = broker.workers[id] else {
             // A worker we do not know (we restarted, or purged it): ask it to register again.
-            _ = try? backend.send([id.bytes, stamped(.disconnect("unknown worker: send Ready"))], dontWait: true)
+            _ = backend.send(stamped(.disconnect("unknown worker: send Ready")), to: id)
             return
         }
         switch message.kind {
@@ -423,7 +432,7 @@ public final class Router: @unchecked Sendable {
         broker.register(id, WorkerState(service: service, name: name, model: ready.model, key: key,
                                         credit: credit, expiryNs: expiry, lastSeen: now), now: now)
         // Our timing at once, so the worker need not wait a heartbeat to learn it.
-        _ = try? backend.send([id.bytes, stamped(.heartbeat(settings.heartbeat))], dontWait: true)
+        _ = backend.send(stamped(.heartbeat(settings.heartbeat)), to: id)
         var metadata: Logger.Metadata = ["worker": "\(name)", "service": "\(ready.service)",
                                          "model": "\(ready.model)", "credit": "\(credit)"]
         if service == .inspect { metadata["criteria"] = "\(ready.criteria.joined(separator: ","))" }
@@ -465,15 +474,15 @@ public final class Router: @unchecked Sendable {
 
     private func sendHeartbeats() {
         let beat = stamped(.heartbeat(settings.heartbeat))
-        for id in broker.workers.keys { _ = try? backend.send([id.bytes, beat], dontWait: true) }
-        for id in gate.connected { _ = try? frontend.send([id.bytes, beat], dontWait: true) }
+        for id in broker.workers.keys { _ = backend.send(beat, to: id) }
+        for id in gate.connected { _ = frontend.send(beat, to: id) }
     }
 
     /// Drops a worker that cannot be trusted: its jobs go back to their queues, it is told why, and
     /// what it sends on this connection is ignored. (It may connect again; with CURVE, only while
     /// its key is allowlisted.)
     private func dropWorker(_ id: Identity, reason: String) {
-        _ = try? backend.send([id.bytes, stamped(.disconnect("dropped: \(reason)"))], dontWait: true)
+        _ = backend.send(stamped(.disconnect("dropped: \(reason)")), to: id)
         stats.droppedWorkers += 1
         metrics.count("aligners_workers_dropped_total")
         broker.forget(id, reason: reason, dropped: true)

@@ -161,6 +161,12 @@ public final class ZMQSocket {
     }
 }
 
+/// Something `ZMQPoller` waits on: a socket, or a plain descriptor (a `Mailbox`'s).
+enum PollTarget {
+    case socket(ZMQSocket)
+    case fd(Int32)
+}
+
 /// Waits on several sockets at once.
 public struct ZMQPoller {
     private var items: [zmq_pollitem_t]
@@ -171,7 +177,18 @@ public struct ZMQPoller {
             + fds.map { zmq_pollitem_t(socket: nil, fd: $0, events: Int16(ZMQ_POLLIN), revents: 0) }
     }
 
-    /// Returns which sockets, then which descriptors, are readable; `timeoutMs` -1 waits forever.
+    /// Polls `targets` for input, in their order.
+    init(_ targets: [PollTarget]) {
+        items = targets.map {
+            switch $0 {
+            case .socket(let socket): zmq_pollitem_t(socket: socket.handle, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0)
+            case .fd(let fd): zmq_pollitem_t(socket: nil, fd: fd, events: Int16(ZMQ_POLLIN), revents: 0)
+            }
+        }
+    }
+
+    /// Returns which are readable, in the order given (sockets before descriptors with `init(_:fds:)`);
+    /// `timeoutMs` -1 waits forever.
     public mutating func poll(timeoutMs: Int) throws -> [Bool] {
         let rc = zmq_poll(&items, Int32(items.count), timeoutMs)
         if rc < 0 {

@@ -42,7 +42,7 @@ public final class Worker: @unchecked Sendable {
     public let handler: any StageHandler
     public let settings: WorkerSettings
     private let context: ZMQContext
-    private let endpoint: String
+    private let router: RouterAddress
     private let logger: Logger
     private let draining = Atomic<Bool>(false)
     /// Monotonic start of the running job, 0 when idle (read by the socket thread for the watchdog).
@@ -54,15 +54,22 @@ public final class Worker: @unchecked Sendable {
     public var onTick: (@Sendable (_ healthy: Bool) -> Void)?
 
     /// Throws for plain tcp to an address other than loopback unless `settings.insecure`.
-    public init(context: ZMQContext, endpoint: String, handler: any StageHandler, settings: WorkerSettings = WorkerSettings(),
+    public convenience init(context: ZMQContext, endpoint: String, handler: any StageHandler,
+                            settings: WorkerSettings = WorkerSettings(), logger: Logger) throws {
+        try self.init(context: context, router: .endpoint(endpoint), handler: handler, settings: settings, logger: logger)
+    }
+
+    /// `router` is a router's back end: an endpoint, or an in-process pipeline's (`LocalPipeline.backend`).
+    public init(context: ZMQContext, router: RouterAddress, handler: any StageHandler, settings: WorkerSettings = WorkerSettings(),
                 logger: Logger) throws {
-        if let warning = try EndpointPolicy.check(endpoint, use: "connect to", encrypted: settings.curve != nil,
+        if case .endpoint(let endpoint) = router,
+           let warning = try EndpointPolicy.check(endpoint, use: "connect to", encrypted: settings.curve != nil,
                                                   insecure: settings.insecure, remedy: CurveClientKeys.remedy) {
             logger.warning("\(warning)")
         }
         if settings.curve != nil { try Curve.requireAvailable() }
         self.context = context
-        self.endpoint = endpoint
+        self.router = router
         self.handler = handler
         self.settings = settings
         self.logger = logger
@@ -80,8 +87,7 @@ public final class Worker: @unchecked Sendable {
         compute.start()
         defer { jobs.put(.stop) }
 
-        var connection = try connect()
-        var socket = connection.socket
+        var link = try connect()
         // Jobs with the compute thread, by the router incarnation that gave them.
         var inFlight = Set<HeldJob>()
         // The router's incarnation and heartbeat timing, as its messages say.
@@ -97,23 +103,23 @@ public final class Worker: @unchecked Sendable {
         // fresh socket, backing off.
         var handshakeFailed = false
         while true {
-            let sockets = [socket] + (connection.watch.map { [$0.events] } ?? [])
-            var poller = ZMQPoller(sockets, fds: [answers.wakeFD])
+            let targets = link.pollTargets
+            var poller = ZMQPoller(targets + [.fd(answers.wakeFD)])
             let ready = try poller.poll(timeoutMs: min(settings.heartbeat.intervalMs, 100))
             let now = monotonicNanos()
-            if sockets.count > 1 && ready[1], let failure = try connection.watch?.failures().first {
+            if targets.count > 1 && ready[1], let failure = try link.handshakeFailures().first {
                 logger.error("router handshake failed", metadata: ["error": "\(failure)", "retry_in_ms": "\(reconnectDelayMs)"])
                 handshakeFailed = true
             }
             if ready[0] {
-                while let frames = try socket.receive(dontWait: true) {
+                while let arrival = try link.receive() {
                     lastHeard = now
-                    guard frames.count == 1, let message = WireMessage.decode(frames[0]) else { continue }
+                    guard case .message(let message) = arrival else { continue }
                     if message.routerIncarnation != 0 && message.routerIncarnation != incarnation {
                         if incarnation != 0 {
                             let stale = inFlight.filter { $0.incarnation == incarnation }.count
                             logger.warning("router restarted; answers to the previous router's jobs will be dropped",
-                                           metadata: ["endpoint": "\(endpoint)", "jobs_dropped": "\(stale)"])
+                                           metadata: ["endpoint": "\(router)", "jobs_dropped": "\(stale)"])
                         }
                         incarnation = message.routerIncarnation
                     }
@@ -139,13 +145,13 @@ public final class Worker: @unchecked Sendable {
                         logger.error("the router dropped this worker", metadata: ["reason": "\(d.reason)"])
                     case .disconnect(let d):
                         logger.warning("router asked us to register again", metadata: ["reason": "\(d.reason)"])
-                        try socket.send([registration()])
+                        try link.send(registration())
                     default:
                         break
                     }
                 }
             }
-            if ready[sockets.count] {
+            if ready[targets.count] {
                 for answer in answers.takeAvailable() {
                     let result = answer.result
                     inFlight.remove(HeldJob(incarnation: answer.incarnation, id: result.id, attempt: result.attempt))
@@ -158,7 +164,7 @@ public final class Worker: @unchecked Sendable {
                     // the socket still held it when the restart happened.
                     var reply = WireMessage(.result(result))
                     reply.routerIncarnation = answer.incarnation
-                    try socket.send([reply.bytes()])
+                    try link.send(reply)
                     lastSent = now
                 }
             }
@@ -166,33 +172,32 @@ public final class Worker: @unchecked Sendable {
                 if !announcedDrain {
                     announcedDrain = true
                     logger.info("worker draining", metadata: ["jobs_held": "\(inFlight.count)"])
-                    try socket.send([WireMessage.disconnect("draining").bytes()])
+                    try link.send(.disconnect("draining"))
                 }
                 if inFlight.isEmpty {
-                    try socket.send([WireMessage.disconnect("stopped").bytes()])
+                    try link.send(.disconnect("stopped"))
                     logger.info("worker drained")
-                    connection.close()
+                    link.close()
                     return
                 }
             }
             if handshakeFailed || now - lastHeard > routerExpiryNs {
-                // The router is gone or restarted, or refused us: start over with a fresh socket, backing off.
+                // The router is gone or restarted, or refused us: start over on a fresh link, backing off.
                 if !handshakeFailed {
-                    logger.warning("router silent; reconnecting", metadata: ["endpoint": "\(endpoint)", "delay_ms": "\(reconnectDelayMs)"])
+                    logger.warning("router silent; reconnecting", metadata: ["endpoint": "\(router)", "delay_ms": "\(reconnectDelayMs)"])
                 }
                 handshakeFailed = false
-                connection.close()
+                link.close()
                 Thread.sleep(forTimeInterval: Double(reconnectDelayMs) / 1000)
                 reconnectDelayMs = min(reconnectDelayMs * 2, 32_000)
-                connection = try connect()
-                socket = connection.socket
+                link = try connect()
                 lastHeard = monotonicNanos()
                 continue
             } else if now - lastHeard < settings.heartbeat.intervalNs {
                 reconnectDelayMs = settings.heartbeat.intervalMs
             }
             if now - lastSent >= settings.heartbeat.intervalNs {
-                try socket.send([WireMessage.heartbeat(settings.heartbeat).bytes()])
+                try link.send(.heartbeat(settings.heartbeat))
                 lastSent = now
             }
             onTick?(Self.responsive(now: now, busySince: busySince.load(ordering: .relaxed), jobTimeoutMs: settings.jobTimeoutMs))
@@ -205,7 +210,7 @@ public final class Worker: @unchecked Sendable {
         started == 0 || started >= now || now - started < UInt64(jobTimeoutMs) * 1_000_000
     }
 
-    private func registration() -> [UInt8] {
+    private func registration() -> WireMessage {
         var ready = Aligners_V1_Ready()
         ready.service = handler.service.name
         ready.criteria = handler.criteria
@@ -213,16 +218,16 @@ public final class Worker: @unchecked Sendable {
         ready.model = handler.model
         ready.worker = settings.name
         ready.heartbeat = settings.heartbeat.timing
-        return WireMessage(.ready(ready)).bytes()
+        return WireMessage(.ready(ready))
     }
 
-    private func connect() throws -> RouterConnection {
-        let connection = try RouterConnection(context: context, endpoint: endpoint, curve: settings.curve)
-        try connection.socket.send([registration()])
-        var metadata: Logger.Metadata = ["service": "\(handler.service.name)", "endpoint": "\(endpoint)", "model": "\(handler.model)"]
+    private func connect() throws -> any PeerLink {
+        let link = try router.connect(context: context, curve: settings.curve)
+        try link.send(registration())
+        var metadata: Logger.Metadata = ["service": "\(handler.service.name)", "endpoint": "\(router)", "model": "\(handler.model)"]
         if let curve = settings.curve { metadata["key"] = "\(curve.keyPair.publicKey)" }
         logger.info("worker registering", metadata: metadata)
-        return connection
+        return link
     }
 
     /// The compute thread: one job at a time, as long as the model takes.
