@@ -326,10 +326,13 @@ public final class Router: @unchecked Sendable {
             stats.inFlight -= envelopes.count
         }
         // Encoded once, for the tap and (over ZeroMQ) the client.
-        let encoded = tap.map { _ in message.bytes() }
-        if let tap, let encoded { _ = try? tap.send([encoded], dontWait: true) }
+        var encoded: [UInt8]?
+        if let tap {
+            encoded = message.bytes()
+            _ = try? tap.send([encoded!], dontWait: true)
+        }
         guard gate.clients[client] != nil else { return }
-        let sent = frontend.send(message, to: client, encoded: encoded)
+        let sent = frontend.send(message, to: client, encoded: &encoded)
         if !sent { logger.warning("client gone; results dropped", metadata: ["client": "\(client)", "envelopes": "\(envelopes.count)"]) }
         if countsAgainstCredit {
             let credit = gate.returned(envelopes.count, to: client, sent: sent)
@@ -474,8 +477,9 @@ public final class Router: @unchecked Sendable {
 
     private func sendHeartbeats() {
         let beat = stamped(.heartbeat(settings.heartbeat))
-        for id in broker.workers.keys { _ = backend.send(beat, to: id) }
-        for id in gate.connected { _ = frontend.send(beat, to: id) }
+        var encoded: [UInt8]?   // once for every peer
+        for id in broker.workers.keys { _ = backend.send(beat, to: id, encoded: &encoded) }
+        for id in gate.connected { _ = frontend.send(beat, to: id, encoded: &encoded) }
     }
 
     /// Drops a worker that cannot be trusted: its jobs go back to their queues, it is told why, and

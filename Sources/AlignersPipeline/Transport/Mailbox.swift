@@ -9,7 +9,9 @@ final class Mailbox<Item>: @unchecked Sendable {
     private var items: [Item] = []
     private var head = 0
     private let condition = NSCondition()
-    /// Readable while items wait: the read end of a non-blocking pipe that `signal` writes a byte to.
+    /// Readable while items wait: the read end of a non-blocking pipe holding one byte exactly while
+    /// the queue is not empty (written when it stops being empty, read when it empties), so a busy
+    /// mailbox costs no system call per item.
     let wakeFD: Int32
     private let signalFD: Int32
 
@@ -31,8 +33,8 @@ final class Mailbox<Item>: @unchecked Sendable {
 
     func put(_ item: Item) {
         condition.lock()
+        if head == items.count { signal() }
         items.append(item)
-        signal()
         condition.signal()
         condition.unlock()
     }
@@ -42,7 +44,9 @@ final class Mailbox<Item>: @unchecked Sendable {
         condition.lock()
         defer { condition.unlock() }
         while head == items.count { condition.wait() }
-        return pop()
+        let item = pop()
+        if head == items.count { unsignal() }
+        return item
     }
 
     /// Up to `limit` items that are there now, oldest first; never waits. `wakeFD` stays readable
@@ -50,27 +54,35 @@ final class Mailbox<Item>: @unchecked Sendable {
     func takeAvailable(limit: Int = .max) -> [Item] {
         condition.lock()
         defer { condition.unlock() }
-        var drained = [UInt8](repeating: 0, count: 256)
-        while read(wakeFD, &drained, drained.count) > 0 {}   // consumed; set again below if items remain
+        guard head < items.count else { return [] }
         var out: [Item] = []
         while out.count < limit && head < items.count { out.append(pop()) }
-        if head < items.count { signal() }
+        if head == items.count { unsignal() }
         return out
     }
 
     private func pop() -> Item {
         let item = items[head]
         head += 1
-        if head > 1024 && head * 2 > items.count {
+        if head == items.count {
+            items.removeAll(keepingCapacity: true)
+            head = 0
+        } else if head > 1024 && head * 2 > items.count {
             items.removeFirst(head)
             head = 0
         }
         return item
     }
 
-    /// A full pipe is readable already, so a write that would block is not needed.
+    /// The queue stopped being empty.
     private func signal() {
         var one: UInt8 = 1
         _ = write(signalFD, &one, 1)
+    }
+
+    /// The queue emptied.
+    private func unsignal() {
+        var byte: UInt8 = 0
+        _ = read(wakeFD, &byte, 1)
     }
 }

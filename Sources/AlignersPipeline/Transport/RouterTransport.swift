@@ -21,14 +21,18 @@ protocol RouterPort: AnyObject {
     var endpoint: String { get }
     /// The next arrival; nil when nothing waits. Never blocks.
     func receive() throws -> RouterArrival?
-    /// False when the peer is gone. Never blocks. `encoded`: the message's protobuf bytes if the
-    /// caller made them already (for the tap), so a socket need not encode it again.
-    func send(_ message: WireMessage, to peer: Identity, encoded: [UInt8]?) -> Bool
+    /// False when the peer is gone. Never blocks. `encoded` caches the message's protobuf bytes
+    /// across sends of one message (the tap, every peer's heartbeat): a socket encodes it at most
+    /// once, a hub never.
+    func send(_ message: WireMessage, to peer: Identity, encoded: inout [UInt8]?) -> Bool
     func close()
 }
 
 extension RouterPort {
-    func send(_ message: WireMessage, to peer: Identity) -> Bool { send(message, to: peer, encoded: nil) }
+    func send(_ message: WireMessage, to peer: Identity) -> Bool {
+        var encoded: [UInt8]?
+        return send(message, to: peer, encoded: &encoded)
+    }
 }
 
 /// A ROUTER socket: messages are protobuf frames after the peer's routing id.
@@ -58,8 +62,10 @@ final class ZMQRouterPort: RouterPort {
         return .message(message, from: Identity(frames[0]), key: key)
     }
 
-    func send(_ message: WireMessage, to peer: Identity, encoded: [UInt8]?) -> Bool {
-        (try? socket.send([peer.bytes, encoded ?? message.bytes()], dontWait: true)) ?? false
+    func send(_ message: WireMessage, to peer: Identity, encoded: inout [UInt8]?) -> Bool {
+        let bytes = encoded ?? message.bytes()
+        encoded = bytes
+        return (try? socket.send([peer.bytes, bytes], dontWait: true)) ?? false
     }
 
     func close() { socket.close() }
@@ -127,7 +133,7 @@ public final class LocalHub: RouterPort, @unchecked Sendable {
         return .message(message, from: peer, key: "")
     }
 
-    func send(_ message: WireMessage, to peer: Identity, encoded: [UInt8]?) -> Bool {
+    func send(_ message: WireMessage, to peer: Identity, encoded: inout [UInt8]?) -> Bool {
         guard let mailbox = peers.withLock({ $0[peer] }) else { return false }
         mailbox.put(message)
         return true
