@@ -13,8 +13,9 @@ struct TrainInspectorsCommand: ParsableCommand, TrainingLoopFlags {
         discussion: """
             Trains LoRA adapters on MiniLM's projections and one logistic head per criterion on the mean-pooled
             last layer, on every criterion's train split together: (x, rejected) violates its own criterion,
-            (x, chosen) meets its own and, weighted by --cross-weight, every other criterion (see
-            Criteria/README.md, "What an inspector's score means"). Chooses the best step by loss on part of
+            (x, chosen) meets its own and, weighted by --cross-weight, every other criterion, and a misaligned
+            answer of a source --rejected-meets names also meets the criteria it names (default: a weak
+            AlpacaEval answer is not unethical). See Criteria/README.md, "What an inspector's score means". Chooses the best step by loss on part of
             the valid split, calibrates each head on the whole valid split (Platt), reports valid and test, and
             writes OUT/fine-tuned.safetensors with its card OUT/fine-tuned.json. Checkpoints go to
             OUT/fine-tuned-run/checkpoint every --checkpoint-every steps; continue with --resume and the same
@@ -28,6 +29,8 @@ struct TrainInspectorsCommand: ParsableCommand, TrainingLoopFlags {
     @Option(help: "LoRA alpha (the update is scaled by alpha / rank).") var alpha: Float = 16
     @Option(help: "Weight of other sets' good answers as positives (0: own pairs only).") var crossWeight: Float = 0.5
     @Option(help: "Source and set balancing exponent: 0 raw counts, 1 equal weight per source.") var balance: Float = 0.5
+    @Option(help: "Sources whose misaligned answers still meet other criteria, as positives weighted by --cross-weight: SOURCE=CRITERION[+CRITERION],… ('none': no such labels).")
+    var rejectedMeets = "alpaca-eval=ethical"
     @Option(help: "Longest pair in tokens (the conversation is cut from the left).") var maxLength = 256
     @Option(help: "Most rows per criterion's train split (for quick runs; default: all).") var maxRows: Int?
     @Option(help: "Validation examples for the loss that picks the best step.") var validExamples = 1200
@@ -56,6 +59,7 @@ struct TrainInspectorsCommand: ParsableCommand, TrainingLoopFlags {
                                        lora: EncoderLoRAConfig(rank: rank, alpha: alpha), loop: loopOptions, command: reproducingCommand)
         job.dataOptions.crossWeight = crossWeight
         job.dataOptions.balance = balance
+        job.dataOptions.rejectedMeets = try parseRejectedMeets(rejectedMeets, criteria: names)
         job.dataOptions.maxLength = maxLength
         job.maxRows = maxRows
         job.validExamples = validExamples
@@ -80,4 +84,23 @@ struct TrainInspectorsCommand: ParsableCommand, TrainingLoopFlags {
                          report.stoppedEarly ? ", stopped early" : "", report.seconds, artifact.path))
         }
     }
+}
+
+/// `--rejected-meets`: "alpaca-eval=ethical,truthfulqa=ethical+helpful" → source → criteria; "none" → none.
+func parseRejectedMeets(_ text: String, criteria: [String]) throws -> [String: [String]] {
+    let spec = text.trimmingCharacters(in: .whitespaces)
+    guard spec != "none", !spec.isEmpty else { return [:] }
+    var out: [String: [String]] = [:]
+    for item in spec.split(separator: ",") {
+        let parts = item.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+        guard parts.count == 2, !parts[0].isEmpty, !parts[1].isEmpty else {
+            throw ValidationError("--rejected-meets: '\(item)' is not SOURCE=CRITERION[+CRITERION] (e.g. alpaca-eval=ethical, or none)")
+        }
+        let names = parts[1].split(separator: "+").map { String($0) }
+        for n in names where !criteria.contains(n) {
+            throw ValidationError("--rejected-meets: '\(n)' is not one of the criteria being trained (\(criteria.joined(separator: ", ")))")
+        }
+        out[parts[0], default: []] += names
+    }
+    return out
 }

@@ -31,6 +31,8 @@ struct TrainVerdictInspectorCommand: ParsableCommand, TrainingLoopFlags {
     @Option(help: "Rows of each other criterion's train split used (their good answers only).") var otherRows = 1000
     @Option(help: "Weight of other sets' good answers as positives (0: own pairs only).") var crossWeight: Float = 0.5
     @Option(help: "Source and set balancing exponent: 0 raw counts, 1 equal weight per source.") var balance: Float = 0.5
+    @Option(help: "Sources whose misaligned answers still meet other criteria, as positives weighted by --cross-weight: SOURCE=CRITERION[+CRITERION],… ('none': no such labels).")
+    var rejectedMeets = "alpaca-eval=ethical"
     @Option(help: "Longest prompt in tokens; longer ones are left out.") var maxTokens = 640
     @Option(help: "Validation examples for the loss that picks the best step.") var validExamples = 400
     @OptionGroup var lora: LoRAOptions
@@ -66,6 +68,7 @@ struct TrainVerdictInspectorCommand: ParsableCommand, TrainingLoopFlags {
                                               lora: try lora.config(), loop: loopOptions, command: reproducingCommand)
         job.dataOptions.crossWeight = crossWeight
         job.dataOptions.balance = balance
+        job.dataOptions.rejectedMeets = try parseRejectedMeets(rejectedMeets, criteria: names)
         job.otherRows = otherRows
         job.maxTokens = maxTokens
         job.validExamples = validExamples

@@ -51,13 +51,24 @@ public enum Dense {
     /// LayerNorm of each row of `dim` floats (contiguous rows), in place: (x - μ)/√(σ² + eps)·γ + β.
     public static func layerNorm(_ x: UnsafeMutablePointer<Float>, rows: Int, dim: Int,
                                  gamma: UnsafePointer<Float>, beta: UnsafePointer<Float>, eps: Float) {
+        // The sums 16 lanes at a time: written as scalar loops they stay serial (float addition may
+        // not be reordered), a dependent add per element.
+        let wide = dim & ~15
         for r in 0..<rows {
-            let row = x + r &* dim
-            var s: Float = 0
-            for c in 0..<dim { s += row[c] }
+            let row = x + r &* dim, raw = UnsafeRawPointer(row)
+            var acc = SIMD16<Float>()
+            for c in stride(from: 0, to: wide, by: 16) { acc += raw.loadUnaligned(fromByteOffset: c &* 4, as: SIMD16<Float>.self) }
+            var s = QuantKernels.hsum(acc)
+            for c in wide..<dim { s += row[c] }
             let mean = s / Float(dim)
-            var v: Float = 0
-            for c in 0..<dim { let d = row[c] - mean; v += d * d }
+            let mv = SIMD16<Float>(repeating: mean)
+            acc = SIMD16<Float>()
+            for c in stride(from: 0, to: wide, by: 16) {
+                let d = raw.loadUnaligned(fromByteOffset: c &* 4, as: SIMD16<Float>.self) - mv
+                acc += d * d
+            }
+            var v = QuantKernels.hsum(acc)
+            for c in wide..<dim { let d = row[c] - mean; v += d * d }
             let inv = 1 / (v / Float(dim) + eps).squareRoot()
             for c in 0..<dim { row[c] = (row[c] - mean) * inv * gamma[c] + beta[c] }
         }

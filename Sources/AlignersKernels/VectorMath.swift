@@ -25,6 +25,15 @@ public enum VectorMath {
         return p * unsafeBitCast(bits, to: SIMD16<Float>.self)
     }
 
+    /// Lane-wise maximum, spelled out for the same reason as `clamp`.
+    @inline(__always)
+    static func max(_ a: SIMD16<Float>, _ b: SIMD16<Float>) -> SIMD16<Float> {
+        @inline(__always) func m(_ x: Float, _ y: Float) -> Float { x > y ? x : y }
+        return SIMD16(m(a[0], b[0]), m(a[1], b[1]), m(a[2], b[2]), m(a[3], b[3]), m(a[4], b[4]), m(a[5], b[5]),
+                      m(a[6], b[6]), m(a[7], b[7]), m(a[8], b[8]), m(a[9], b[9]), m(a[10], b[10]), m(a[11], b[11]),
+                      m(a[12], b[12]), m(a[13], b[13]), m(a[14], b[14]), m(a[15], b[15]))
+    }
+
     @inline(__always)
     static func clamp(_ v: SIMD16<Float>, _ lo: Float, _ hi: Float) -> SIMD16<Float> {
         // Spelled out lane by lane: the generic `pointwiseMin/Max` are not inlined.
@@ -37,9 +46,18 @@ public enum VectorMath {
     @discardableResult
     public static func softmax(_ s: UnsafeMutablePointer<Float>, _ n: Int) -> Float {
         guard n > 0 else { return -.infinity }
-        var m = -Float.infinity
-        for j in 0..<n { m = Swift.max(m, s[j]) }
         let raw = UnsafeMutableRawPointer(s)
+        // The maximum 16 lanes at a time: a scalar `max` loop is one dependent compare-and-blend per
+        // element (the compiler may not reorder it) and was over half of the encoder's softmax time.
+        var lanes = SIMD16<Float>(repeating: -.infinity)
+        var i = 0
+        while i + 16 <= n {
+            lanes = max(lanes, raw.loadUnaligned(fromByteOffset: i * 4, as: SIMD16<Float>.self))
+            i += 16
+        }
+        var m = lanes[0]
+        for k in 1..<16 { m = Swift.max(m, lanes[k]) }
+        while i < n { m = Swift.max(m, s[i]); i += 1 }
         let mv = SIMD16<Float>(repeating: m)
         var acc = SIMD16<Float>()
         var j = 0

@@ -22,7 +22,22 @@ public struct InspectorDataOptions: Sendable, Codable, Equatable {
     public var balance: Float = 0.5
     /// Longest pair in tokens (the conversation is cut from the left, as the inspectors serve).
     public var maxLength = 256
+    /// Sources whose misaligned answers still meet other criteria (weighted by `crossWeight`): an
+    /// AlpacaEval instruction is benign, so a weak answer to it is unhelpful but not unethical. Without
+    /// this the ethical inspector, shown only harmful requests, fails a fifth of weak helpful answers
+    /// and its aligner turns them into refusals.
+    public var rejectedMeets: [String: [String]] = ["alpaca-eval": ["ethical"]]
     public init() {}
+
+    enum CodingKeys: String, CodingKey { case crossWeight, balance, maxLength, rejectedMeets }
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        crossWeight = try c.decode(Float.self, forKey: .crossWeight)
+        balance = try c.decode(Float.self, forKey: .balance)
+        maxLength = try c.decode(Int.self, forKey: .maxLength)
+        // Cards written before the option existed trained without it.
+        rejectedMeets = try c.decodeIfPresent([String: [String]].self, forKey: .rejectedMeets) ?? [:]
+    }
 }
 
 /// One answer with what it means for every criterion: label 1 meets it, 0 violates it; weight 0
@@ -38,7 +53,8 @@ extension LabelledExchange {
     /// The labelled pairs of every criterion's set, in one list: a row gives (x, rejected) → violates
     /// its own criterion, and (x, chosen) → meets its own criterion and, with `crossWeight`, every other
     /// criterion too (a correct, terse BBQ answer is not unhelpful; a safe refusal is not a factual error).
-    /// What a misaligned answer means for the other criteria is unknown, so it carries no label there.
+    /// What a misaligned answer means for the other criteria is unknown, so it carries no label there,
+    /// except for the criteria `rejectedMeets` names for its source (meets, with `crossWeight`).
     public static func build(criteria: [String], rows: [[PreferenceRow]], options: InspectorDataOptions) -> [LabelledExchange] {
         let C = criteria.count
         // Source weights within each set, then set weights, both softened by `balance`.
@@ -57,11 +73,17 @@ extension LabelledExchange {
                 let conv = r.conversation.isEmpty ? [Turn(role: "user", content: r.prompt)] : r.conversation
                 let w = setWeight[c] * sourceWeight[c][r.reportingSource]!
                 var badWeights = [Float](repeating: 0, count: C)
+                var badLabels = [Float](repeating: 0, count: C)
                 badWeights[c] = w
+                for name in options.rejectedMeets[r.reportingSource] ?? [] {
+                    guard let t = criteria.firstIndex(of: name), t != c else { continue }
+                    badLabels[t] = 1
+                    badWeights[t] = options.crossWeight * setWeight[t]
+                }
                 var goodWeights = (0..<C).map { options.crossWeight * setWeight[$0] }
                 goodWeights[c] = w
                 out.append(LabelledExchange(exchange: Exchange(conversation: conv, response: r.rejected),
-                                            labels: [Float](repeating: 0, count: C), weights: badWeights,
+                                            labels: badLabels, weights: badWeights,
                                             origin: VerdictOrigin(set: c, source: r.reportingSource, good: false)))
                 out.append(LabelledExchange(exchange: Exchange(conversation: conv, response: r.chosen),
                                             labels: [Float](repeating: 1, count: C), weights: goodWeights,
@@ -77,13 +99,15 @@ public struct InspectorTrainingSet: Sendable {
     public var criteria: [String]
     public var examples: [EncodedVerdicts]
     public var origins: [VerdictOrigin]
+    /// `InspectorDataOptions.rejectedMeets` as built, for the metrics.
+    public var rejectedMeets: [String: [String]] = [:]
 
     public static func build(criteria: [String], rows: [[PreferenceRow]], options: InspectorDataOptions,
                              encode: (Exchange) -> BertEncoding) -> InspectorTrainingSet {
         let labelled = LabelledExchange.build(criteria: criteria, rows: rows, options: options)
         return InspectorTrainingSet(criteria: criteria,
                                     examples: labelled.map { EncodedVerdicts(encoding: encode($0.exchange), labels: $0.labels, weights: $0.weights) },
-                                    origins: labelled.map(\.origin))
+                                    origins: labelled.map(\.origin), rejectedMeets: options.rejectedMeets)
     }
 
     public var tokenCount: Int { examples.reduce(0) { $0 + $1.encoding.ids.count } }
@@ -97,7 +121,7 @@ public struct InspectorTrainingSet: Sendable {
         rowsIdx.shuffle(using: &rng)
         let keep = rowsIdx.prefix(limit / 2).sorted()
         return InspectorTrainingSet(criteria: criteria, examples: keep.flatMap { [examples[$0], examples[$0 + 1]] },
-                                    origins: keep.flatMap { [origins[$0], origins[$0 + 1]] })
+                                    origins: keep.flatMap { [origins[$0], origins[$0 + 1]] }, rejectedMeets: rejectedMeets)
     }
 }
 
@@ -111,16 +135,21 @@ public struct InspectorSetMetrics: Codable, Sendable {
     public var ownGoodFailed: [String: Double]
     /// Per criterion: share of the other sets' good answers scored < 0.5.
     public var otherGoodFailed: [String: Double]
+    /// Per criterion: share of the other sets' misaligned answers that meet it (`rejectedMeets`, e.g.
+    /// weak AlpacaEval answers for ethical) scored < 0.5; nil in cards from before the option.
+    public var otherMisalignedFailed: [String: Double]?
 
     /// `probabilities[i][c]`: calibrated probability that example i meets criterion c.
     public init(set: InspectorTrainingSet, probabilities: [[Float]]) {
-        self.init(criteria: set.criteria, origins: set.origins, probabilities: probabilities)
+        self.init(criteria: set.criteria, origins: set.origins, probabilities: probabilities, rejectedMeets: set.rejectedMeets)
     }
 
     /// The same for examples from `origins`; with `only`, for that criterion alone (the other columns
     /// of `probabilities` are not read).
-    public init(criteria: [String], origins: [VerdictOrigin], probabilities: [[Float]], only: Int? = nil) {
+    public init(criteria: [String], origins: [VerdictOrigin], probabilities: [[Float]], only: Int? = nil,
+                rejectedMeets: [String: [String]] = [:]) {
         own = [:]; perSource = [:]; ownGoodFailed = [:]; otherGoodFailed = [:]
+        var misalignedFailed: [String: Double] = [:]
         let set = (criteria: criteria, origins: origins)
         for (c, name) in criteria.enumerated() where only == nil || only == c {
             let mine = set.origins.indices.filter { set.origins[$0].set == c }
@@ -135,7 +164,15 @@ public struct InspectorSetMetrics: Codable, Sendable {
             if !good.isEmpty { ownGoodFailed[name] = Double(good.filter { probabilities[$0][c] < 0.5 }.count) / Double(good.count) }
             let others = set.origins.indices.filter { set.origins[$0].set != c && set.origins[$0].good }
             if !others.isEmpty { otherGoodFailed[name] = Double(others.filter { probabilities[$0][c] < 0.5 }.count) / Double(others.count) }
+            let harmless = set.origins.indices.filter {
+                let o = set.origins[$0]
+                return o.set != c && !o.good && (rejectedMeets[o.source] ?? []).contains(name)
+            }
+            if !harmless.isEmpty {
+                misalignedFailed[name] = Double(harmless.filter { probabilities[$0][c] < 0.5 }.count) / Double(harmless.count)
+            }
         }
+        otherMisalignedFailed = misalignedFailed
     }
 }
 

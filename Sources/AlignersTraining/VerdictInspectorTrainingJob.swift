@@ -99,7 +99,7 @@ public struct VerdictInspectorTrainingJob: Sendable {
         let fit = PlattScaling.fit(logits: validLogits, labels: valid.examples.map { Int($0.label) }, weights: valid.examples.map { Double($0.weight) })
         func metrics(_ s: VerdictSet, _ z: [Float]) -> InspectorSetMetrics {
             let p = z.map { v in [Float](repeating: 1 / (1 + exp(-(fit.a * v + fit.b))), count: criteria.count) }
-            return InspectorSetMetrics(criteria: criteria, origins: s.origins, probabilities: p, only: c)
+            return InspectorSetMetrics(criteria: criteria, origins: s.origins, probabilities: p, only: c, rejectedMeets: dataOptions.rejectedMeets)
         }
         var measured = ["valid": metrics(valid, validLogits)]
         if !test.examples.isEmpty {

@@ -162,4 +162,38 @@ struct InspectorTrainingSetTests {
         #expect(abs(ethicalTotal - factualTotal) < 1e-3 * factualTotal)
         #expect(set.sample(6, seed: 1).examples.count == 6)
     }
+
+    /// A misaligned answer of a source `rejectedMeets` names is a positive for the criteria it names
+    /// (at the cross weight) and stays unlabelled for the rest; the metrics count how many of those fail.
+    @Test func rejectedAnswersThatMeetOtherCriteria() throws {
+        let ethical = try [Self.row("ethical", "pku", 0)]
+        let helpful = try [Self.row("helpful", "alpaca-eval", 1), Self.row("helpful", "alpaca-eval", 2)]
+        let factual = try [Self.row("factuality", "truthfulqa", 3)]
+        var o = InspectorDataOptions()
+        o.crossWeight = 0.5
+        o.balance = 0
+        o.rejectedMeets = ["alpaca-eval": ["ethical"]]
+        let criteria = ["ethical", "factuality", "helpful"]
+        let set = InspectorTrainingSet.build(criteria: criteria, rows: [ethical, factual, helpful], options: o) { _ in
+            BertEncoding(ids: [101, 102], typeIds: [0, 0])
+        }
+        let weakHelpful = set.examples[4]  // helpful's first row, rejected
+        #expect(set.origins[4] == VerdictOrigin(set: 2, source: "alpaca-eval", good: false))
+        #expect(weakHelpful.labels == [1, 0, 0])
+        // balance 0: every set and source weighs 1, so the cross weight is 0.5 itself.
+        #expect(weakHelpful.weights == [0.5, 0, 1])
+        // TruthfulQA's misaligned answer keeps no label outside factuality.
+        #expect(set.examples[2].labels == [0, 0, 0] && set.examples[2].weights == [0, set.examples[2].weights[1], 0])
+        // The ethical head fails one of the two weak helpful answers.
+        var p = [[Float]](repeating: [0.9, 0.9, 0.9], count: set.examples.count)
+        p[4][0] = 0.2
+        let m = InspectorSetMetrics(set: set, probabilities: p)
+        #expect(m.otherMisalignedFailed?["ethical"] == 0.5)
+        #expect(m.otherMisalignedFailed?["factuality"] == nil)
+        // Options from cards written before the field decode as "none".
+        let old = try JSONDecoder().decode(InspectorDataOptions.self, from: Data(#"{"crossWeight":0.5,"balance":0.5,"maxLength":256}"#.utf8))
+        #expect(old.rejectedMeets.isEmpty)
+        let round = try JSONDecoder().decode(InspectorDataOptions.self, from: JSONEncoder().encode(o))
+        #expect(round == o)
+    }
 }

@@ -11,15 +11,24 @@ cd "$(dirname "$0")/../.."
 SEQ=${1:-256}; BATCH=${2:-4}; RANK=${3:-16}; STEPS=${STEPS:-5}
 BIN=${ALIGNERS_BIN:-$(swift build -c release --show-bin-path)/aligners}
 ours=$("$BIN" train bench --seq-len "$SEQ" --batch "$BATCH" --rank "$RANK" --alpha $((2 * RANK)) --dropout 0 --steps "$STEPS" --threads 2)
-theirs=$(.venv-ref/bin/python scripts/bench/train_peer.py --seq-len "$SEQ" --batch "$BATCH" --rank "$RANK" --steps "$STEPS" --threads 2 2>/dev/null | tail -1)
-python3 - "$ours" "$theirs" <<'PY'
+peer() { .venv-ref/bin/python scripts/bench/train_peer.py --seq-len "$SEQ" --batch "$BATCH" --rank "$RANK" --steps "$STEPS" --threads 2 2>/dev/null | tail -1; }
+theirs=$(peer)
+# When ours runs AVX2 kernels (an AVX2-only CPU's path, or OPENBLAS_CORETYPE=HASWELL on a newer one), also
+# run the peer held to AVX2 (MKL, oneDNN and ATen), which is what it does on an AVX2-only CPU.
+avx2='{}'
+if echo "$ours" | grep -Eqi '"blas" *: *"(haswell|zen)'; then
+  avx2=$(MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 peer)
+fi
+python3 - "$ours" "$theirs" "$avx2" <<'PY'
 import json, sys
-o, t = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+o, t, t2 = json.loads(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3])
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 print(f"LoRA training, seq {o['seq_len']} x batch {o['batch']}, rank {o['rank']}, 2 threads, {cpu} (AVX-512 VNNI: {o['vnni']}; OpenBLAS kernels: {o['blas']})")
-print(f"| {'':22} | {'tokens/s':>9} | {'s/step':>7} |")
-print(f"|{'-'*24}|{'-'*11}|{'-'*9}|")
-print(f"| {'aligners':22} | {o['tokens_per_s']:9.1f} | {o['step_s']:7.2f} |")
-print(f"| {'PyTorch ' + t.get('torch', '') :22} | {t['tokens_per_s']:9.1f} | {t['step_s']:7.2f} |")
-print(f"ratio: {o['tokens_per_s'] / t['tokens_per_s']:.2f}x PyTorch's tokens/s")
+print(f"| {'':34} | {'tokens/s':>9} | {'s/step':>7} | {'ours / it':>9} |")
+print(f"|{'-'*36}|{'-'*11}|{'-'*9}|{'-'*11}|")
+print(f"| {'aligners':34} | {o['tokens_per_s']:9.1f} | {o['step_s']:7.2f} | {'':>9} |")
+rows = [(t, "")] + ([(t2, ", held to AVX2")] if t2 else [])
+for peer, note in rows:
+    name = f"PyTorch {peer.get('torch', '')} ({peer.get('cpu_capability', '?')}{note})"
+    print(f"| {name:34} | {peer['tokens_per_s']:9.1f} | {peer['step_s']:7.2f} | {o['tokens_per_s'] / peer['tokens_per_s']:8.2f}x |")
 PY

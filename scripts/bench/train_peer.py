@@ -10,6 +10,10 @@ is on the second half), `loss.backward()`, `torch.optim.AdamW.step()` on the LoR
 `zero_grad()`. Synthetic batches: B sequences x T uniformly random token ids, all the same length
 (no padding), a new batch each step. One warm-up step, then --steps timed steps.
 
+Restricting the peer to AVX2 (what scripts/bench/train_bench.sh does when ours runs AVX2 kernels):
+MKL_ENABLE_INSTRUCTIONS=AVX2 (its sgemm), ONEDNN_MAX_CPU_ISA=AVX2, ATEN_CPU_CAPABILITY=avx2 (the
+element-wise kernels); the JSON line reports the capability torch saw.
+
 tokens_per_s = batch * seq_len / step_s, with step_s the mean wall time of the timed steps
 (every token of the batch counts, labelled or not).
 
@@ -102,6 +106,8 @@ def main():
         "warmup_s": round(warm_s, 4), "load_s": round(load_s, 2), "seq_len": a.seq_len, "batch": a.batch, "rank": a.rank,
         "alpha": alpha, "dropout": a.dropout, "threads": a.threads, "steps": a.steps,
         "attn_implementation": model.config._attn_implementation,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "mkl_instructions": os.environ.get("MKL_ENABLE_INSTRUCTIONS", "native"),
         "trainable_params": sum(p.numel() for p in trainable), "last_loss": round(losses[-1], 4),
     }))
 
