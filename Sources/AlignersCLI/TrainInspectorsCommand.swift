@@ -74,9 +74,10 @@ struct TrainInspectorsCommand: ParsableCommand, TrainingLoopFlags {
                     guard let own = m.own[name] else { continue }
                     let sources = (m.perSource[name] ?? [:]).sorted { $0.key < $1.key }
                         .map { String(format: "%@ %.3f", $0.key, $0.value.rocAUC) }.joined(separator: ", ")
-                    print(String(format: "%@ %@: ROC-AUC %.3f (%@); good answers failed: own %.0f%%, other sets' %.0f%%; ECE %.3f",
+                    let misaligned = m.otherMisalignedFailed?[name].map { String(format: ", other sets' misaligned answers that meet it %.0f%%", 100 * $0) } ?? ""
+                    print(String(format: "%@ %@: ROC-AUC %.3f (%@); good answers failed: own %.0f%%, other sets' %.0f%%%@; ECE %.3f",
                                  split, name, own.rocAUC, sources, 100 * (m.ownGoodFailed[name] ?? 0), 100 * (m.otherGoodFailed[name] ?? 0),
-                                 own.ece))
+                                 misaligned, own.ece))
                 }
             }
             let report = card.report

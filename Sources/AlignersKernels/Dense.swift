@@ -43,11 +43,6 @@ public enum Dense {
         Float(0.5 * Double(x) * (1 + Foundation.erf(Double(x) / 2.0.squareRoot())))
     }
 
-    /// Softmax of each of `rows` rows of `cols` floats (row stride `ld`), in place.
-    public static func softmaxRows(_ x: UnsafeMutablePointer<Float>, rows: Int, cols: Int, ld: Int) {
-        for r in 0..<rows { VectorMath.softmax(x + r &* ld, cols) }
-    }
-
     /// LayerNorm of each row of `dim` floats (contiguous rows), in place: (x - μ)/√(σ² + eps)·γ + β.
     public static func layerNorm(_ x: UnsafeMutablePointer<Float>, rows: Int, dim: Int,
                                  gamma: UnsafePointer<Float>, beta: UnsafePointer<Float>, eps: Float) {

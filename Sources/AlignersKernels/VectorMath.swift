@@ -46,6 +46,16 @@ public enum VectorMath {
     @discardableResult
     public static func softmax(_ s: UnsafeMutablePointer<Float>, _ n: Int) -> Float {
         guard n > 0 else { return -.infinity }
+        let (m, sum) = expShifted(s, n)
+        let inv = 1 / sum
+        for i in 0..<n { s[i] *= inv }
+        return m + Foundation.log(sum)
+    }
+
+    /// s[0..<n] ← e^(s − max s), the softmax before its division; returns the maximum and the sum.
+    /// For attention that divides the (shorter) output rows instead of the probabilities.
+    public static func expShifted(_ s: UnsafeMutablePointer<Float>, _ n: Int) -> (max: Float, sum: Float) {
+        guard n > 0 else { return (-.infinity, 0) }
         let raw = UnsafeMutableRawPointer(s)
         // The maximum 16 lanes at a time: a scalar `max` loop is one dependent compare-and-blend per
         // element (the compiler may not reorder it) and was over half of the encoder's softmax time.
@@ -74,9 +84,7 @@ public enum VectorMath {
             let e = exp(v - mv)
             for k in 0..<(n - j) { s[j + k] = e[k]; sum += e[k] }
         }
-        let inv = 1 / sum
-        for i in 0..<n { s[i] *= inv }
-        return m + Foundation.log(sum)
+        return (m, sum)
     }
 
     /// out[i] ← 1 / (1 + e^-x[i]).

@@ -24,8 +24,8 @@ public struct InspectorDataOptions: Sendable, Codable, Equatable {
     public var maxLength = 256
     /// Sources whose misaligned answers still meet other criteria (weighted by `crossWeight`): an
     /// AlpacaEval instruction is benign, so a weak answer to it is unhelpful but not unethical. Without
-    /// this the ethical inspector, shown only harmful requests, fails a fifth of weak helpful answers
-    /// and its aligner turns them into refusals.
+    /// this the ethical inspector, shown only harmful requests, failed half of the weak helpful answers
+    /// and its aligner turned some into refusals.
     public var rejectedMeets: [String: [String]] = ["alpaca-eval": ["ethical"]]
     public init() {}
 

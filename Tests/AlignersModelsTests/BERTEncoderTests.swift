@@ -66,11 +66,12 @@ struct BERTEncoderTests {
         for y in v { #expect(abs(y - Dense.geluErfReference(x)) < 1e-6) }
     }
 
-    @Test func softmaxRowsSumToOne() {
-        var v: [Float] = (0..<40).map { Float($0 % 7) - 3 }
-        v.withUnsafeMutableBufferPointer { Dense.softmaxRows($0.baseAddress!, rows: 2, cols: 20, ld: 20) }
-        #expect(abs(v[0..<20].reduce(0, +) - 1) < 1e-6)
-        let e = (0..<20).map { exp(Double($0 % 7) - 3) }
-        #expect(abs(Double(v[0]) - e[0] / e.reduce(0, +)) < 1e-6)
+    /// The encoder's attention divides after the product: expShifted leaves e^(s − max) and its sum.
+    @Test func expShiftedIsTheSoftmaxBeforeItsDivision() {
+        var v: [Float] = (0..<20).map { Float($0 % 7) - 3 }
+        let (m, sum) = v.withUnsafeMutableBufferPointer { VectorMath.expShifted($0.baseAddress!, 20) }
+        let e = (0..<20).map { exp(Double($0 % 7) - 3 - 3) }
+        #expect(m == 3 && abs(Double(sum) - e.reduce(0, +)) < 1e-5)
+        for i in 0..<20 { #expect(abs(Double(v[i]) - e[i]) < 1e-6) }
     }
 }

@@ -187,16 +187,23 @@ public final class BERTEncoder: @unchecked Sendable {
                 // Small per-head products, each on one thread; the threads share out (sequence, head).
                 pool.parallelFor(items.count) { range in
                     let scores = UnsafeMutablePointer<Float>.allocate(capacity: maxLen * maxLen)
-                    defer { scores.deallocate() }
+                    let sums = UnsafeMutablePointer<Float>.allocate(capacity: maxLen)
+                    defer { scores.deallocate(); sums.deallocate() }
                     for it in range {
                         let (s, head) = items[it]
                         let len = offsets[s + 1] - offsets[s]
                         let base = qkvp + offsets[s] * 3 * h + head * hd
                         BLAS.gemm(transposeA: false, transposeB: true, m: len, n: len, k: hd, a: base, lda: 3 * h, b: base + h, ldb: 3 * h,
                                   c: scores, ldc: len, alpha: scale)
-                        Dense.softmaxRows(scores, rows: len, cols: len, ld: len)
+                        // softmax(S)·V = (e^S·V) / Σ e^S: divide the hd-wide output rows, not the len-wide ones.
+                        for r in 0..<len { sums[r] = VectorMath.expShifted(scores + r * len, len).sum }
+                        let out = cp + offsets[s] * h + head * hd
                         BLAS.gemm(transposeA: false, transposeB: false, m: len, n: hd, k: len, a: scores, lda: len, b: base + 2 * h, ldb: 3 * h,
-                                  c: cp + offsets[s] * h + head * hd, ldc: h)
+                                  c: out, ldc: h)
+                        for r in 0..<len {
+                            let inv = 1 / sums[r], row = out + r * h
+                            for c in 0..<hd { row[c] *= inv }
+                        }
                     }
                 }
                 // x = LN(ctx · Wo^T + bo + x)
