@@ -75,6 +75,15 @@ struct LoRAReferenceTests {
         // Forward only gives the same loss.
         let forward = try engine.run(batch, parameters: params, gradients: nil)
         #expect(abs(forward - sum) < 1e-6 * abs(sum))
+
+        // The loss rows in chunks of 5 (the fixture has fewer loss rows than one default chunk).
+        engine.logitChunk = 5
+        var chunked = [Float](repeating: 0, count: params.count)
+        let chunkedSum = try chunked.withUnsafeMutableBufferPointer {
+            try engine.run(batch, parameters: params, gradients: $0.baseAddress!, lossScale: 1 / Float(labelled))
+        }
+        #expect(abs(chunkedSum - sum) < 1e-5 * abs(sum))
+        #expect(Self.relativeError(chunked, grads) < 1e-5)
     }
 
     @Test func adamWStepMatchesTorch() throws {
