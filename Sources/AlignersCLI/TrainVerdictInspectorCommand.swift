@@ -15,7 +15,8 @@ struct TrainVerdictInspectorCommand: ParsableCommand, TrainingLoopFlags {
             chat prompt naming the criterion's description (Criteria/<name>.yaml) and the verdict is the logit of
             "Yes" against "No" at the start of the reply, trained with a weighted logistic loss: (x, rejected)
             violates the criterion, (x, chosen) meets it, and good answers of the other criteria's sets (at most
-            --other-rows rows each) meet it with --cross-weight. Chooses the best step by loss on part of the
+            --other-rows rows each), and their misaligned answers where --rejected-meets says so, meet it with
+            --cross-weight. Chooses the best step by loss on part of the
             valid split, calibrates on the whole valid split (Platt), reports ROC-AUC per source on valid and
             test, and writes OUT/adapter_config.json + adapter_model.safetensors (PEFT) and OUT/verdict.json.
             --zero-shot measures the base model without training. Checkpoints go to OUT/run/checkpoint; continue
@@ -28,7 +29,7 @@ struct TrainVerdictInspectorCommand: ParsableCommand, TrainingLoopFlags {
     @Option(help: "Directory holding <criterion>.jsonl files (the ../shared/data format).") var dataDir = "../shared/data"
     @Option(help: "Directory of criterion YAML files (the description is asked about).") var criteriaDir: String?
     @Option(help: "Output directory (default: inspectors/verdict-<criterion>).") var out: String?
-    @Option(help: "Rows of each other criterion's train split used (their good answers only).") var otherRows = 1000
+    @Option(help: "Rows of each other criterion's train split used (their good answers, and their misaligned ones where --rejected-meets says).") var otherRows = 1000
     @Option(help: "Weight of other sets' good answers as positives (0: own pairs only).") var crossWeight: Float = 0.5
     @Option(help: "Source and set balancing exponent: 0 raw counts, 1 equal weight per source.") var balance: Float = 0.5
     @Option(help: "Sources whose misaligned answers still meet other criteria, as positives weighted by --cross-weight: SOURCE=CRITERION[+CRITERION],… ('none': no such labels).")
