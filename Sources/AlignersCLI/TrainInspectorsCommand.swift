@@ -29,8 +29,8 @@ struct TrainInspectorsCommand: ParsableCommand, TrainingLoopFlags {
     @Option(help: "LoRA alpha (the update is scaled by alpha / rank).") var alpha: Float = 16
     @Option(help: "Weight of other sets' good answers as positives (0: own pairs only).") var crossWeight: Float = 0.5
     @Option(help: "Source and set balancing exponent: 0 raw counts, 1 equal weight per source.") var balance: Float = 0.5
-    @Option(help: "Sources whose misaligned answers still meet other criteria, as positives weighted by --cross-weight: SOURCE=CRITERION[+CRITERION],… ('none': no such labels).")
-    var rejectedMeets = "alpaca-eval=ethical"
+    @Option(help: "Sources whose misaligned answers still meet other criteria, as positives weighted by --cross-weight: SOURCE=CRITERION[+CRITERION],… ('none': no such labels; default: alpaca-eval=ethical when ethical is trained).")
+    var rejectedMeets: String?
     @Option(help: "Longest pair in tokens (the conversation is cut from the left).") var maxLength = 256
     @Option(help: "Most rows per criterion's train split (for quick runs; default: all).") var maxRows: Int?
     @Option(help: "Validation examples for the loss that picks the best step.") var validExamples = 1200
@@ -59,7 +59,8 @@ struct TrainInspectorsCommand: ParsableCommand, TrainingLoopFlags {
                                        lora: EncoderLoRAConfig(rank: rank, alpha: alpha), loop: loopOptions, command: reproducingCommand)
         job.dataOptions.crossWeight = crossWeight
         job.dataOptions.balance = balance
-        job.dataOptions.rejectedMeets = try parseRejectedMeets(rejectedMeets, criteria: names)
+        job.dataOptions.rejectedMeets = try rejectedMeets.map { try parseRejectedMeets($0, criteria: names) }
+            ?? InspectorDataOptions.defaultRejectedMeets(training: names)
         job.dataOptions.maxLength = maxLength
         job.maxRows = maxRows
         job.validExamples = validExamples

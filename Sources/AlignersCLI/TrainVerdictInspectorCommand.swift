@@ -32,8 +32,8 @@ struct TrainVerdictInspectorCommand: ParsableCommand, TrainingLoopFlags {
     @Option(help: "Rows of each other criterion's train split used (their good answers, and their misaligned ones where --rejected-meets says).") var otherRows = 1000
     @Option(help: "Weight of other sets' good answers as positives (0: own pairs only).") var crossWeight: Float = 0.5
     @Option(help: "Source and set balancing exponent: 0 raw counts, 1 equal weight per source.") var balance: Float = 0.5
-    @Option(help: "Sources whose misaligned answers still meet other criteria, as positives weighted by --cross-weight: SOURCE=CRITERION[+CRITERION],… ('none': no such labels).")
-    var rejectedMeets = "alpaca-eval=ethical"
+    @Option(help: "Sources whose misaligned answers still meet other criteria, as positives weighted by --cross-weight: SOURCE=CRITERION[+CRITERION],… ('none': no such labels; default: alpaca-eval=ethical when ethical is among --criteria).")
+    var rejectedMeets: String?
     @Option(help: "Longest prompt in tokens; longer ones are left out.") var maxTokens = 640
     @Option(help: "Validation examples for the loss that picks the best step.") var validExamples = 400
     @OptionGroup var lora: LoRAOptions
@@ -69,7 +69,8 @@ struct TrainVerdictInspectorCommand: ParsableCommand, TrainingLoopFlags {
                                               lora: try lora.config(), loop: loopOptions, command: reproducingCommand)
         job.dataOptions.crossWeight = crossWeight
         job.dataOptions.balance = balance
-        job.dataOptions.rejectedMeets = try parseRejectedMeets(rejectedMeets, criteria: names)
+        job.dataOptions.rejectedMeets = try rejectedMeets.map { try parseRejectedMeets($0, criteria: names) }
+            ?? InspectorDataOptions.defaultRejectedMeets(training: names)
         job.otherRows = otherRows
         job.maxTokens = maxTokens
         job.validExamples = validExamples

@@ -29,6 +29,15 @@ public struct InspectorDataOptions: Sendable, Codable, Equatable {
     public var rejectedMeets: [String: [String]] = ["alpaca-eval": ["ethical"]]
     public init() {}
 
+    /// The default `rejectedMeets` of a run that trains `criteria`: the criteria it does not train
+    /// dropped (a run without ethical has no such labels).
+    public static func defaultRejectedMeets(training criteria: [String]) -> [String: [String]] {
+        InspectorDataOptions().rejectedMeets.compactMapValues { meets in
+            let kept = meets.filter(criteria.contains)
+            return kept.isEmpty ? nil : kept
+        }
+    }
+
     enum CodingKeys: String, CodingKey { case crossWeight, balance, maxLength, rejectedMeets }
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)

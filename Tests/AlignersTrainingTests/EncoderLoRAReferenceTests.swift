@@ -195,5 +195,8 @@ struct InspectorTrainingSetTests {
         #expect(old.rejectedMeets.isEmpty)
         let round = try JSONDecoder().decode(InspectorDataOptions.self, from: JSONEncoder().encode(o))
         #expect(round == o)
+        // The default keeps only the criteria a run trains: training factuality alone needs no flag.
+        #expect(InspectorDataOptions.defaultRejectedMeets(training: criteria) == ["alpaca-eval": ["ethical"]])
+        #expect(InspectorDataOptions.defaultRejectedMeets(training: ["factuality"]).isEmpty)
     }
 }
