@@ -59,17 +59,17 @@ public struct LoRAConfig: Sendable, Equatable {
     public func adapts(layer: Int) -> Bool { layers.map { $0.contains(layer) } ?? true }
 }
 
-/// One adapted projection: A [rank × inputs] and B [outputs × rank], row-major. B's rows follow the
-/// GGUF's row order (for Q and K, llama.cpp's permuted layout; the PEFT reader and writer convert).
-public struct LoRAModule: Sendable, Equatable {
+/// One adapted projection of a model whose projections `Target` names: A [rank × inputs] and
+/// B [outputs × rank], row-major.
+public struct LoRAMatrices<Target: Hashable & Sendable>: Sendable, Equatable {
     public let layer: Int
-    public let target: LoRATarget
+    public let target: Target
     public let inputs: Int
     public let outputs: Int
     public var a: [Float]
     public var b: [Float]
 
-    public init(layer: Int, target: LoRATarget, inputs: Int, outputs: Int, a: [Float], b: [Float]) {
+    public init(layer: Int, target: Target, inputs: Int, outputs: Int, a: [Float], b: [Float]) {
         self.layer = layer
         self.target = target
         self.inputs = inputs
@@ -78,6 +78,10 @@ public struct LoRAModule: Sendable, Equatable {
         self.b = b
     }
 }
+
+/// A decoder's adapted projection. B's rows follow the GGUF's row order (for Q and K, llama.cpp's
+/// permuted layout; the PEFT reader and writer convert).
+public typealias LoRAModule = LoRAMatrices<LoRATarget>
 
 /// A LoRA adapter for a decoder, served over the shared frozen base (`DecoderSegment.adapter`):
 /// several adapters run in one batch over one copy of the base weights.

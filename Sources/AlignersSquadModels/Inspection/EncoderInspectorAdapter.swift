@@ -40,18 +40,8 @@ public struct EncoderLoRAConfig: Sendable, Equatable, Codable {
     public func adapts(layer: Int) -> Bool { layers.map { $0.contains(layer) } ?? true }
 }
 
-public struct EncoderLoRAModule: Sendable, Equatable {
-    public let layer: Int
-    public let target: EncoderLoRATarget
-    public let inputs: Int
-    public let outputs: Int
-    /// A [rank × inputs] and B [outputs × rank], row-major.
-    public let a: [Float]
-    public let b: [Float]
-    public init(layer: Int, target: EncoderLoRATarget, inputs: Int, outputs: Int, a: [Float], b: [Float]) {
-        self.layer = layer; self.target = target; self.inputs = inputs; self.outputs = outputs; self.a = a; self.b = b
-    }
-}
+/// An encoder's adapted projection.
+public typealias EncoderLoRAModule = LoRAMatrices<EncoderLoRATarget>
 
 /// What a fine-tuned inspector set adds to the frozen encoder: LoRA modules, one logistic head per
 /// criterion on the mean-pooled last layer, and each head's Platt calibration (p = σ(a·z + b)).
