@@ -22,6 +22,8 @@ struct ModelOptions: ParsableArguments {
     var generatorModel: String?
     @Option(help: "Most tokens the generator writes per response.")
     var generatorMaxTokens = 256
+    @Option(help: "Repetition penalty of the embedded generator over its last 64 tokens (llama.cpp's rule; 1 = off). Greedy decoding of the 135M default model otherwise loops (\"a fleeting moment of beauty, a fleeting moment of beauty, …\").")
+    var generatorRepeatPenalty: Float = 1.1
     @Option(help: "OpenAI-compatible chat-completions server for the generator stage (e.g. http://localhost:8000 or https://api.openai.com/v1); the embedded decoder when unset.")
     var backend: String?
     @Option(help: "Model name sent to --backend.")
@@ -92,7 +94,11 @@ final class ModelCatalog: @unchecked Sendable {
         } else {
             path = try ModelLocator.locate(TextGenerator.defaultModel, explicit: options.modelsDir).path
         }
-        return LLMGenerator(engine: try aligners.engine(path: path), maxNewTokens: options.generatorMaxTokens)
+        guard options.generatorRepeatPenalty > 0 else {
+            throw ValidationError("--generator-repeat-penalty must be positive (1 = off), got \(options.generatorRepeatPenalty)")
+        }
+        return LLMGenerator(engine: try aligners.engine(path: path), maxNewTokens: options.generatorMaxTokens,
+                            sampling: SamplingParameters(repeatPenalty: options.generatorRepeatPenalty))
     }
 
     /// The stage handler for a worker role.
