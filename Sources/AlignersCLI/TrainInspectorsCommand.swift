@@ -59,8 +59,7 @@ struct TrainInspectorsCommand: ParsableCommand, TrainingLoopFlags {
                                        lora: EncoderLoRAConfig(rank: rank, alpha: alpha), loop: loopOptions, command: reproducingCommand)
         job.dataOptions.crossWeight = crossWeight
         job.dataOptions.balance = balance
-        job.dataOptions.rejectedMeets = try rejectedMeets.map { try parseRejectedMeets($0, criteria: names) }
-            ?? InspectorDataOptions.defaultRejectedMeets(training: names)
+        job.dataOptions.rejectedMeets = try parseRejectedMeets(rejectedMeets, criteria: names)
         job.dataOptions.maxLength = maxLength
         job.maxRows = maxRows
         job.validExamples = validExamples
@@ -88,8 +87,10 @@ struct TrainInspectorsCommand: ParsableCommand, TrainingLoopFlags {
     }
 }
 
-/// `--rejected-meets`: "alpaca-eval=ethical,truthfulqa=ethical+helpful" → source → criteria; "none" → none.
-func parseRejectedMeets(_ text: String, criteria: [String]) throws -> [String: [String]] {
+/// `--rejected-meets`: "alpaca-eval=ethical,truthfulqa=ethical+helpful" → source → criteria; "none" → none;
+/// absent → the default for the criteria being trained.
+func parseRejectedMeets(_ text: String?, criteria: [String]) throws -> [String: [String]] {
+    guard let text else { return InspectorDataOptions.defaultRejectedMeets(training: criteria) }
     let spec = text.trimmingCharacters(in: .whitespaces)
     guard spec != "none", !spec.isEmpty else { return [:] }
     var out: [String: [String]] = [:]

@@ -69,8 +69,7 @@ struct TrainVerdictInspectorCommand: ParsableCommand, TrainingLoopFlags {
                                               lora: try lora.config(), loop: loopOptions, command: reproducingCommand)
         job.dataOptions.crossWeight = crossWeight
         job.dataOptions.balance = balance
-        job.dataOptions.rejectedMeets = try rejectedMeets.map { try parseRejectedMeets($0, criteria: names) }
-            ?? InspectorDataOptions.defaultRejectedMeets(training: names)
+        job.dataOptions.rejectedMeets = try parseRejectedMeets(rejectedMeets, criteria: names)
         job.otherRows = otherRows
         job.maxTokens = maxTokens
         job.validExamples = validExamples

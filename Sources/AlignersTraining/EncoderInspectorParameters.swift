@@ -54,7 +54,7 @@ public struct EncoderInspectorParameters: Sendable {
         guard adapter.criteria == criteria, adapter.headWeights.count == criteria.count * hidden else {
             throw TrainingError.adapterMismatch("the adapter's criteria \(adapter.criteria) differ from \(criteria)")
         }
-        try layout.load({ adapter.module(layer: $0, $1) }, into: &values, name: \.rawValue)
+        try layout.load({ adapter.module(layer: $0, $1) }, into: &values)
         for i in adapter.headWeights.indices { values[headWeights + i] = adapter.headWeights[i] }
         for i in adapter.headBiases.indices { values[headBiases + i] = adapter.headBiases[i] }
     }

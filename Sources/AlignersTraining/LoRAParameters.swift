@@ -4,9 +4,9 @@ import AlignersEngine
 import AlignersSquadModels
 
 /// Where each adapted projection's A and B sit in a flat parameter vector: by layer, then target,
-/// A [rank × in] before B [out × rank], from `offset` on. Shared by the decoder's adapters and the
-/// encoder inspectors'.
-public struct LoRALayout<Target: Hashable & Sendable>: Sendable {
+/// A [rank × in] before B [out × rank]. Shared by the decoder's adapters and the encoder inspectors'
+/// (targets named by their module paths).
+public struct LoRALayout<Target: Hashable & Sendable & RawRepresentable<String>>: Sendable {
     public struct Slot: Sendable {
         public let layer: Int
         public let target: Target
@@ -23,11 +23,10 @@ public struct LoRALayout<Target: Hashable & Sendable>: Sendable {
     public let end: Int
     private let lookup: [Key: Int]
 
-    public init(rank: Int, layers: Int, targets: [Target], adapts: (Int) -> Bool, shape: (Target) -> (inputs: Int, outputs: Int),
-                offset: Int = 0) {
+    public init(rank: Int, layers: Int, targets: [Target], adapts: (Int) -> Bool, shape: (Target) -> (inputs: Int, outputs: Int)) {
         self.rank = rank
         var slots: [Slot] = []
-        var at = offset
+        var at = 0
         for layer in 0..<layers where adapts(layer) {
             for t in targets {
                 let (i, o) = shape(t)
@@ -62,10 +61,10 @@ public struct LoRALayout<Target: Hashable & Sendable>: Sendable {
     }
 
     /// Copies each slot's matrices from `module` into `values`; every slot must be found at this rank.
-    public func load(_ module: (Int, Target) -> LoRAMatrices<Target>?, into values: inout [Float], name: (Target) -> String) throws {
+    public func load(_ module: (Int, Target) -> LoRAMatrices<Target>?, into values: inout [Float]) throws {
         for s in slots {
             guard let m = module(s.layer, s.target), m.a.count == rank * s.inputs, m.b.count == s.outputs * rank else {
-                throw TrainingError.adapterMismatch("the adapter has no \(name(s.target)) of layer \(s.layer) at rank \(rank)")
+                throw TrainingError.adapterMismatch("the adapter has no \(s.target.rawValue) of layer \(s.layer) at rank \(rank)")
             }
             for i in 0..<m.a.count { values[s.a + i] = m.a[i] }
             for i in 0..<m.b.count { values[s.b + i] = m.b[i] }
@@ -106,7 +105,7 @@ public struct LoRAParameters: Sendable {
     /// Takes the values of an adapter of the same configuration (to continue training it, or to
     /// check gradients at given weights).
     public mutating func load(_ adapter: LoRAAdapter) throws {
-        try layout.load({ adapter.module(layer: $0, $1) }, into: &values, name: \.rawValue)
+        try layout.load({ adapter.module(layer: $0, $1) }, into: &values)
     }
 }
 
