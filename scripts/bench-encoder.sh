@@ -23,18 +23,20 @@ case "${OPENBLAS_CORETYPE:-}" in
 esac
 echo "samples/s, 2 threads; torch $("$PY" -c 'import torch;print(torch.__version__)') CPU, onnxruntime $("$PY" -c 'import onnxruntime;print(onnxruntime.__version__)') CPU; OpenBLAS kernels: ${OPENBLAS_CORETYPE:-as detected}"
 echo
-if [ -n "$torch2" ]; then
+# One table; the "held to AVX2" columns only when torch ran that way.
+avx2=$([ -n "$torch2" ] && echo 1 || echo 0)
+if [ "$avx2" = 1 ]; then
   echo "| length | batch | ours | torch | torch held to AVX2 | onnxruntime (AVX-512 where the CPU has it) | ours / best peer | ours / torch AVX2 |"
   echo "|---:|---:|---:|---:|---:|---:|---:|---:|"
-  paste <(echo "$ours") <(echo "$torch") <(echo "$ort") <(echo "$torch2") | awk -F'\t' '
-    $2 != $6 || $2 != $10 || $2 != $14 || $3 != $7 || $3 != $11 || $3 != $15 { print "row mismatch: " $0 > "/dev/stderr"; exit 1 }
-    { best = $8 > $12 ? $8 : $12
-      printf "| %d | %d | %.1f | %.1f | %.1f | %.1f | %.2f | %.2f |\n", $2, $3, $4, $8, $16, $12, $4 / best, $4 / $16 }'
 else
   echo "| length | batch | ours | torch | onnxruntime | ours / best peer |"
   echo "|---:|---:|---:|---:|---:|---:|"
-  paste <(echo "$ours") <(echo "$torch") <(echo "$ort") | awk -F'\t' '
-    $2 != $6 || $2 != $10 || $3 != $7 || $3 != $11 { print "row mismatch: " $0 > "/dev/stderr"; exit 1 }
-    { best = $8 > $12 ? $8 : $12
-      printf "| %d | %d | %.1f | %.1f | %.1f | %.2f |\n", $2, $3, $4, $8, $12, $4 / best }'
 fi
+paste <(echo "$ours") <(echo "$torch") <(echo "$ort") <(echo "$torch2") | awk -F'\t' -v avx2="$avx2" '
+  $2 != $6 || $2 != $10 || $3 != $7 || $3 != $11 || (avx2 && ($2 != $14 || $3 != $15)) { print "row mismatch: " $0 > "/dev/stderr"; exit 1 }
+  { best = $8 > $12 ? $8 : $12
+    row = sprintf("| %d | %d | %.1f | %.1f |", $2, $3, $4, $8)
+    if (avx2) row = row sprintf(" %.1f |", $16)
+    row = row sprintf(" %.1f | %.2f |", $12, $4 / best)
+    if (avx2) row = row sprintf(" %.2f |", $4 / $16)
+    print row }'
