@@ -41,8 +41,13 @@ def answers(rs):
 
 def auc_by_source(items, scores):
     y = np.array([i[1] for i in items]); s = np.array(scores); src = np.array([i[2] for i in items])
-    per = {k: round(roc_auc_score(y[src == k], s[src == k]), 3) for k in sorted(set(src))}
+    per = {str(k): round(roc_auc_score(y[src == k], s[src == k]), 3) for k in sorted(set(src))}
     return round(roc_auc_score(y, s), 3), per
+
+
+def logit(p):
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
 
 
 def lexical(train):
@@ -84,7 +89,6 @@ if args.scores:
     for line in open(args.scores):
         s = json.loads(line)
         shipped[(s["meta"]["id"], s["meta"]["label"])] = s["scores"]
-    logit = lambda p: np.log(np.clip(p, 1e-6, 1 - 1e-6) / (1 - np.clip(p, 1e-6, 1 - 1e-6)))
     for criterion in ("ethical", "factuality", "helpful"):
         rs = rows(criterion)
         parts = {sp: answers([r for r in rs if r["split"] == sp]) for sp in ("valid", "test")}
